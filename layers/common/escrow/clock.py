@@ -1,0 +1,31 @@
+"""Time and id ports: services take these as arguments so tests can pin them."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def db_time(value: datetime | None) -> datetime | None:
+    """MySQL DATETIME holds UTC without an offset."""
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def iso(value: datetime | None) -> str | None:
+    """DATETIME (UTC, naive) to ISO 8601 with an explicit offset."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_order_id(request_id: int) -> str:
+    """6-64 chars of [A-Za-z0-9_-], unique: the request id plus 96 random bits."""
+    return f"esc{request_id}-{secrets.token_urlsafe(12)}"

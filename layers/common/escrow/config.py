@@ -1,0 +1,195 @@
+"""Typed configuration, read once per container from the environment (and Secrets Manager when deployed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import unquote, urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+LOCAL_JWT_SECRET = "local-dev-secret-change-me-0123456789abcdef"  # 32+ bytes for HS256
+TOSS_PUBLIC_TEST_SECRET_KEY = "test_sk_zXLkKEypNArWmo50nX3lmeaxYG5R"
+
+
+class Settings(BaseModel):
+    """Non-secret settings. Secrets are resolved lazily by the accessors below, so an import never calls AWS."""
+
+    model_config = ConfigDict(frozen=True)
+
+    app_env: str = "local"
+    database_url: str = ""
+    db_secret_arn: str = ""
+    db_host: str = ""
+    db_name: str = ""
+    db_connect_timeout: float = 3.0
+    db_read_timeout: float = 10.0
+    db_write_timeout: float = 10.0
+
+    jwt_secret: str = ""
+    jwt_secret_arn: str = ""
+    jwt_algorithm: str = "HS256"
+    jwt_jwks_url: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    admin_role_claim: str = "role"
+    admin_role: str = "admin"
+
+    toss_api_base: str = "https://api.tosspayments.com"
+    toss_secret_key: str = ""
+    toss_security_key: str = ""
+    toss_secret_arn: str = ""
+    toss_connect_timeout: float = 3.0
+    toss_read_timeout: float = 20.0
+    toss_payout_read_timeout: float = 60.0
+    toss_webhook_hmac_key_encoding: str = "hex"
+
+    platform_fee_bps: int = Field(default=300, ge=0, le=10_000)
+    event_bus_name: str = "escrow-local"
+    secrets_max_age_seconds: int = 300
+
+    @field_validator("jwt_algorithm")
+    @classmethod
+    def _pinned_algorithm(cls, value: str) -> str:
+        if value not in ("HS256", "RS256"):
+            raise ValueError("JWT_ALGORITHM must be HS256 or RS256")
+        return value
+
+    @field_validator("toss_webhook_hmac_key_encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        if value not in ("hex", "ascii"):
+            raise ValueError("TOSS_WEBHOOK_HMAC_KEY_ENCODING must be hex or ascii")
+        return value
+
+    @field_validator("toss_read_timeout")
+    @classmethod
+    def _below_api_gateway_limit(cls, value: float) -> float:
+        # API Gateway gives up after 29 s; a confirm still running then would answer the client 503 while
+        # the payment may go through. Stay below it and reconcile instead.
+        if value >= 28:
+            raise ValueError("TOSS_READ_TIMEOUT must be below 28 seconds (API Gateway's limit is 29 s)")
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    values = {}
+    for name in Settings.model_fields:
+        raw = os.environ.get(name.upper())
+        if raw is not None and raw != "":
+            values[name] = raw
+    return Settings(**values)
+
+
+_generation = 0
+
+
+def settings_generation() -> int:
+    """Bumped by reset_settings(); per-thread clients and connections made under an older one are rebuilt."""
+    return _generation
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests and the local runner change the environment between runs)."""
+    global _generation
+    get_settings.cache_clear()
+    _generation += 1
+
+
+def _secret(arn: str, *, as_json: bool) -> object:
+    """A secret from Secrets Manager through Powertools Parameters (cached for secrets_max_age_seconds)."""
+    from aws_lambda_powertools.utilities import parameters  # imported only when a secret is really needed
+
+    transform = "json" if as_json else None
+    return parameters.get_secret(arn, max_age=get_settings().secrets_max_age_seconds, transform=transform)
+
+
+@dataclass(frozen=True)
+class DatabaseParams:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    def __repr__(self) -> str:  # never print the password
+        return f"DatabaseParams(host={self.host!r}, port={self.port}, user={self.user!r}, database={self.database!r})"
+
+
+def parse_database_url(url: str) -> DatabaseParams:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("mysql", "mysql+pymysql", "mariadb"):
+        raise ValueError("DATABASE_URL must look like mysql://user:password@host:3306/database")
+    return DatabaseParams(
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 3306,
+        user=unquote(parsed.username or "root"),
+        password=unquote(parsed.password or ""),
+        database=(parsed.path or "/").lstrip("/") or "escrow",
+    )
+
+
+def database_params() -> DatabaseParams:
+    settings = get_settings()
+    if settings.database_url:
+        params = parse_database_url(settings.database_url)
+    elif settings.db_secret_arn:
+        secret = _secret(settings.db_secret_arn, as_json=True)
+        assert isinstance(secret, dict)
+        params = DatabaseParams(
+            host=str(secret.get("host", "")),
+            port=int(secret.get("port", 3306)),
+            user=str(secret["username"]),
+            password=str(secret["password"]),
+            database=str(secret.get("dbname", "escrow")),
+        )
+    else:
+        params = parse_database_url("mysql://root:@127.0.0.1:3306/escrow")
+    if settings.db_host:
+        params = DatabaseParams(settings.db_host, params.port, params.user, params.password, params.database)
+    if settings.db_name:
+        params = DatabaseParams(params.host, params.port, params.user, params.password, settings.db_name)
+    return params
+
+
+def jwt_secret() -> str:
+    settings = get_settings()
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    if settings.jwt_secret_arn:
+        value = _secret(settings.jwt_secret_arn, as_json=False)
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        # Accept either the plain secret or a JSON object {"secret": "..."}.
+        if text.startswith("{"):
+            return str(json.loads(text)["secret"])
+        return text
+    if settings.app_env == "local":
+        return LOCAL_JWT_SECRET
+    raise RuntimeError("no JWT secret configured (JWT_SECRET or JWT_SECRET_ARN)")
+
+
+@dataclass(frozen=True)
+class TossKeys:
+    secret_key: str
+    security_key: str
+
+    def __repr__(self) -> str:
+        return "TossKeys(secret_key=***, security_key=***)"
+
+
+def toss_keys() -> TossKeys:
+    settings = get_settings()
+    secret_key, security_key = settings.toss_secret_key, settings.toss_security_key
+    if settings.toss_secret_arn and not secret_key:
+        secret = _secret(settings.toss_secret_arn, as_json=True)
+        assert isinstance(secret, dict)
+        secret_key = str(secret.get("secret_key", ""))
+        security_key = security_key or str(secret.get("security_key", ""))
+    if not secret_key:
+        if settings.app_env != "local":
+            raise RuntimeError("no Toss secret key configured (TOSS_SECRET_KEY or TOSS_SECRET_ARN)")
+        secret_key = TOSS_PUBLIC_TEST_SECRET_KEY
+    return TossKeys(secret_key=secret_key, security_key=security_key)

@@ -1,0 +1,36 @@
+"""Seed the demo room of the README: room 123 (owner user_1, members user_2 and user_3) and store store_123.
+`python -m escrow.seed_demo` (idempotent)."""
+
+from __future__ import annotations
+
+import sys
+
+from escrow import db
+
+DEMO_ROOM = 123
+DEMO_MEMBERS = (("user_1", True), ("user_2", False), ("user_3", False))
+DEMO_STORE = "store_123"
+
+
+def seed() -> None:
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s) ON DUPLICATE KEY UPDATE store_id = store_id",
+            (DEMO_STORE, "store_owner_1", "데모 식당"),
+        )
+        for user_id, is_owner in DEMO_MEMBERS:
+            tx.execute(
+                "INSERT INTO chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s) "
+                "ON DUPLICATE KEY UPDATE is_owner = VALUES(is_owner)",
+                (DEMO_ROOM, user_id, int(is_owner)),
+            )
+
+
+def main() -> int:
+    seed()
+    print(f"demo data: room {DEMO_ROOM} (owner user_1; members user_2, user_3), store {DEMO_STORE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The rules of money. Every entry point (HTTP, schedule, webhook, local runner) goes through these."""

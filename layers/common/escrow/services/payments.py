@@ -1,0 +1,395 @@
+"""Paying a share: prepare an order, confirm it with Toss, and apply whatever Toss says about an order.
+
+`apply_toss_payment` is the one place where a Toss payment changes our ledger; confirm, the webhook and the
+reconciliation job all go through it, so they agree whatever order they arrive in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from escrow import db
+from escrow.auth import Principal
+from escrow.clock import db_time, new_order_id, utcnow
+from escrow.errors import (
+    AppError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PaymentDeclined,
+    PaymentOutcomeUnknown,
+    UpstreamUnavailable,
+    ValidationFailed,
+)
+from escrow.models import ConfirmBody, PrepareBody
+from escrow.observability import count, logger
+from escrow.repositories import ledger
+from escrow.repositories import outbox as outbox_repo
+from escrow.repositories import payments as payments_repo
+from escrow.repositories import requests as requests_repo
+from escrow.states import check_payment, check_request
+from escrow.toss import Payment, TossApiError, TossError
+from escrow.toss.client import TossClient, get_toss_client
+
+PAID_STATUSES = ("completed", "released", "partially_refunded", "refunded")
+_IN_FLIGHT_RETRIES = 4
+
+
+def confirm_idempotency_key(order_id: str) -> str:
+    return f"confirm-{order_id}"
+
+
+def refund_idempotency_key(order_id: str) -> str:
+    return f"auto-refund-{order_id}"
+
+
+def _order_name(request: dict[str, Any]) -> str:
+    return f"예약금 {request['store_id']} (방 {request['chat_room_id']})"[:100]
+
+
+def _open_request(tx: db.Tx, chat_room_id: int) -> dict[str, Any]:
+    request = requests_repo.lock_open_for_room(tx, chat_room_id)
+    if request is None:
+        raise NotFound("the room has no open payment request", code="PAYMENT_REQUEST_NOT_FOUND")
+    return request
+
+
+def _share(tx: db.Tx, request: dict[str, Any], payer_id: str) -> dict[str, Any]:
+    share = payments_repo.lock_share(tx, request["id"], payer_id)
+    if share is None:
+        raise Forbidden("you are not a participant of this payment request", code="NOT_A_PARTICIPANT")
+    return share
+
+
+# --- prepare ------------------------------------------------------------------------------------------------
+
+def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
+    """Issue (or hand back) the payer's orderId for the Toss widget. Idempotent until the order is used."""
+    with db.transaction() as tx:
+        request = _open_request(tx, body.chat_room_id)
+        share = _share(tx, request, principal.user_id)
+        if share["status"] in PAID_STATUSES:
+            raise Conflict("your share is already paid", code="ALREADY_PAID")
+        if share["status"] in ("in_progress", "unknown"):
+            raise Conflict("your payment is being confirmed; wait for its result", code="PAYMENT_IN_PROGRESS")
+        order = payments_repo.find_order(tx, share["order_id"]) if share["order_id"] else None
+        if order is not None and order["status"] == "issued":
+            order_id = order["order_id"]
+        else:
+            order_id = new_order_id(request["id"])
+            payments_repo.insert_order(tx, order_id=order_id, payment_id=share["id"], payer_id=principal.user_id,
+                                       amount=share["amount"], status="issued")
+            payments_repo.update(tx, share["id"], order_id=order_id, payment_key=None)
+    return {
+        "orderId": order_id,
+        "amount": share["amount"],
+        "orderName": _order_name(request),
+        "chat_room_id": request["chat_room_id"],
+        "payment_request_id": request["id"],
+        "customerKey": principal.user_id,
+    }
+
+
+# --- confirm ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Attempt:
+    payment_id: int
+    request_id: int
+    order_id: str
+    payment_key: str
+    amount: int
+    done: bool = False          # already completed with this paymentKey: answer without calling Toss
+
+
+def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
+    """Check everything, then record the attempt (in_progress) before Toss is called."""
+    try:
+        with db.transaction() as tx:
+            request = _open_request(tx, body.chat_room_id)
+            share = _share(tx, request, payer_id)
+            same_attempt = share["order_id"] == body.orderId and share["payment_key"] == body.paymentKey
+            attempt = Attempt(share["id"], request["id"], body.orderId, body.paymentKey, share["amount"])
+            if share["status"] in PAID_STATUSES:
+                if share["payment_key"] == body.paymentKey:
+                    return replace(attempt, done=True)
+                raise Conflict("your share is already paid", code="ALREADY_PAID")
+            if body.amount != share["amount"]:
+                raise ValidationFailed(
+                    f"the amount must be {share['amount']} KRW for this request",
+                    code="AMOUNT_MISMATCH", details=[{"field": "amount", "message": f"expected {share['amount']}"}],
+                )
+            if share["status"] in ("in_progress", "unknown"):
+                if same_attempt:
+                    return attempt  # a retry or a concurrent duplicate: Toss's Idempotency-Key makes it one charge
+                code = "PAYMENT_IN_PROGRESS" if share["status"] == "in_progress" else "PAYMENT_OUTCOME_UNKNOWN"
+                raise Conflict("an earlier payment of your share is still being settled", code=code)
+            # pending or failed: a new attempt with the prepared orderId or a new one bound to this payer
+            order = payments_repo.find_order(tx, body.orderId)
+            if order is None:
+                payments_repo.insert_order(tx, order_id=body.orderId, payment_id=share["id"], payer_id=payer_id,
+                                           amount=share["amount"], status="in_progress", payment_key=body.paymentKey)
+            elif order["payment_id"] != share["id"] or order["status"] != "issued":
+                raise Conflict("this orderId was already used; prepare a new order", code="ORDER_ID_ALREADY_USED")
+            else:
+                payments_repo.update_order(tx, body.orderId, status="in_progress", payment_key=body.paymentKey)
+            payments_repo.supersede_issued_orders(tx, share["id"], body.orderId)
+            check_payment(share["status"], "in_progress")
+            payments_repo.update(
+                tx, share["id"], status="in_progress", order_id=body.orderId, payment_key=body.paymentKey,
+                method=body.payment_method, failure_code=None, failure_message=None,
+                confirm_started_at=db_time(utcnow()),
+            )
+            return attempt
+    except AppError:
+        raise
+    except Exception as exc:
+        if db.is_duplicate_key(exc):
+            raise Conflict("this paymentKey or orderId belongs to another payment", code="PAYMENT_KEY_IN_USE") from exc
+        raise
+
+
+def _call_confirm(toss: TossClient, attempt: Attempt) -> Payment:
+    key = confirm_idempotency_key(attempt.order_id)
+    for retry in range(_IN_FLIGHT_RETRIES + 1):
+        try:
+            return toss.confirm(attempt.payment_key, attempt.order_id, attempt.amount, idempotency_key=key)
+        except TossApiError as exc:
+            if exc.code == "IDEMPOTENT_REQUEST_PROCESSING" and retry < _IN_FLIGHT_RETRIES:
+                time.sleep(0.25 * (retry + 1))  # the first confirm with this key is still running at Toss
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+def _look_up(toss: TossClient, attempt: Attempt) -> Payment | None:
+    """Toss's own record of the order, or None when Toss knows no such payment."""
+    try:
+        payment = toss.get_payment_by_order(attempt.order_id)
+    except TossApiError as exc:
+        if exc.code in ("NOT_FOUND_PAYMENT", "NOT_FOUND_PAYMENT_SESSION"):
+            return None
+        raise
+    if payment.status == "IN_PROGRESS" and payment.payment_key == attempt.payment_key:
+        # Authenticated but never approved: our confirm did not reach Toss. Send it (same key) now.
+        payment = _call_confirm(toss, attempt)
+    return payment
+
+
+def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossClient | None = None) -> dict[str, Any]:
+    attempt = _begin_confirm(principal.user_id, body)
+    if attempt.done:
+        return {"payment_status": "completed", "paymentKey": attempt.payment_key, "orderId": attempt.order_id}
+    toss = toss or get_toss_client()
+    try:
+        payment = _call_confirm(toss, attempt)
+    except TossApiError as exc:
+        if exc.code == "IDEMPOTENT_REQUEST_PROCESSING":
+            # Another confirm of this very order is still running at Toss; it will settle the payment.
+            raise Conflict("this payment is being confirmed right now; ask again in a moment",
+                           code="PAYMENT_IN_PROGRESS") from exc
+        if not exc.outcome_unknown:
+            return _declined(attempt, exc)
+        payment = _resolve_unknown(toss, attempt, exc)
+    except TossError as exc:
+        payment = _resolve_unknown(toss, attempt, exc)
+    if payment is None:
+        record_failure(attempt.order_id, "NOT_FOUND_PAYMENT", "Toss has no payment for this order", actor="confirm")
+        raise PaymentDeclined("Toss has no payment for this orderId and paymentKey; pay again",
+                              toss_code="NOT_FOUND_PAYMENT")
+    outcome = apply_toss_payment(payment, actor=principal.user_id, reason="confirm")
+    return _answer(attempt, payment, outcome)
+
+
+def _resolve_unknown(toss: TossClient, attempt: Attempt, cause: Exception) -> Payment | None:
+    logger.warning("confirm outcome unknown, looking the order up", extra={"order_id": attempt.order_id,
+                                                                           "cause": type(cause).__name__})
+    try:
+        return _look_up(toss, attempt)
+    except TossApiError as exc:
+        if exc.code == "IDEMPOTENT_REQUEST_PROCESSING":
+            raise Conflict("this payment is being confirmed right now; ask again in a moment",
+                           code="PAYMENT_IN_PROGRESS") from exc
+        if not exc.outcome_unknown:
+            _declined(attempt, exc)
+        cause = exc
+    except TossError as exc:
+        cause = exc
+    record_unknown(attempt.order_id, f"{type(cause).__name__}: {cause}"[:500])
+    count("PaymentsOutcomeUnknown")
+    raise PaymentOutcomeUnknown(
+        "Toss did not confirm the outcome; the payment will be settled automatically, do not pay again",
+        order_id=attempt.order_id,
+    )
+
+
+def _declined(attempt: Attempt, exc: TossApiError) -> dict[str, Any]:
+    record_failure(attempt.order_id, exc.code, exc.message, actor="confirm")
+    count("PaymentsDeclined")
+    if exc.configuration or exc.retryable:
+        raise UpstreamUnavailable("the payment could not be confirmed now; please pay again shortly",
+                                  toss_code=exc.code)
+    raise PaymentDeclined(exc.message or "the payment was declined", toss_code=exc.code)
+
+
+def _answer(attempt: Attempt, payment: Payment, outcome: str) -> dict[str, Any]:
+    if outcome in ("completed", "already_completed"):
+        return {"payment_status": "completed", "paymentKey": payment.payment_key, "orderId": payment.order_id}
+    if outcome == "waiting_for_deposit":
+        return {"payment_status": "in_progress", "toss_status": payment.status, "orderId": payment.order_id}
+    if outcome == "refunded_mismatch":
+        raise Conflict("Toss approved a different amount; the payment was cancelled and refunded",
+                       code="AMOUNT_MISMATCH_REFUNDED")
+    if outcome == "failed":
+        code = payment.failure.code if payment.failure and payment.failure.code else payment.status
+        raise PaymentDeclined("the payment did not go through; pay again", toss_code=code)
+    raise PaymentOutcomeUnknown("the payment is not settled yet; it will be settled automatically",
+                                order_id=attempt.order_id)
+
+
+# --- what Toss says about an order ------------------------------------------------------------------------
+
+def record_failure(order_id: str, code: str, message: str, *, actor: str) -> None:
+    with db.transaction() as tx:
+        order = payments_repo.find_order(tx, order_id)
+        if order is None:
+            return
+        requests_repo.lock(tx, order["payment_request_id"])
+        share = payments_repo.lock(tx, order["payment_id"])
+        payments_repo.update_order(tx, order_id, status="failed", failure_code=code, failure_message=message[:500])
+        if share and share["order_id"] == order_id and share["status"] in ("in_progress", "unknown"):
+            check_payment(share["status"], "failed")
+            payments_repo.update(tx, share["id"], status="failed", failure_code=code, failure_message=message[:500])
+    logger.info("payment failed", extra={"order_id": order_id, "toss_code": code, "actor": actor})
+
+
+def record_unknown(order_id: str, reason: str) -> None:
+    with db.transaction() as tx:
+        order = payments_repo.find_order(tx, order_id)
+        if order is None:
+            return
+        requests_repo.lock(tx, order["payment_request_id"])
+        share = payments_repo.lock(tx, order["payment_id"])
+        if order["status"] in ("in_progress", "unknown"):
+            payments_repo.update_order(tx, order_id, status="unknown", failure_message=reason)
+        if share and share["order_id"] == order_id and share["status"] in ("in_progress", "unknown"):
+            payments_repo.update(tx, share["id"], status="unknown", failure_message=reason)
+
+
+def apply_toss_payment(payment: Payment, *, actor: str, reason: str, toss: TossClient | None = None) -> str:
+    """Bring our ledger in line with Toss's record of one order. Safe to call any number of times.
+
+    Returns one of: completed, already_completed, waiting_for_deposit, failed, pending (Toss not final yet),
+    refunded_mismatch (Toss charged an amount or an order we did not expect; it was cancelled), ignored.
+    """
+    outcome, refund = _apply(payment, actor=actor, reason=reason)
+    if refund is not None:
+        outcome = refund_unexpected_charge(payment, refund, toss=toss)
+    return outcome
+
+
+def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | None]:
+    response = json.dumps(payment.raw, ensure_ascii=False)[:60000] if payment.raw else None
+    with db.transaction() as tx:
+        order = payments_repo.find_order(tx, payment.order_id)
+        if order is None:
+            logger.warning("Toss payment for an order we never issued", extra={"order_id": payment.order_id})
+            return "ignored", None
+        request = requests_repo.lock(tx, order["payment_request_id"])
+        share = payments_repo.lock(tx, order["payment_id"])
+        assert request is not None and share is not None
+        live = share["order_id"] == payment.order_id
+
+        if payment.status == "DONE":
+            if live and share["status"] in PAID_STATUSES and share["payment_key"] == payment.payment_key:
+                return "already_completed", None
+            expected_amount = live and payment.total_amount == share["amount"]
+            if not live or not expected_amount or share["status"] not in ("in_progress", "unknown", "failed"):
+                # Money we must not keep: a second charge for a paid share, a stale order, a wrong amount.
+                why = "AMOUNT_MISMATCH" if live and not expected_amount else "UNEXPECTED_CHARGE"
+                payments_repo.update_order(tx, payment.order_id, status="refund_pending", failure_code=why,
+                                           payment_key=payment.payment_key)
+                if live and share["status"] in ("in_progress", "unknown"):
+                    payments_repo.update(tx, share["id"], status="failed", failure_code=why,
+                                         failure_message="Toss approved an amount we did not ask for; refunded")
+                ledger.record(tx, request_id=request["id"], payment_id=share["id"], entry_type="charge",
+                              amount=payment.total_amount, reference=payment.payment_key, actor=actor, reason=why)
+                return "refund_pending", why
+            check_payment(share["status"], "completed")
+            payments_repo.update(
+                tx, share["id"], status="completed", payment_key=payment.payment_key, toss_status=payment.status,
+                toss_method=(payment.method or "")[:32] or None, approved_at=db_time(_parse_time(payment.approved_at)),
+                paid_amount=payment.total_amount, secret=payment.secret, failure_code=None, failure_message=None,
+                last_toss_response=response,
+            )
+            payments_repo.update_order(tx, payment.order_id, status="done", payment_key=payment.payment_key)
+            ledger.record(tx, request_id=request["id"], payment_id=share["id"], entry_type="charge",
+                          amount=payment.total_amount, reference=payment.payment_key, actor=actor, reason=reason)
+            count("PaymentsConfirmed")
+            paid = payments_repo.count_completed(tx, request["id"])
+            if request["status"] == "pending" and paid == request["participant_count"]:
+                check_request("pending", "completed")
+                requests_repo.set_status(tx, request["id"], "completed", completed_at=db_time(utcnow()))
+                outbox_repo.add(
+                    tx, event_type="EscrowFunded", aggregate_id=request["id"],
+                    dedupe_key=f"EscrowFunded:{request['id']}:{paid}:{request['participant_count']}",
+                    payload={"payment_request_id": request["id"], "chat_room_id": request["chat_room_id"],
+                             "store_id": request["store_id"], "amount_per_participant": request["amount"],
+                             "participant_count": request["participant_count"],
+                             "total_amount": request["amount"] * request["participant_count"]},
+                )
+                count("EscrowFunded")
+            return "completed", None
+
+        if payment.status == "WAITING_FOR_DEPOSIT":
+            if live:
+                payments_repo.update(tx, share["id"], toss_status=payment.status, secret=payment.secret,
+                                     last_toss_response=response)
+            return "waiting_for_deposit", None
+
+        if payment.status in ("ABORTED", "EXPIRED"):
+            code = payment.failure.code if payment.failure and payment.failure.code else payment.status
+            message = (payment.failure.message if payment.failure else None) or payment.status
+            payments_repo.update_order(tx, payment.order_id, status="failed", failure_code=code,
+                                       failure_message=message[:500])
+            if live and share["status"] in ("in_progress", "unknown"):
+                check_payment(share["status"], "failed")
+                payments_repo.update(tx, share["id"], status="failed", toss_status=payment.status,
+                                     failure_code=code, failure_message=message[:500], last_toss_response=response)
+            return "failed", None
+
+        # READY / IN_PROGRESS: not final at Toss; CANCELED / PARTIAL_CANCELED are the refund flow's business.
+        return ("pending" if payment.status in ("READY", "IN_PROGRESS") else "ignored"), None
+
+
+def refund_unexpected_charge(payment: Payment, why: str, *, toss: TossClient | None = None) -> str:
+    """Cancel a charge we must not keep (wrong amount, or a second charge for one share)."""
+    toss = toss or get_toss_client()
+    try:
+        cancelled = toss.cancel(payment.payment_key, f"자동 환불: {why}",
+                                idempotency_key=refund_idempotency_key(payment.order_id))
+    except TossError as exc:
+        logger.error("automatic refund failed; reconciliation will retry",
+                     extra={"order_id": payment.order_id, "error": str(exc)})
+        return "refund_pending"
+    with db.transaction() as tx:
+        order = payments_repo.find_order(tx, payment.order_id)
+        assert order is not None
+        payments_repo.update_order(tx, payment.order_id, status="refunded")
+        for cancel in cancelled.cancels or []:
+            ledger.record(tx, request_id=order["payment_request_id"], payment_id=order["payment_id"],
+                          entry_type="refund", amount=cancel.cancel_amount, reference=cancel.transaction_key,
+                          actor="system", reason=why)
+    count("UnexpectedChargesRefunded")
+    return "refunded_mismatch"
+
+
+def _parse_time(value: str | None) -> Any:
+    if not value:
+        return None
+    from datetime import datetime
+
+    return datetime.fromisoformat(value)

@@ -1,0 +1,154 @@
+"""HTTP client for the Toss Payments Core API: Basic auth, an Idempotency-Key on every POST, timeouts,
+typed answers and typed errors."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from escrow.observability import logger, subsegment
+from escrow.toss.errors import TossApiError, TossConnectionError, TossTimeout
+from escrow.toss.models import Payment
+
+_MAX_IDEMPOTENCY_KEY = 300
+
+
+class TossClient:
+    def __init__(
+        self,
+        base_url: str,
+        secret_key: str,
+        *,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 20.0,
+        session: requests.Session | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self._auth = "Basic " + base64.b64encode(f"{secret_key}:".encode()).decode()
+        self.timeout = (connect_timeout, read_timeout)
+        self.calls = 0  # Toss calls made by this client (the benchmark reads it)
+        if session is None:
+            session = requests.Session()
+            # No transparent retries: a retried POST without our decision could double an operation.
+            session.mount("http://", HTTPAdapter(max_retries=0, pool_maxsize=4))
+            session.mount("https://", HTTPAdapter(max_retries=0, pool_maxsize=4))
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"TossClient(base_url={self.base_url!r})"
+
+    # --- Core API v1 -------------------------------------------------------------------------------------
+
+    def confirm(self, payment_key: str, order_id: str, amount: int, *, idempotency_key: str) -> Payment:
+        body = {"paymentKey": payment_key, "orderId": order_id, "amount": amount}
+        return Payment.from_api(self._request("POST", "/v1/payments/confirm", body, idempotency_key))
+
+    def get_payment(self, payment_key: str) -> Payment:
+        return Payment.from_api(self._request("GET", f"/v1/payments/{quote(payment_key, safe='')}"))
+
+    def get_payment_by_order(self, order_id: str) -> Payment:
+        return Payment.from_api(self._request("GET", f"/v1/payments/orders/{quote(order_id, safe='')}"))
+
+    def cancel(
+        self,
+        payment_key: str,
+        reason: str,
+        *,
+        idempotency_key: str,
+        amount: int | None = None,
+        refundable_amount: int | None = None,
+    ) -> Payment:
+        body: dict[str, Any] = {"cancelReason": reason}
+        if amount is not None:
+            body["cancelAmount"] = amount
+        if refundable_amount is not None:
+            body["refundableAmount"] = refundable_amount
+        path = f"/v1/payments/{quote(payment_key, safe='')}/cancel"
+        return Payment.from_api(self._request("POST", path, body, idempotency_key))
+
+    # --- transport ---------------------------------------------------------------------------------------
+
+    def _headers(self, idempotency_key: str | None) -> dict[str, str]:
+        headers = {"Authorization": self._auth, "Content-Type": "application/json"}
+        if idempotency_key is not None:
+            if not idempotency_key or len(idempotency_key) > _MAX_IDEMPOTENCY_KEY:
+                raise ValueError("an Idempotency-Key must be 1-300 characters")
+            headers["Idempotency-Key"] = idempotency_key
+        return headers
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | list[Any] | None = None,
+        idempotency_key: str | None = None,
+        *,
+        read_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        if method == "POST" and idempotency_key is None:
+            raise ValueError("every Toss POST carries an Idempotency-Key")
+        timeout = (self.timeout[0], read_timeout or self.timeout[1])
+        self.calls += 1
+        with subsegment(f"toss {method} {path.split('/')[2] if path.count('/') > 1 else path}"):
+            try:
+                response = self._session.request(
+                    method, self.base_url + path, json=body, headers=self._headers(idempotency_key), timeout=timeout
+                )
+            except requests.ConnectTimeout as exc:
+                raise TossConnectionError(f"could not connect to Toss: {type(exc).__name__}") from exc
+            except requests.Timeout as exc:
+                raise TossTimeout(f"Toss did not answer {method} {path} in time") from exc
+            except requests.ConnectionError as exc:
+                # Refused before sending is safe; a reset after sending is not. We cannot tell them apart
+                # reliably, so a broken connection is treated as "may have happened".
+                raise TossTimeout(f"connection to Toss broke during {method} {path}") from exc
+        return self._parse(method, path, response)
+
+    @staticmethod
+    def _parse(method: str, path: str, response: requests.Response) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if 200 <= response.status_code < 300 and isinstance(data, dict):
+            return data
+        code = "UNKNOWN_ERROR"
+        message = f"unexpected answer from Toss ({response.status_code})"
+        if isinstance(data, dict):
+            error = data.get("error") if isinstance(data.get("error"), dict) else data
+            code = str(error.get("code") or code)
+            message = str(error.get("message") or message)
+        logger.info("toss error", extra={"toss_path": path, "toss_method": method,
+                                          "toss_status": response.status_code, "toss_code": code})
+        raise TossApiError(response.status_code, code, message)
+
+
+_local = threading.local()
+
+
+def get_toss_client() -> TossClient:
+    """One client (and HTTP connection pool) per container/thread, created on first use."""
+    from escrow.config import get_settings, settings_generation, toss_keys
+
+    client = getattr(_local, "client", None)
+    if client is None or getattr(_local, "generation", None) != settings_generation():
+
+        settings = get_settings()
+        client = TossClient(
+            settings.toss_api_base,
+            toss_keys().secret_key,
+            connect_timeout=settings.toss_connect_timeout,
+            read_timeout=settings.toss_read_timeout,
+        )
+        _local.client = client
+        _local.generation = settings_generation()
+    return client
+
+
+def reset_toss_client() -> None:
+    _local.client = None
