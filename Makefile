@@ -1,0 +1,44 @@
+# The two commands of the README: `make run` (the whole stack locally) and `make test` (everything CI runs).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt | sha1sum | cut -c1-12)
+
+.PHONY: setup run test lint typecheck unit integration e2e sam-check bench migrate seed clean
+
+$(STAMP): requirements-dev.txt layers/common/requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+	@bash scripts/ensure-mysql.sh
+
+migrate: setup
+	$(PY) -m escrow.migrate
+
+seed: migrate
+	$(PY) -m escrow.seed_demo
+
+run: setup
+	$(PY) -m local.run
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check layers functions local toss_sandbox tests bench
+	$(VENV)/bin/ruff format --check layers functions local toss_sandbox tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy layers/common/escrow
+
+test: setup lint typecheck
+	$(PY) -m pytest tests
+	bash scripts/sam-check.sh
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .aws-sam
