@@ -1,23 +1,24 @@
-"""WebhookFunction: not built yet; answers 501 with a machine-readable code until its issue lands."""
+"""WebhookFunction: every Toss webhook delivery is logged, verified for its type and processed once. No JWT."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from escrow.errors import NotImplementedYet
-from escrow.http import error_response, make_resolver, run
+from escrow.http import json_response, make_resolver, raw_body, run
 from escrow.observability import lambda_entry
+from escrow.services import webhooks as service
 
 app = make_resolver()
 
 
-@app.route(".+", method=["GET", "POST"])
-def not_yet() -> Any:
-    return error_response(NotImplementedYet("this endpoint is not available yet", code="NOT_IMPLEMENTED"))
+@app.post("/api/v1/payment/webhook")
+def webhook() -> Any:
+    answer = service.receive(dict(app.current_event.headers or {}), raw_body(app))
+    return json_response(answer.status, answer.body)
 
 
 def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return run(app, event, context)
 
 
-lambda_handler = lambda_entry(_handle, http=True)
+lambda_handler = lambda_entry(_handle)

@@ -11,9 +11,15 @@ pytestmark = pytest.mark.e2e
 
 
 def open_request(as_user, room, amount=15000):
-    r = as_user(room.owner).post("/api/v1/payment/request",
-                                 {"chat_room_id": room.chat_room_id, "store_id": room.store_id, "amount": amount,
-                                  "message": "예약금 요청합니다."})
+    r = as_user(room.owner).post(
+        "/api/v1/payment/request",
+        {
+            "chat_room_id": room.chat_room_id,
+            "store_id": room.store_id,
+            "amount": amount,
+            "message": "예약금 요청합니다.",
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()["payment_request_id"]
 
@@ -27,8 +33,13 @@ def prepare(as_user, room, payer):
 def pay(as_user, toss, room, payer, *, amount=None):
     order = prepare(as_user, room, payer)
     key = toss.widget(order["orderId"], order["amount"])
-    body = {"chat_room_id": room.chat_room_id, "amount": amount or order["amount"], "paymentKey": key,
-            "orderId": order["orderId"], "payment_method": "card"}
+    body = {
+        "chat_room_id": room.chat_room_id,
+        "amount": amount or order["amount"],
+        "paymentKey": key,
+        "orderId": order["orderId"],
+        "payment_method": "card",
+    }
     return as_user(payer).post("/api/v1/payment/initiate", body), body
 
 
@@ -65,9 +76,16 @@ def test_the_confirm_alias_and_a_new_order_id_bound_on_first_use(as_user, toss, 
     open_request(as_user, room)
     order_id = f"client-order-{room.chat_room_id}"
     key = toss.widget(order_id, 15000)
-    r = as_user(room.members[0]).post("/api/v1/payment/confirm",
-                                      {"chat_room_id": room.chat_room_id, "amount": 15000, "paymentKey": key,
-                                       "orderId": order_id, "payment_method": "card"})
+    r = as_user(room.members[0]).post(
+        "/api/v1/payment/confirm",
+        {
+            "chat_room_id": room.chat_room_id,
+            "amount": 15000,
+            "paymentKey": key,
+            "orderId": order_id,
+            "payment_method": "card",
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["payment_status"] == "completed"
 
@@ -77,7 +95,9 @@ def test_a_wrong_amount_is_refused_before_toss_is_called(as_user, toss, make_roo
     open_request(as_user, room)
     r, body = pay(as_user, toss, room, room.members[0], amount=1000)
     assert r.status_code == 422 and r.json()["error"]["code"] == "AMOUNT_MISMATCH"
-    assert [c for c in toss.calls("/v1/payments/confirm") if (c.get("body") or {}).get("orderId") == body["orderId"]] == []
+    assert [
+        c for c in toss.calls("/v1/payments/confirm") if (c.get("body") or {}).get("orderId") == body["orderId"]
+    ] == []
     assert toss.payment(body["paymentKey"])["status"] == "IN_PROGRESS"  # nobody was charged
     status = rows(sql, "SELECT status FROM payments WHERE payer_id = %s", room.members[0])[0]["status"]
     assert status == "pending"
@@ -88,9 +108,16 @@ def test_someone_outside_the_request_cannot_pay(as_user, toss, make_room):
     open_request(as_user, room)
     r = as_user("intruder").post("/api/v1/payment/prepare", {"chat_room_id": room.chat_room_id})
     assert r.status_code == 403 and r.json()["error"]["code"] == "NOT_A_PARTICIPANT"
-    r = as_user("intruder").post("/api/v1/payment/initiate",
-                                 {"chat_room_id": room.chat_room_id, "amount": 15000, "paymentKey": "pk_x",
-                                  "orderId": "order_intruder_1", "payment_method": "card"})
+    r = as_user("intruder").post(
+        "/api/v1/payment/initiate",
+        {
+            "chat_room_id": room.chat_room_id,
+            "amount": 15000,
+            "paymentKey": "pk_x",
+            "orderId": "order_intruder_1",
+            "payment_method": "card",
+        },
+    )
     assert r.status_code == 403
 
 
@@ -110,8 +137,13 @@ def test_simultaneous_identical_confirms_make_one_charge(as_user, toss, make_roo
     open_request(as_user, room)
     order = prepare(as_user, room, room.members[0])
     key = toss.widget(order["orderId"], order["amount"])
-    body = {"chat_room_id": room.chat_room_id, "amount": 15000, "paymentKey": key, "orderId": order["orderId"],
-            "payment_method": "card"}
+    body = {
+        "chat_room_id": room.chat_room_id,
+        "amount": 15000,
+        "paymentKey": key,
+        "orderId": order["orderId"],
+        "payment_method": "card",
+    }
     toss.faults(latency_ms=300)
     client = as_user(room.members[0])
     with ThreadPoolExecutor(8) as pool:
@@ -122,8 +154,9 @@ def test_simultaneous_identical_confirms_make_one_charge(as_user, toss, make_roo
     for a in answers:
         if a.status_code == 409:
             assert a.json()["error"]["code"] == "PAYMENT_IN_PROGRESS"
-    approved = [c for c in toss.calls("/v1/payments/confirm") if c["body"]["orderId"] == order["orderId"]
-                and c["status"] == 200]
+    approved = [
+        c for c in toss.calls("/v1/payments/confirm") if c["body"]["orderId"] == order["orderId"] and c["status"] == 200
+    ]
     assert len({c.get("idempotency_key") for c in approved}) == 1
     assert toss.payment(key)["status"] == "DONE"
     assert client.post("/api/v1/payment/initiate", body).json()["payment_status"] == "completed"
@@ -174,6 +207,7 @@ def test_toss_down_leaves_the_payment_unknown_until_it_is_reconciled(as_user, to
     assert again.status_code == 200, again.text
     assert again.json()["payment_status"] == "completed"
     assert toss.payment(body["paymentKey"])["balanceAmount"] == 15000
-    charges = rows(sql, "SELECT amount FROM ledger_entries WHERE entry_type = 'charge' AND reference = %s",
-                   body["paymentKey"])
+    charges = rows(
+        sql, "SELECT amount FROM ledger_entries WHERE entry_type = 'charge' AND reference = %s", body["paymentKey"]
+    )
     assert [c["amount"] for c in charges] == [15000]

@@ -51,7 +51,7 @@ def _signing_key(token: str) -> Any:
 
 def decode_token(token: str) -> dict[str, Any]:
     settings = get_settings()
-    options: dict[str, Any] = {"require": ["exp"], "verify_aud": bool(settings.jwt_audience)}
+    options: Any = {"require": ["exp"], "verify_aud": bool(settings.jwt_audience)}
     try:
         return jwt.decode(
             token,

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def db_time(value: datetime | None) -> datetime | None:
     """MySQL DATETIME holds UTC without an offset."""
     if value is None:
         return None
-    return value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -22,7 +22,7 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -10,8 +10,9 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-LOCAL_JWT_SECRET = "local-dev-secret-change-me-0123456789abcdef"  # 32+ bytes for HS256
-TOSS_PUBLIC_TEST_SECRET_KEY = "test_sk_zXLkKEypNArWmo50nX3lmeaxYG5R"
+# Local-only defaults; deployed stages take their keys from Secrets Manager (APP_ENV != local refuses these).
+LOCAL_JWT_SECRET = "local-dev-secret-change-me-0123456789abcdef"  # noqa: S105 - 32+ bytes for HS256
+TOSS_PUBLIC_TEST_SECRET_KEY = "test_sk_zXLkKEypNArWmo50nX3lmeaxYG5R"  # noqa: S105 - printed in Toss docs
 
 
 class Settings(BaseModel):
@@ -48,6 +49,8 @@ class Settings(BaseModel):
 
     platform_fee_bps: int = Field(default=300, ge=0, le=10_000)
     event_bus_name: str = "escrow-local"
+    outbox_publisher: str = "eventbridge"  # or "log": the local runner prints events instead of calling AWS
+    reconcile_after_seconds: int = Field(default=60, ge=0)
     secrets_max_age_seconds: int = 300
 
     @field_validator("jwt_algorithm")
@@ -103,8 +106,10 @@ def _secret(arn: str, *, as_json: bool) -> object:
     """A secret from Secrets Manager through Powertools Parameters (cached for secrets_max_age_seconds)."""
     from aws_lambda_powertools.utilities import parameters  # imported only when a secret is really needed
 
-    transform = "json" if as_json else None
-    return parameters.get_secret(arn, max_age=get_settings().secrets_max_age_seconds, transform=transform)
+    max_age = get_settings().secrets_max_age_seconds
+    if as_json:
+        return parameters.get_secret(arn, max_age=max_age, transform="json")
+    return parameters.get_secret(arn, max_age=max_age)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pymysql
@@ -93,10 +93,8 @@ def close() -> None:
     conn = getattr(_local, "conn", None)
     _local.conn = None
     if conn is not None:
-        try:
+        with suppress(Exception):  # a dead connection may fail to close; it is dropped either way
             conn.close()
-        except Exception:  # noqa: BLE001 - a dead connection may fail to close; it is dropped either way
-            pass
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -112,7 +110,7 @@ def is_duplicate_key(exc: BaseException, index: str | None = None) -> bool:
 class Tx:
     """The statements of one unit of work. Every value goes in as a parameter, never formatted into SQL."""
 
-    def __init__(self, cursor: pymysql.cursors.DictCursor):
+    def __init__(self, cursor: Any):
         self._cur = cursor
 
     def _run(self, sql: str, args: Sequence[Any] | dict[str, Any] | None) -> int:
@@ -133,7 +131,7 @@ class Tx:
 
     def insert(self, sql: str, args: Sequence[Any] | dict[str, Any] | None = None) -> int:
         self._run(sql, args)
-        return int(self._cur.lastrowid)
+        return int(self._cur.lastrowid or 0)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         _local.statements = getattr(_local, "statements", 0) + 1

@@ -18,8 +18,14 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def create_database(params: DatabaseParams) -> None:
-    conn = pymysql.connect(host=params.host, port=params.port, user=params.user, password=params.password,
-                           charset="utf8mb4", autocommit=True)
+    conn = pymysql.connect(
+        host=params.host,
+        port=params.port,
+        user=params.user,
+        password=params.password,
+        charset="utf8mb4",
+        autocommit=True,
+    )
     try:
         with conn.cursor() as cur:
             # The name cannot be a parameter; it comes from our own configuration and is quoted as an identifier.
@@ -33,8 +39,10 @@ def apply_migrations(params: DatabaseParams) -> list[str]:
     from yoyo import get_backend, read_migrations  # a dev/ops dependency, not shipped in the layer
 
     create_database(params)
-    url = (f"mysql://{quote(params.user, safe='')}:{quote(params.password, safe='')}"
-           f"@{params.host}:{params.port}/{params.database}")
+    url = (
+        f"mysql://{quote(params.user, safe='')}:{quote(params.password, safe='')}"
+        f"@{params.host}:{params.port}/{params.database}"
+    )
     backend = get_backend(url)
     migrations = read_migrations(str(MIGRATIONS))
     with backend.lock():
@@ -49,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = parse_database_url(args.database_url) if args.database_url else database_params()
     applied = apply_migrations(params)
-    print(f"database {params.database} on {params.host}:{params.port}: "
-          f"{len(applied)} migration(s) applied{': ' + ', '.join(applied) if applied else ''}")
+    print(
+        f"database {params.database} on {params.host}:{params.port}: "
+        f"{len(applied)} migration(s) applied{': ' + ', '.join(applied) if applied else ''}"
+    )
     return 0
 
 

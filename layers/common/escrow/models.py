@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-MIN_AMOUNT = 100          # KRW; Toss refuses tiny card payments (BELOW_MINIMUM_AMOUNT)
-MAX_AMOUNT = 10_000_000   # KRW per participant; a deposit above this is a typo, not a booking
+MIN_AMOUNT = 100  # KRW; Toss refuses tiny card payments (BELOW_MINIMUM_AMOUNT)
+MAX_AMOUNT = 10_000_000  # KRW per participant; a deposit above this is a typo, not a booking
 MAX_PARTICIPANTS = 100
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
@@ -16,7 +16,7 @@ ORDER_ID_PATTERN = r"^[A-Za-z0-9_-]{6,64}$"
 
 
 def _no_control_chars(value: str) -> str:
-    if any(ord(c) < 32 and c not in "\n\t" or ord(c) == 127 for c in value):
+    if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in value):
         raise ValueError("must not contain control characters")
     return value
 
@@ -36,7 +36,7 @@ def _aware_utc(value: datetime | None) -> datetime | None:
         return None
     if value.tzinfo is None:
         raise ValueError("must carry a time zone offset, e.g. 2026-12-01T18:00:00+09:00")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 class CreatePaymentRequestBody(_Body):
@@ -71,3 +71,72 @@ class ConfirmBody(_Body):
     paymentKey: Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]  # noqa: N815
     orderId: Annotated[StrictStr, Field(pattern=ORDER_ID_PATTERN)]  # noqa: N815
     payment_method: Annotated[Text, Field(max_length=32)] | None = None
+
+
+class CancelBody(_Body):
+    """Either a share (`paymentKey`, the brief's body, optional `cancelAmount`) or a whole request
+    (`chat_room_id`, room owner only)."""
+
+    paymentKey: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = None  # noqa: N815
+    chat_room_id: RoomId | None = None
+    cancelReason: Annotated[Text, Field(min_length=1, max_length=200)]  # noqa: N815
+    cancelAmount: Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT)] | None = None  # noqa: N815
+
+    @field_validator("chat_room_id")
+    @classmethod
+    def _one_target(cls, value: int | None, info: Any) -> int | None:
+        has_key = info.data.get("paymentKey") is not None
+        if (value is None) == (not has_key):
+            raise ValueError("give either paymentKey or chat_room_id, not both")
+        return value
+
+
+class ReleaseBody(_Body):
+    chat_room_id: RoomId
+
+
+BANK_CODES = {
+    "04": "KB국민은행",
+    "05": "하나은행",
+    "88": "신한은행",
+    "20": "우리은행",
+    "11": "NH농협은행",
+    "03": "IBK기업은행",
+    "23": "SC제일은행",
+    "27": "씨티은행",
+    "32": "부산은행",
+    "31": "대구은행",
+    "34": "광주은행",
+    "35": "제주은행",
+    "39": "경남은행",
+    "92": "토스뱅크",
+    "89": "케이뱅크",
+    "90": "카카오뱅크",
+    "45": "새마을금고",
+    "07": "수협은행",
+    "50": "저축은행중앙회",
+    "71": "우체국예금보험",
+    "64": "산림조합",
+}  # the brief's list, exactly as the chat app sends it
+
+
+class RegisterStoreBody(_Body):
+    store_id: Annotated[StrictStr, Field(pattern=ID_PATTERN)]
+    owner_id: UserId
+    name: Annotated[Text, Field(min_length=1, max_length=100)] | None = None
+    bank_code: StrictStr
+    account_number: Annotated[StrictStr, Field(pattern=r"^[0-9]{6,20}$")]
+    holder_name: Annotated[Text, Field(min_length=1, max_length=30)]
+    business_type: Annotated[StrictStr, Field(pattern=r"^(INDIVIDUAL|INDIVIDUAL_BUSINESS|CORPORATE)$")] = "INDIVIDUAL"
+    email: Annotated[StrictStr, Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,100}$", max_length=100)]
+    phone: Annotated[StrictStr, Field(pattern=r"^[0-9]{9,11}$")]
+    company_name: Annotated[Text, Field(max_length=100)] | None = None
+    representative_name: Annotated[Text, Field(max_length=60)] | None = None
+    business_registration_number: Annotated[StrictStr, Field(pattern=r"^[0-9]{10}$")] | None = None
+
+    @field_validator("bank_code")
+    @classmethod
+    def _known_bank(cls, value: str) -> str:
+        if value not in BANK_CODES:
+            raise ValueError("bank_code must be one of the brief's bank codes")
+        return value

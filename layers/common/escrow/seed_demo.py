@@ -15,7 +15,8 @@ DEMO_STORE = "store_123"
 def seed() -> None:
     with db.transaction() as tx:
         tx.execute(
-            "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s) ON DUPLICATE KEY UPDATE store_id = store_id",
+            "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s) "
+            "ON DUPLICATE KEY UPDATE store_id = store_id",
             (DEMO_STORE, "store_owner_1", "데모 식당"),
         )
         for user_id, is_owner in DEMO_MEMBERS:

@@ -51,6 +51,7 @@ def count_completed(tx: Tx, request_id: int) -> int:
 
 # --- orders: every orderId issued or used -------------------------------------------------------------------
 
+
 def find_order(tx: Tx, order_id: str) -> Row | None:
     return tx.one(
         "SELECT o.order_id, o.payment_id, o.payer_id, o.amount, o.status, o.payment_key, p.payment_request_id "
@@ -59,8 +60,9 @@ def find_order(tx: Tx, order_id: str) -> Row | None:
     )
 
 
-def insert_order(tx: Tx, *, order_id: str, payment_id: int, payer_id: str, amount: int, status: str,
-                 payment_key: str | None = None) -> None:
+def insert_order(
+    tx: Tx, *, order_id: str, payment_id: int, payer_id: str, amount: int, status: str, payment_key: str | None = None
+) -> None:
     tx.execute(
         "INSERT INTO payment_orders (order_id, payment_id, payer_id, amount, status, payment_key) "
         "VALUES (%s, %s, %s, %s, %s, %s)",

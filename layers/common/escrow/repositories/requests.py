@@ -11,8 +11,18 @@ _COLUMNS = (
 )
 
 
-def insert(tx: Tx, *, chat_room_id: int, store_id: str, requester_id: str, amount: int, message: str | None,
-           participant_count: int, release_at: datetime | None, expires_at: datetime | None) -> int:
+def insert(
+    tx: Tx,
+    *,
+    chat_room_id: int,
+    store_id: str,
+    requester_id: str,
+    amount: int,
+    message: str | None,
+    participant_count: int,
+    release_at: datetime | None,
+    expires_at: datetime | None,
+) -> int:
     return tx.insert(
         "INSERT INTO payment_requests (chat_room_id, store_id, requester_id, amount, message, status, "
         "participant_count, release_at, expires_at) VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s, %s)",
@@ -45,7 +55,7 @@ def status_view(tx: Tx, chat_room_id: int, user_id: str) -> Row:
         f"""SELECT (SELECT COUNT(*) FROM chat_room_members m WHERE m.chat_room_id = %(room)s) AS member_rows,
                    EXISTS(SELECT 1 FROM chat_room_members m
                           WHERE m.chat_room_id = %(room)s AND m.user_id = %(user)s) AS is_member,
-                   r.{_COLUMNS.replace(', ', ', r.')}
+                   r.{_COLUMNS.replace(", ", ", r.")}
             FROM (SELECT 1 AS one) d
             LEFT JOIN payment_requests r ON r.id = (
                 SELECT id FROM payment_requests WHERE chat_room_id = %(room)s

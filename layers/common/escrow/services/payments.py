@@ -66,6 +66,7 @@ def _share(tx: db.Tx, request: dict[str, Any], payer_id: str) -> dict[str, Any]:
 
 # --- prepare ------------------------------------------------------------------------------------------------
 
+
 def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
     """Issue (or hand back) the payer's orderId for the Toss widget. Idempotent until the order is used."""
     with db.transaction() as tx:
@@ -80,8 +81,14 @@ def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
             order_id = order["order_id"]
         else:
             order_id = new_order_id(request["id"])
-            payments_repo.insert_order(tx, order_id=order_id, payment_id=share["id"], payer_id=principal.user_id,
-                                       amount=share["amount"], status="issued")
+            payments_repo.insert_order(
+                tx,
+                order_id=order_id,
+                payment_id=share["id"],
+                payer_id=principal.user_id,
+                amount=share["amount"],
+                status="issued",
+            )
             payments_repo.update(tx, share["id"], order_id=order_id, payment_key=None)
     return {
         "orderId": order_id,
@@ -95,6 +102,7 @@ def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
 
 # --- confirm ------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Attempt:
     payment_id: int
@@ -102,7 +110,7 @@ class Attempt:
     order_id: str
     payment_key: str
     amount: int
-    done: bool = False          # already completed with this paymentKey: answer without calling Toss
+    done: bool = False  # already completed with this paymentKey: answer without calling Toss
 
 
 def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
@@ -120,7 +128,8 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
             if body.amount != share["amount"]:
                 raise ValidationFailed(
                     f"the amount must be {share['amount']} KRW for this request",
-                    code="AMOUNT_MISMATCH", details=[{"field": "amount", "message": f"expected {share['amount']}"}],
+                    code="AMOUNT_MISMATCH",
+                    details=[{"field": "amount", "message": f"expected {share['amount']}"}],
                 )
             if share["status"] in ("in_progress", "unknown"):
                 if same_attempt:
@@ -130,8 +139,15 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
             # pending or failed: a new attempt with the prepared orderId or a new one bound to this payer
             order = payments_repo.find_order(tx, body.orderId)
             if order is None:
-                payments_repo.insert_order(tx, order_id=body.orderId, payment_id=share["id"], payer_id=payer_id,
-                                           amount=share["amount"], status="in_progress", payment_key=body.paymentKey)
+                payments_repo.insert_order(
+                    tx,
+                    order_id=body.orderId,
+                    payment_id=share["id"],
+                    payer_id=payer_id,
+                    amount=share["amount"],
+                    status="in_progress",
+                    payment_key=body.paymentKey,
+                )
             elif order["payment_id"] != share["id"] or order["status"] != "issued":
                 raise Conflict("this orderId was already used; prepare a new order", code="ORDER_ID_ALREADY_USED")
             else:
@@ -139,8 +155,14 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
             payments_repo.supersede_issued_orders(tx, share["id"], body.orderId)
             check_payment(share["status"], "in_progress")
             payments_repo.update(
-                tx, share["id"], status="in_progress", order_id=body.orderId, payment_key=body.paymentKey,
-                method=body.payment_method, failure_code=None, failure_message=None,
+                tx,
+                share["id"],
+                status="in_progress",
+                order_id=body.orderId,
+                payment_key=body.paymentKey,
+                method=body.payment_method,
+                failure_code=None,
+                failure_message=None,
                 confirm_started_at=db_time(utcnow()),
             )
             return attempt
@@ -181,6 +203,7 @@ def _look_up(toss: TossClient, attempt: Attempt) -> Payment | None:
 
 def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossClient | None = None) -> dict[str, Any]:
     attempt = _begin_confirm(principal.user_id, body)
+    payment: Payment | None
     if attempt.done:
         return {"payment_status": "completed", "paymentKey": attempt.payment_key, "orderId": attempt.order_id}
     toss = toss or get_toss_client()
@@ -189,8 +212,9 @@ def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossClient
     except TossApiError as exc:
         if exc.code == "IDEMPOTENT_REQUEST_PROCESSING":
             # Another confirm of this very order is still running at Toss; it will settle the payment.
-            raise Conflict("this payment is being confirmed right now; ask again in a moment",
-                           code="PAYMENT_IN_PROGRESS") from exc
+            raise Conflict(
+                "this payment is being confirmed right now; ask again in a moment", code="PAYMENT_IN_PROGRESS"
+            ) from exc
         if not exc.outcome_unknown:
             return _declined(attempt, exc)
         payment = _resolve_unknown(toss, attempt, exc)
@@ -198,21 +222,25 @@ def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossClient
         payment = _resolve_unknown(toss, attempt, exc)
     if payment is None:
         record_failure(attempt.order_id, "NOT_FOUND_PAYMENT", "Toss has no payment for this order", actor="confirm")
-        raise PaymentDeclined("Toss has no payment for this orderId and paymentKey; pay again",
-                              toss_code="NOT_FOUND_PAYMENT")
+        raise PaymentDeclined(
+            "Toss has no payment for this orderId and paymentKey; pay again", toss_code="NOT_FOUND_PAYMENT"
+        )
     outcome = apply_toss_payment(payment, actor=principal.user_id, reason="confirm")
     return _answer(attempt, payment, outcome)
 
 
 def _resolve_unknown(toss: TossClient, attempt: Attempt, cause: Exception) -> Payment | None:
-    logger.warning("confirm outcome unknown, looking the order up", extra={"order_id": attempt.order_id,
-                                                                           "cause": type(cause).__name__})
+    logger.warning(
+        "confirm outcome unknown, looking the order up",
+        extra={"order_id": attempt.order_id, "cause": type(cause).__name__},
+    )
     try:
         return _look_up(toss, attempt)
     except TossApiError as exc:
         if exc.code == "IDEMPOTENT_REQUEST_PROCESSING":
-            raise Conflict("this payment is being confirmed right now; ask again in a moment",
-                           code="PAYMENT_IN_PROGRESS") from exc
+            raise Conflict(
+                "this payment is being confirmed right now; ask again in a moment", code="PAYMENT_IN_PROGRESS"
+            ) from exc
         if not exc.outcome_unknown:
             _declined(attempt, exc)
         cause = exc
@@ -230,8 +258,9 @@ def _declined(attempt: Attempt, exc: TossApiError) -> dict[str, Any]:
     record_failure(attempt.order_id, exc.code, exc.message, actor="confirm")
     count("PaymentsDeclined")
     if exc.configuration or exc.retryable:
-        raise UpstreamUnavailable("the payment could not be confirmed now; please pay again shortly",
-                                  toss_code=exc.code)
+        raise UpstreamUnavailable(
+            "the payment could not be confirmed now; please pay again shortly", toss_code=exc.code
+        )
     raise PaymentDeclined(exc.message or "the payment was declined", toss_code=exc.code)
 
 
@@ -241,16 +270,19 @@ def _answer(attempt: Attempt, payment: Payment, outcome: str) -> dict[str, Any]:
     if outcome == "waiting_for_deposit":
         return {"payment_status": "in_progress", "toss_status": payment.status, "orderId": payment.order_id}
     if outcome == "refunded_mismatch":
-        raise Conflict("Toss approved a different amount; the payment was cancelled and refunded",
-                       code="AMOUNT_MISMATCH_REFUNDED")
+        raise Conflict(
+            "Toss approved a different amount; the payment was cancelled and refunded", code="AMOUNT_MISMATCH_REFUNDED"
+        )
     if outcome == "failed":
         code = payment.failure.code if payment.failure and payment.failure.code else payment.status
         raise PaymentDeclined("the payment did not go through; pay again", toss_code=code)
-    raise PaymentOutcomeUnknown("the payment is not settled yet; it will be settled automatically",
-                                order_id=attempt.order_id)
+    raise PaymentOutcomeUnknown(
+        "the payment is not settled yet; it will be settled automatically", order_id=attempt.order_id
+    )
 
 
 # --- what Toss says about an order ------------------------------------------------------------------------
+
 
 def record_failure(order_id: str, code: str, message: str, *, actor: str) -> None:
     with db.transaction() as tx:
@@ -279,14 +311,17 @@ def record_unknown(order_id: str, reason: str) -> None:
             payments_repo.update(tx, share["id"], status="unknown", failure_message=reason)
 
 
-def apply_toss_payment(payment: Payment, *, actor: str, reason: str, toss: TossClient | None = None) -> str:
+def apply_toss_payment(
+    payment: Payment, *, actor: str, reason: str, toss: TossClient | None = None, refund_now: bool = True
+) -> str:
     """Bring our ledger in line with Toss's record of one order. Safe to call any number of times.
 
     Returns one of: completed, already_completed, waiting_for_deposit, failed, pending (Toss not final yet),
-    refunded_mismatch (Toss charged an amount or an order we did not expect; it was cancelled), ignored.
+    refunded_mismatch (Toss charged an amount or an order we did not expect; it was cancelled), refund_pending
+    (such a charge still to be cancelled), ignored.
     """
     outcome, refund = _apply(payment, actor=actor, reason=reason)
-    if refund is not None:
+    if refund is not None and refund_now:  # otherwise the order stays refund_pending for the schedule
         outcome = refund_unexpected_charge(payment, refund, toss=toss)
     return outcome
 
@@ -307,58 +342,110 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
             if live and share["status"] in PAID_STATUSES and share["payment_key"] == payment.payment_key:
                 return "already_completed", None
             expected_amount = live and payment.total_amount == share["amount"]
-            if not live or not expected_amount or share["status"] not in ("in_progress", "unknown", "failed"):
+            request_open = request["status"] == "pending"
+            if (
+                not live
+                or not expected_amount
+                or not request_open
+                or share["status"] not in ("in_progress", "unknown", "failed")
+            ):
                 # Money we must not keep: a second charge for a paid share, a stale order, a wrong amount.
+                # (A request cancelled or expired while this confirm was in flight lands here too.)
                 why = "AMOUNT_MISMATCH" if live and not expected_amount else "UNEXPECTED_CHARGE"
-                payments_repo.update_order(tx, payment.order_id, status="refund_pending", failure_code=why,
-                                           payment_key=payment.payment_key)
+                payments_repo.update_order(
+                    tx, payment.order_id, status="refund_pending", failure_code=why, payment_key=payment.payment_key
+                )
                 if live and share["status"] in ("in_progress", "unknown"):
-                    payments_repo.update(tx, share["id"], status="failed", failure_code=why,
-                                         failure_message="Toss approved an amount we did not ask for; refunded")
-                ledger.record(tx, request_id=request["id"], payment_id=share["id"], entry_type="charge",
-                              amount=payment.total_amount, reference=payment.payment_key, actor=actor, reason=why)
+                    payments_repo.update(
+                        tx,
+                        share["id"],
+                        status="failed",
+                        failure_code=why,
+                        failure_message="Toss approved an amount we did not ask for; refunded",
+                    )
+                ledger.record(
+                    tx,
+                    request_id=request["id"],
+                    payment_id=share["id"],
+                    entry_type="charge",
+                    amount=payment.total_amount,
+                    reference=payment.payment_key,
+                    actor=actor,
+                    reason=why,
+                )
                 return "refund_pending", why
             check_payment(share["status"], "completed")
             payments_repo.update(
-                tx, share["id"], status="completed", payment_key=payment.payment_key, toss_status=payment.status,
-                toss_method=(payment.method or "")[:32] or None, approved_at=db_time(_parse_time(payment.approved_at)),
-                paid_amount=payment.total_amount, secret=payment.secret, failure_code=None, failure_message=None,
+                tx,
+                share["id"],
+                status="completed",
+                payment_key=payment.payment_key,
+                toss_status=payment.status,
+                toss_method=(payment.method or "")[:32] or None,
+                approved_at=db_time(_parse_time(payment.approved_at)),
+                paid_amount=payment.total_amount,
+                secret=payment.secret,
+                failure_code=None,
+                failure_message=None,
                 last_toss_response=response,
             )
             payments_repo.update_order(tx, payment.order_id, status="done", payment_key=payment.payment_key)
-            ledger.record(tx, request_id=request["id"], payment_id=share["id"], entry_type="charge",
-                          amount=payment.total_amount, reference=payment.payment_key, actor=actor, reason=reason)
+            ledger.record(
+                tx,
+                request_id=request["id"],
+                payment_id=share["id"],
+                entry_type="charge",
+                amount=payment.total_amount,
+                reference=payment.payment_key,
+                actor=actor,
+                reason=reason,
+            )
             count("PaymentsConfirmed")
             paid = payments_repo.count_completed(tx, request["id"])
             if request["status"] == "pending" and paid == request["participant_count"]:
                 check_request("pending", "completed")
                 requests_repo.set_status(tx, request["id"], "completed", completed_at=db_time(utcnow()))
                 outbox_repo.add(
-                    tx, event_type="EscrowFunded", aggregate_id=request["id"],
+                    tx,
+                    event_type="EscrowFunded",
+                    aggregate_id=request["id"],
                     dedupe_key=f"EscrowFunded:{request['id']}:{paid}:{request['participant_count']}",
-                    payload={"payment_request_id": request["id"], "chat_room_id": request["chat_room_id"],
-                             "store_id": request["store_id"], "amount_per_participant": request["amount"],
-                             "participant_count": request["participant_count"],
-                             "total_amount": request["amount"] * request["participant_count"]},
+                    payload={
+                        "payment_request_id": request["id"],
+                        "chat_room_id": request["chat_room_id"],
+                        "store_id": request["store_id"],
+                        "amount_per_participant": request["amount"],
+                        "participant_count": request["participant_count"],
+                        "total_amount": request["amount"] * request["participant_count"],
+                    },
                 )
                 count("EscrowFunded")
             return "completed", None
 
         if payment.status == "WAITING_FOR_DEPOSIT":
             if live:
-                payments_repo.update(tx, share["id"], toss_status=payment.status, secret=payment.secret,
-                                     last_toss_response=response)
+                payments_repo.update(
+                    tx, share["id"], toss_status=payment.status, secret=payment.secret, last_toss_response=response
+                )
             return "waiting_for_deposit", None
 
         if payment.status in ("ABORTED", "EXPIRED"):
             code = payment.failure.code if payment.failure and payment.failure.code else payment.status
             message = (payment.failure.message if payment.failure else None) or payment.status
-            payments_repo.update_order(tx, payment.order_id, status="failed", failure_code=code,
-                                       failure_message=message[:500])
+            payments_repo.update_order(
+                tx, payment.order_id, status="failed", failure_code=code, failure_message=message[:500]
+            )
             if live and share["status"] in ("in_progress", "unknown"):
                 check_payment(share["status"], "failed")
-                payments_repo.update(tx, share["id"], status="failed", toss_status=payment.status,
-                                     failure_code=code, failure_message=message[:500], last_toss_response=response)
+                payments_repo.update(
+                    tx,
+                    share["id"],
+                    status="failed",
+                    toss_status=payment.status,
+                    failure_code=code,
+                    failure_message=message[:500],
+                    last_toss_response=response,
+                )
             return "failed", None
 
         # READY / IN_PROGRESS: not final at Toss; CANCELED / PARTIAL_CANCELED are the refund flow's business.
@@ -369,20 +456,30 @@ def refund_unexpected_charge(payment: Payment, why: str, *, toss: TossClient | N
     """Cancel a charge we must not keep (wrong amount, or a second charge for one share)."""
     toss = toss or get_toss_client()
     try:
-        cancelled = toss.cancel(payment.payment_key, f"자동 환불: {why}",
-                                idempotency_key=refund_idempotency_key(payment.order_id))
+        cancelled = toss.cancel(
+            payment.payment_key, f"자동 환불: {why}", idempotency_key=refund_idempotency_key(payment.order_id)
+        )
     except TossError as exc:
-        logger.error("automatic refund failed; reconciliation will retry",
-                     extra={"order_id": payment.order_id, "error": str(exc)})
+        logger.error(
+            "automatic refund failed; reconciliation will retry",
+            extra={"order_id": payment.order_id, "error": str(exc)},
+        )
         return "refund_pending"
     with db.transaction() as tx:
         order = payments_repo.find_order(tx, payment.order_id)
         assert order is not None
         payments_repo.update_order(tx, payment.order_id, status="refunded")
         for cancel in cancelled.cancels or []:
-            ledger.record(tx, request_id=order["payment_request_id"], payment_id=order["payment_id"],
-                          entry_type="refund", amount=cancel.cancel_amount, reference=cancel.transaction_key,
-                          actor="system", reason=why)
+            ledger.record(
+                tx,
+                request_id=order["payment_request_id"],
+                payment_id=order["payment_id"],
+                entry_type="refund",
+                amount=cancel.cancel_amount,
+                reference=cancel.transaction_key,
+                actor="system",
+                reason=why,
+            )
     count("UnexpectedChargesRefunded")
     return "refunded_mismatch"
 

@@ -28,8 +28,11 @@ def _participants(body: CreatePaymentRequestBody, caller: str, members: list[dic
         else:
             outsiders = sorted(set(body.participant_ids) - member_ids)
             if outsiders:
-                raise ValidationFailed("participants must be members of the room", code="NOT_ROOM_MEMBERS",
-                                       details=[{"field": "participant_ids", "message": f"not members: {outsiders}"}])
+                raise ValidationFailed(
+                    "participants must be members of the room",
+                    code="NOT_ROOM_MEMBERS",
+                    details=[{"field": "participant_ids", "message": f"not members: {outsiders}"}],
+                )
             participants = list(body.participant_ids)
     else:
         if body.participant_ids is None:
@@ -39,8 +42,9 @@ def _participants(body: CreatePaymentRequestBody, caller: str, members: list[dic
             )
         participants = list(body.participant_ids)
     if not participants:
-        raise ValidationFailed("the request has no participant to pay (the owner does not pay unless listed)",
-                               code="NO_PARTICIPANTS")
+        raise ValidationFailed(
+            "the request has no participant to pay (the owner does not pay unless listed)", code="NO_PARTICIPANTS"
+        )
     return participants
 
 
@@ -51,14 +55,18 @@ def _check_deadlines(body: CreatePaymentRequestBody, now: datetime) -> None:
             raise ValidationFailed(f"{name} must be in the future", details=[{"field": name, "message": "in the past"}])
 
 
-def create_payment_request(principal: Principal, body: CreatePaymentRequestBody,
-                           *, now: Callable[[], datetime] = utcnow) -> dict[str, Any]:
+def create_payment_request(
+    principal: Principal, body: CreatePaymentRequestBody, *, now: Callable[[], datetime] = utcnow
+) -> dict[str, Any]:
     _check_deadlines(body, now())
     try:
         with db.transaction() as tx:
             if rooms_repo.store(tx, body.store_id) is None:
-                raise ValidationFailed("unknown store_id", code="UNKNOWN_STORE",
-                                       details=[{"field": "store_id", "message": "no such store"}])
+                raise ValidationFailed(
+                    "unknown store_id",
+                    code="UNKNOWN_STORE",
+                    details=[{"field": "store_id", "message": "no such store"}],
+                )
             participants = _participants(body, principal.user_id, rooms_repo.members(tx, body.chat_room_id))
             request_id = requests_repo.insert(
                 tx,
@@ -77,9 +85,10 @@ def create_payment_request(principal: Principal, body: CreatePaymentRequestBody,
             raise Conflict("the room already has an open payment request", code="OPEN_REQUEST_EXISTS") from exc
         raise
     count("PaymentRequestsOpened")
-    logger.info("payment request opened", extra={"payment_request_id": request_id,
-                                                  "chat_room_id": body.chat_room_id,
-                                                  "participants": len(participants)})
+    logger.info(
+        "payment request opened",
+        extra={"payment_request_id": request_id, "chat_room_id": body.chat_room_id, "participants": len(participants)},
+    )
     return {"payment_request_id": request_id, "status": "pending"}
 
 

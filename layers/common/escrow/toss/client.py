@@ -4,6 +4,7 @@ typed answers and typed errors."""
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from typing import Any
 from urllib.parse import quote
@@ -26,11 +27,15 @@ class TossClient:
         *,
         connect_timeout: float = 3.0,
         read_timeout: float = 20.0,
+        payout_read_timeout: float = 60.0,
+        security_key: str = "",
         session: requests.Session | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self._auth = "Basic " + base64.b64encode(f"{secret_key}:".encode()).decode()
         self.timeout = (connect_timeout, read_timeout)
+        self.payout_read_timeout = payout_read_timeout
+        self.security_key = security_key
         self.calls = 0  # Toss calls made by this client (the benchmark reads it)
         if session is None:
             session = requests.Session()
@@ -70,6 +75,65 @@ class TossClient:
             body["refundableAmount"] = refundable_amount
         path = f"/v1/payments/{quote(payment_key, safe='')}/cancel"
         return Payment.from_api(self._request("POST", path, body, idempotency_key))
+
+    # --- payouts v2 (ENCRYPTION security mode) ---------------------------------------------------------
+
+    def register_seller(self, seller: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+        return self._encrypted("POST", "/v2/sellers", seller, idempotency_key)
+
+    def get_seller(self, seller_id: str) -> dict[str, Any]:
+        return self._encrypted("GET", f"/v2/sellers/{quote(seller_id, safe='')}")
+
+    def request_payouts(self, items: list[dict[str, Any]], *, idempotency_key: str) -> list[dict[str, Any]]:
+        """One call for up to 100 payout items (Toss takes a JSON array)."""
+        body = self._encrypted("POST", "/v2/payouts", items, idempotency_key)
+        found = body.get("items", body if isinstance(body, list) else [body])
+        return [dict(item) for item in found]
+
+    def get_payout(self, payout_id: str) -> dict[str, Any]:
+        return self._encrypted("GET", f"/v2/payouts/{quote(payout_id, safe='')}")
+
+    def _encrypted(self, method: str, path: str, body: Any = None, idempotency_key: str | None = None) -> Any:
+        """A v2 call: the body goes out as a JWE, the answer (success or error) comes back as one."""
+        from escrow.toss import jwe
+
+        if not self.security_key:
+            raise TossApiError(0, "SECURITY_KEY_MISSING", "no Toss security key is configured for payouts")
+        headers = self._headers(idempotency_key)
+        headers["TossPayments-api-security-mode"] = "ENCRYPTION"
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "text/plain"
+            data = jwe.encrypt(json.dumps(body, ensure_ascii=False), self.security_key)
+        if method == "POST" and idempotency_key is None:
+            raise ValueError("every Toss POST carries an Idempotency-Key")
+        self.calls += 1
+        timeout = (self.timeout[0], self.payout_read_timeout)
+        with subsegment(f"toss {method} v2"):
+            try:
+                response = self._session.request(
+                    method, self.base_url + path, data=data, headers=headers, timeout=timeout
+                )
+            except requests.ConnectTimeout as exc:
+                raise TossConnectionError(f"could not connect to Toss: {type(exc).__name__}") from exc
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                raise TossTimeout(f"Toss did not answer {method} {path} in time") from exc
+        text = response.text.strip()
+        try:
+            payload = json.loads(text) if text.startswith("{") else json.loads(jwe.decrypt(text, self.security_key))
+        except (ValueError, jwe.JweError) as exc:
+            raise TossApiError(
+                response.status_code, "UNREADABLE_RESPONSE", f"could not read Toss's answer: {exc}"
+            ) from exc
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if error or not 200 <= response.status_code < 300:
+            error = error or {}
+            raise TossApiError(
+                response.status_code,
+                str(error.get("code") or "UNKNOWN_ERROR"),
+                str(error.get("message") or "payout call failed"),
+            )
+        return payload.get("entityBody", payload)
 
     # --- transport ---------------------------------------------------------------------------------------
 
@@ -120,11 +184,14 @@ class TossClient:
         code = "UNKNOWN_ERROR"
         message = f"unexpected answer from Toss ({response.status_code})"
         if isinstance(data, dict):
-            error = data.get("error") if isinstance(data.get("error"), dict) else data
+            nested = data.get("error")
+            error: dict[str, Any] = nested if isinstance(nested, dict) else data
             code = str(error.get("code") or code)
             message = str(error.get("message") or message)
-        logger.info("toss error", extra={"toss_path": path, "toss_method": method,
-                                          "toss_status": response.status_code, "toss_code": code})
+        logger.info(
+            "toss error",
+            extra={"toss_path": path, "toss_method": method, "toss_status": response.status_code, "toss_code": code},
+        )
         raise TossApiError(response.status_code, code, message)
 
 
@@ -137,13 +204,15 @@ def get_toss_client() -> TossClient:
 
     client = getattr(_local, "client", None)
     if client is None or getattr(_local, "generation", None) != settings_generation():
-
         settings = get_settings()
+        keys = toss_keys()
         client = TossClient(
             settings.toss_api_base,
-            toss_keys().secret_key,
+            keys.secret_key,
             connect_timeout=settings.toss_connect_timeout,
             read_timeout=settings.toss_read_timeout,
+            payout_read_timeout=settings.toss_payout_read_timeout,
+            security_key=keys.security_key,
         )
         _local.client = client
         _local.generation = settings_generation()

@@ -1,0 +1,304 @@
+"""The scheduled jobs (EventBridge Scheduler -> ReleaseFunction). Each is bounded (a batch limit and the Lambda's
+remaining time) and safe to run twice at once: every item is re-checked under its row locks before it changes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from escrow import db
+from escrow.clock import db_time, utcnow
+from escrow.config import get_settings
+from escrow.errors import AppError
+from escrow.observability import logger
+from escrow.repositories import cancels as cancels_repo
+from escrow.repositories import outbox as outbox_repo
+from escrow.repositories import requests as requests_repo
+from escrow.services import payments as payment_service
+from escrow.services import refunds as refund_service
+from escrow.services import release as release_service
+from escrow.states import check_request
+from escrow.toss import Payment, TossError
+from escrow.toss.client import TossClient, get_toss_client
+
+RECONCILE_AFTER_SECONDS = 60  # a confirm or cancel older than this with no outcome is looked up
+BATCH = 200
+
+
+def expire_overdue(
+    limit: int = BATCH,
+    *,
+    now: Callable[[], datetime] = utcnow,
+    toss: TossClient | None = None,
+    deadline: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
+    with db.reader() as tx:
+        due = tx.all(
+            "SELECT id FROM payment_requests WHERE status = 'pending' AND expires_at <= %s "
+            "ORDER BY expires_at LIMIT %s",
+            (db_time(now()), limit),
+        )
+    expired = refunds = 0
+    for row in due:
+        if deadline():
+            break
+        with db.transaction() as tx:
+            request = requests_repo.lock(tx, row["id"])
+            if request is None or request["status"] != "pending":
+                continue
+            check_request("pending", "expired")
+            requests_repo.set_status(
+                tx,
+                request["id"],
+                "expired",
+                closed_at=db_time(now()),
+                closed_by="schedule",
+                close_reason="deadline passed before every participant paid",
+            )
+            outbox_repo.add(
+                tx,
+                event_type="RequestExpired",
+                aggregate_id=request["id"],
+                dedupe_key=f"RequestExpired:{request['id']}",
+                payload={
+                    "payment_request_id": request["id"],
+                    "chat_room_id": request["chat_room_id"],
+                    "store_id": request["store_id"],
+                },
+            )
+            targets = refund_service._queue_refunds(
+                tx, request["id"], actor="schedule", reason="기한 내 전원 결제되지 않아 자동 환불", tag="expiry"
+            )
+        expired += 1
+        refunds += len(refund_service.refund_queued(targets, toss=toss))
+    return {"expired": expired, "refunds_started": refunds}
+
+
+def reconcile_payments(
+    limit: int = BATCH,
+    *,
+    toss: TossClient | None = None,
+    older_than: int | None = None,
+    deadline: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
+    """Settle orders left in_progress / unknown (look them up by orderId) and cancel charges we must not keep."""
+    older_than = get_settings().reconcile_after_seconds if older_than is None else older_than
+    with db.reader() as tx:
+        orders = tx.all(
+            "SELECT order_id, payment_id, payment_key, amount, status FROM payment_orders "
+            "WHERE status IN ('in_progress', 'unknown', 'refund_pending') "
+            "AND updated_at < NOW(3) - INTERVAL %s SECOND ORDER BY updated_at LIMIT %s",
+            (older_than, limit),
+        )
+    toss = toss or get_toss_client()
+    settled = unresolved = 0
+    for order in orders:
+        if deadline():
+            break
+        try:
+            if order["status"] == "refund_pending":
+                payment = toss.get_payment(order["payment_key"])
+                outcome = (
+                    payment_service.refund_unexpected_charge(payment, "UNEXPECTED_CHARGE", toss=toss)
+                    if payment.balance_amount > 0
+                    else _mark_refunded(order["order_id"], payment)
+                )
+            else:
+                attempt = payment_service.Attempt(
+                    order["payment_id"], 0, order["order_id"], order["payment_key"] or "", order["amount"]
+                )
+                found = payment_service._look_up(toss, attempt) if order["payment_key"] else None
+                if found is None:
+                    payment_service.record_failure(
+                        order["order_id"], "NOT_FOUND_PAYMENT", "Toss has no payment for this order", actor="reconcile"
+                    )
+                    outcome = "failed"
+                else:
+                    outcome = payment_service.apply_toss_payment(
+                        found, actor="reconcile", reason="reconciliation", toss=toss
+                    )
+        except (TossError, AppError) as exc:
+            logger.warning("order not settled yet", extra={"order_id": order["order_id"], "error": str(exc)})
+            unresolved += 1
+            continue
+        settled += outcome not in ("pending",)
+    return {"orders_checked": len(orders), "orders_settled": settled, "orders_unresolved": unresolved}
+
+
+def _mark_refunded(order_id: str, payment: Payment) -> str:
+    with db.transaction() as tx:
+        payments_order = tx.one("SELECT payment_id FROM payment_orders WHERE order_id = %s", (order_id,))
+        tx.execute("UPDATE payment_orders SET status = 'refunded' WHERE order_id = %s", (order_id,))
+        assert payments_order is not None
+    return "refunded_mismatch"
+
+
+def reconcile_cancels(
+    limit: int = BATCH,
+    *,
+    toss: TossClient | None = None,
+    older_than: int | None = None,
+    deadline: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
+    """Refunds whose answer was lost, or that were queued and not sent: ask Toss again with the same key."""
+    older_than = get_settings().reconcile_after_seconds if older_than is None else older_than
+    with db.reader() as tx:
+        stale = cancels_repo.stale(tx, older_than, limit)
+        rows = []
+        for c in stale:
+            share = tx.one(
+                "SELECT payment_key, paid_amount, refunded_amount FROM payments WHERE id = %s", (c["payment_id"],)
+            )
+            if share:
+                rows.append((c, share))
+    done = failed = 0
+    for c, share in rows:
+        if deadline():
+            break
+        try:
+            refund_service._refund_at_toss(
+                c["id"],
+                share["payment_key"],
+                c["reason"],
+                c["requested_amount"],
+                share["paid_amount"] - share["refunded_amount"],
+                toss=toss,
+            )
+            done += 1
+        except AppError as exc:
+            logger.warning("refund still not settled", extra={"cancel_id": c["id"], "error_code": exc.code})
+            failed += 1
+    return {"refunds_retried": done, "refunds_unresolved": failed}
+
+
+class EventBridgePublisher:
+    """Publishes outbox rows to the EventBridge bus (boto3 is imported only when the schedule publishes)."""
+
+    def __init__(self, bus_name: str, client: Any = None):
+        self.bus_name = bus_name
+        self._client = client
+
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("events")
+        return self._client
+
+    def publish(self, rows: list[dict[str, Any]]) -> set[int]:
+        entries = [
+            {
+                "Source": "escrow.payments",
+                "DetailType": row["event_type"],
+                "Detail": json.dumps(
+                    {
+                        "outbox_id": row["id"],
+                        "event_type": row["event_type"],
+                        "occurred_at": str(row["created_at"]),
+                        **json.loads(row["payload"]),
+                    },
+                    ensure_ascii=False,
+                ),
+                "EventBusName": self.bus_name,
+            }
+            for row in rows
+        ]
+        result = self.client().put_events(Entries=entries)
+        return {
+            row["id"]
+            for row, answer in zip(rows, result.get("Entries", []), strict=False)
+            if answer.get("EventId") and not answer.get("ErrorCode")
+        }
+
+
+class LogPublisher:
+    """For the local runner: prints each event to the log instead of calling AWS."""
+
+    def publish(self, rows: list[dict[str, Any]]) -> set[int]:
+        for row in rows:
+            logger.info(f"EVENT {row['event_type']} {row['payload']}", extra={"outbox_id": row["id"]})
+        return {row["id"] for row in rows}
+
+
+def default_publisher() -> EventBridgePublisher | LogPublisher:
+    settings = get_settings()
+    return LogPublisher() if settings.outbox_publisher == "log" else EventBridgePublisher(settings.event_bus_name)
+
+
+def publish_outbox(
+    limit: int = 500,
+    *,
+    publisher: EventBridgePublisher | LogPublisher | None = None,
+    deadline: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
+    """Send unpublished events, 10 at a time (put_events' limit). Rows are claimed with SKIP LOCKED, so two runs
+    at once take different rows, and each row is marked published once."""
+    publisher = publisher or default_publisher()
+    published = failed = 0
+    while published + failed < limit and not deadline():
+        with db.transaction() as tx:
+            rows = tx.all(
+                "SELECT id, event_type, payload, created_at FROM outbox WHERE published_at IS NULL "
+                "ORDER BY id LIMIT 10 FOR UPDATE SKIP LOCKED"
+            )
+            if not rows:
+                break
+            try:
+                sent = publisher.publish(rows)
+            except Exception as exc:  # noqa: BLE001 - any AWS failure: keep the rows for the next run
+                sent = set()
+                logger.warning("outbox publish failed", extra={"error": str(exc)[:200]})
+            for row in rows:
+                if row["id"] in sent:
+                    tx.execute(
+                        "UPDATE outbox SET published_at = NOW(3), attempts = attempts + 1 WHERE id = %s", (row["id"],)
+                    )
+                    logger.info("event published", extra={"event_type": row["event_type"], "outbox_id": row["id"]})
+                else:
+                    tx.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, last_error = 'not accepted' WHERE id = %s",
+                        (row["id"],),
+                    )
+            published += len(sent)
+            failed += len(rows) - len(sent)
+        if failed:
+            break
+    return {"events_published": published, "events_failed": failed}
+
+
+def run_scheduled(
+    *,
+    remaining_ms: Callable[[], int] = lambda: 900_000,
+    toss: TossClient | None = None,
+    publisher: EventBridgePublisher | LogPublisher | None = None,
+    jobs: str | list[str] = "all",
+) -> dict[str, Any]:
+    """One scheduled run: every job, in an order that lets later ones publish what earlier ones did."""
+    started = time.monotonic()
+
+    def out_of_time() -> bool:
+        return remaining_ms() < 60_000  # keep a minute for the last item and the answer
+
+    wanted = (
+        ["reconcile_payments", "reconcile_cancels", "expire", "release", "payouts", "publish"]
+        if jobs == "all"
+        else list(jobs)
+    )
+    report: dict[str, Any] = {}
+    steps: dict[str, Callable[[], dict[str, int]]] = {
+        "reconcile_payments": lambda: reconcile_payments(toss=toss, deadline=out_of_time),
+        "reconcile_cancels": lambda: reconcile_cancels(toss=toss, deadline=out_of_time),
+        "expire": lambda: expire_overdue(toss=toss, deadline=out_of_time),
+        "release": lambda: release_service.release_due(BATCH * 5, toss=toss, deadline=out_of_time),
+        "payouts": lambda: release_service.payouts_due(BATCH * 5, toss=toss, deadline=out_of_time),
+        "publish": lambda: publish_outbox(publisher=publisher, deadline=out_of_time),
+    }
+    for name in wanted:
+        if name not in steps:
+            raise ValueError(f"unknown job {name!r}")
+        report[name] = steps[name]()
+    report["seconds"] = round(time.monotonic() - started, 3)
+    return report

@@ -1,0 +1,351 @@
+"""Cancelling held money back to payers through Toss: one share (fully or partly) or a whole request.
+
+Each refund is a `payment_cancels` row written before Toss is called; its id is the Idempotency-Key, so a retry
+after a lost answer can never refund twice, and a repeated identical cancel answers the first outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from escrow import db
+from escrow.auth import Principal
+from escrow.clock import db_time, utcnow
+from escrow.errors import AppError, Conflict, Forbidden, NotFound, PaymentOutcomeUnknown, ValidationFailed
+from escrow.models import CancelBody
+from escrow.observability import count, logger
+from escrow.repositories import cancels as cancels_repo
+from escrow.repositories import ledger
+from escrow.repositories import outbox as outbox_repo
+from escrow.repositories import payments as payments_repo
+from escrow.repositories import requests as requests_repo
+from escrow.states import HELD_PAYMENT_STATUSES, check_payment, check_request
+from escrow.toss import Payment, TossApiError, TossError
+from escrow.toss.client import TossClient, get_toss_client
+
+
+def cancel_idempotency_key(cancel_id: int) -> str:
+    return f"cancel-{cancel_id}"
+
+
+def _request_key(payment_id: int, actor: str, amount: int | None, reason: str, client_key: str | None) -> str:
+    if client_key:
+        return "client:" + hashlib.sha256(f"{payment_id}|{client_key}".encode()).hexdigest()[:100]
+    basis = f"{payment_id}|{actor}|{amount if amount is not None else 'all'}|{reason}"
+    return "auto:" + hashlib.sha256(basis.encode()).hexdigest()[:100]
+
+
+def _outcome(payment: dict[str, Any]) -> dict[str, Any]:
+    refunded = payment["status"] == "refunded"
+    return {
+        "success": True,
+        "refund_status": "refunded" if refunded else "partially_refunded",
+        "paymentKey": payment["payment_key"],
+        "refunded_amount": payment["refunded_amount"],
+        "remaining_amount": payment["paid_amount"] - payment["refunded_amount"],
+    }
+
+
+def _lock_payment_by_key(tx: db.Tx, payment_key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    found = tx.one("SELECT id, payment_request_id FROM payments WHERE payment_key = %s", (payment_key,))
+    if found is None:
+        raise NotFound("no payment with this paymentKey", code="PAYMENT_NOT_FOUND")
+    request = requests_repo.lock(tx, found["payment_request_id"])
+    payment = payments_repo.lock(tx, found["id"])
+    assert request is not None and payment is not None
+    return request, payment
+
+
+def cancel(
+    principal: Principal, body: CancelBody, *, client_key: str | None = None, toss: TossClient | None = None
+) -> dict[str, Any]:
+    if body.chat_room_id is not None:
+        return cancel_request(principal, body.chat_room_id, body.cancelReason, toss=toss)
+    assert body.paymentKey is not None
+    return cancel_share(
+        principal, body.paymentKey, body.cancelReason, body.cancelAmount, client_key=client_key, toss=toss
+    )
+
+
+def cancel_share(
+    principal: Principal,
+    payment_key: str,
+    reason: str,
+    amount: int | None,
+    *,
+    client_key: str | None = None,
+    toss: TossClient | None = None,
+) -> dict[str, Any]:
+    with db.transaction() as tx:
+        request, payment = _lock_payment_by_key(tx, payment_key)
+        if principal.user_id not in (payment["payer_id"], request["requester_id"]) and not principal.is_admin:
+            raise Forbidden("only the payer or the room's owner can cancel this payment", code="NOT_ALLOWED_TO_CANCEL")
+        key = _request_key(payment["id"], principal.user_id, amount, reason, client_key)
+        existing = cancels_repo.find_by_key(tx, key)
+        if existing is not None and existing["status"] == "done":
+            return _outcome(payment)  # the same cancel again: same answer, nothing more refunded
+        if existing is None:
+            _check_refundable(payment, amount)
+            if cancels_repo.in_flight_for_payment(tx, payment["id"]):
+                raise Conflict(
+                    "another refund of this payment is in progress; try again shortly", code="REFUND_IN_PROGRESS"
+                )
+            cancel_id = cancels_repo.insert(
+                tx,
+                payment_id=payment["id"],
+                request_id=request["id"],
+                request_key=key,
+                requested_by=principal.user_id,
+                reason=reason,
+                amount=amount,
+            )
+        else:
+            cancel_id = existing["id"]  # an earlier attempt got no answer: ask again with the same key
+    result = _refund_at_toss(
+        cancel_id,
+        payment["payment_key"],
+        reason,
+        amount,
+        payment["paid_amount"] - payment["refunded_amount"],
+        toss=toss,
+    )
+    return _outcome(result)
+
+
+def _check_refundable(payment: dict[str, Any], amount: int | None) -> None:
+    status = payment["status"]
+    if status == "released":
+        raise Conflict("this payment was already released to the store and cannot be refunded", code="ALREADY_RELEASED")
+    if status == "refunded":
+        raise Conflict("this payment was already refunded in full", code="ALREADY_REFUNDED")
+    if status not in HELD_PAYMENT_STATUSES:
+        raise Conflict(f"only held payments can be refunded (this one is {status})", code="NOT_REFUNDABLE")
+    remaining = payment["paid_amount"] - payment["refunded_amount"]
+    if amount is not None and amount > remaining:
+        raise ValidationFailed(
+            f"cancelAmount is more than the remaining {remaining} KRW",
+            code="CANCEL_AMOUNT_TOO_LARGE",
+            details=[{"field": "cancelAmount", "message": f"at most {remaining}"}],
+        )
+
+
+def _refund_at_toss(
+    cancel_id: int, payment_key: str, reason: str, amount: int | None, remaining: int, *, toss: TossClient | None = None
+) -> dict[str, Any]:
+    toss = toss or get_toss_client()
+    partial = amount is not None and amount < remaining
+    try:
+        result = toss.cancel(
+            payment_key, reason, idempotency_key=cancel_idempotency_key(cancel_id), amount=amount if partial else None
+        )
+    except TossApiError as exc:
+        if exc.outcome_unknown or exc.retryable:
+            return _after_unknown_cancel(cancel_id, payment_key, exc, toss)
+        if exc.code in ("ALREADY_CANCELED_PAYMENT", "NOT_CANCELABLE_AMOUNT", "NOT_MATCHES_REFUNDABLE_AMOUNT"):
+            # Toss may already hold the refund we want (a cancel made elsewhere, or ours with a lost answer).
+            return _after_unknown_cancel(cancel_id, payment_key, exc, toss)
+        with db.transaction() as tx:
+            cancels_repo.update(tx, cancel_id, status="failed", toss_code=exc.code, toss_message=exc.message[:500])
+        raise Conflict(f"Toss refused the refund: {exc.message}", code="REFUND_REFUSED", toss_code=exc.code) from exc
+    except TossError as exc:
+        return _after_unknown_cancel(cancel_id, payment_key, exc, toss)
+    return apply_cancels(result, cancel_id=cancel_id, actor="cancel")
+
+
+def _after_unknown_cancel(cancel_id: int, payment_key: str, cause: Exception, toss: TossClient) -> dict[str, Any]:
+    try:
+        result = toss.get_payment(payment_key)
+    except TossError as exc:
+        with db.transaction() as tx:
+            cancels_repo.update(tx, cancel_id, status="unknown", toss_message=str(cause)[:500])
+        raise PaymentOutcomeUnknown(
+            "Toss did not confirm the refund; it will be settled automatically", code="REFUND_OUTCOME_UNKNOWN"
+        ) from exc
+    return apply_cancels(result, cancel_id=cancel_id, actor="cancel")
+
+
+def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dict[str, Any]:
+    """Record every cancel transaction Toss lists for the payment that we have not recorded yet.
+
+    Our cancel row `cancel_id` (when given) takes the first unrecorded transaction; the others were made outside
+    our API (the merchant dashboard) and get rows of their own. Returns the payment row afterwards.
+    """
+    with db.transaction() as tx:
+        found = tx.one("SELECT id, payment_request_id FROM payments WHERE payment_key = %s", (payment.payment_key,))
+        if found is None:
+            raise NotFound("no payment with this paymentKey", code="PAYMENT_NOT_FOUND")
+        request = requests_repo.lock(tx, found["payment_request_id"])
+        share = payments_repo.lock(tx, found["id"])
+        assert request is not None and share is not None
+        known = cancels_repo.known_transaction_keys(tx, share["id"])
+        new = [
+            c for c in payment.cancels or [] if c.transaction_key not in known and (c.cancel_status or "DONE") == "DONE"
+        ]
+        claimed = cancel_id
+        for entry in new:
+            if claimed is not None:
+                row_id, claimed = claimed, None
+            else:
+                row_id = cancels_repo.insert(
+                    tx,
+                    payment_id=share["id"],
+                    request_id=request["id"],
+                    request_key=f"toss:{entry.transaction_key}",
+                    requested_by="toss",
+                    reason=(entry.cancel_reason or "cancelled at Toss")[:200],
+                    amount=entry.cancel_amount,
+                )
+            cancels_repo.update(
+                tx,
+                row_id,
+                status="done",
+                transaction_key=entry.transaction_key,
+                cancel_amount=entry.cancel_amount,
+                canceled_at=db_time(utcnow()),
+            )
+            ledger.record(
+                tx,
+                request_id=request["id"],
+                payment_id=share["id"],
+                entry_type="refund",
+                amount=entry.cancel_amount,
+                reference=entry.transaction_key,
+                actor=actor,
+                reason=(entry.cancel_reason or "refund")[:200],
+            )
+        refunded_total = payment.refunded_amount
+        if new and share["status"] in (*HELD_PAYMENT_STATUSES, "refunded"):
+            fully = payment.balance_amount == 0 or refunded_total >= share["paid_amount"]
+            target = "refunded" if fully else "partially_refunded"
+            if target != share["status"]:
+                check_payment(share["status"], target)
+            payments_repo.update(
+                tx,
+                share["id"],
+                status=target,
+                refunded_amount=min(refunded_total, share["paid_amount"]),
+                toss_status=payment.status,
+            )
+            outbox_repo.add(
+                tx,
+                event_type="PaymentRefunded",
+                aggregate_id=request["id"],
+                dedupe_key=f"PaymentRefunded:{share['id']}:{refunded_total}",
+                payload={
+                    "payment_request_id": request["id"],
+                    "payer_id": share["payer_id"],
+                    "paymentKey": payment.payment_key,
+                    "refunded_amount": refunded_total,
+                    "refund_status": target,
+                },
+            )
+            count("PaymentsRefunded")
+            if fully and request["status"] == "completed":
+                check_request("completed", "pending")
+                requests_repo.set_status(tx, request["id"], "pending", completed_at=None)
+        elif cancel_id is not None and not new:
+            # Nothing new at Toss for our cancel: it did not happen. The payer may ask again.
+            row = tx.one("SELECT status FROM payment_cancels WHERE id = %s", (cancel_id,))
+            if row and row["status"] in ("requested", "unknown"):
+                cancels_repo.update(tx, cancel_id, status="failed", toss_code="NOT_CANCELLED_AT_TOSS")
+        share = payments_repo.lock(tx, share["id"])
+        assert share is not None
+    logger.info("refund recorded", extra={"payment_id": share["id"], "status": share["status"]})
+    return share
+
+
+def cancel_request(
+    principal: Principal, chat_room_id: int, reason: str, *, toss: TossClient | None = None
+) -> dict[str, Any]:
+    """The room owner cancels the whole request: it closes at once, then every held share is refunded."""
+    with db.transaction() as tx:
+        request = requests_repo.lock_open_for_room(tx, chat_room_id)
+        if request is None:
+            raise NotFound("the room has no open payment request", code="PAYMENT_REQUEST_NOT_FOUND")
+        if principal.user_id != request["requester_id"] and not principal.is_admin:
+            raise Forbidden("only the room's owner can cancel the whole request", code="NOT_ROOM_OWNER")
+        check_request(request["status"], "cancelled")
+        requests_repo.set_status(
+            tx,
+            request["id"],
+            "cancelled",
+            closed_at=db_time(utcnow()),
+            closed_by=principal.user_id,
+            close_reason=reason,
+        )
+        outbox_repo.add(
+            tx,
+            event_type="PaymentRequestCancelled",
+            aggregate_id=request["id"],
+            dedupe_key=f"PaymentRequestCancelled:{request['id']}",
+            payload={
+                "payment_request_id": request["id"],
+                "chat_room_id": chat_room_id,
+                "reason": reason,
+                "cancelled_by": principal.user_id,
+            },
+        )
+        targets = _queue_refunds(tx, request["id"], actor=principal.user_id, reason=reason, tag="room-cancel")
+    results = refund_queued(targets, toss=toss)
+    return _summary(results)
+
+
+def _queue_refunds(tx: db.Tx, request_id: int, *, actor: str, reason: str, tag: str) -> list[dict[str, Any]]:
+    """Lock every held share of a request and write one cancel row each (keyed so a rerun writes none)."""
+    shares = tx.all(
+        "SELECT id, payment_key, paid_amount, refunded_amount, status FROM payments "
+        "WHERE payment_request_id = %s ORDER BY id FOR UPDATE",
+        (request_id,),
+    )
+    targets = []
+    for share in shares:
+        if share["status"] not in HELD_PAYMENT_STATUSES:
+            continue
+        key = f"{tag}:{request_id}:{share['id']}"
+        existing = cancels_repo.find_by_key(tx, key)
+        cancel_id = (
+            existing["id"]
+            if existing
+            else cancels_repo.insert(
+                tx,
+                payment_id=share["id"],
+                request_id=request_id,
+                request_key=key,
+                requested_by=actor,
+                reason=reason,
+                amount=None,
+            )
+        )
+        targets.append(
+            {
+                "cancel_id": cancel_id,
+                "payment_key": share["payment_key"],
+                "reason": reason,
+                "remaining": share["paid_amount"] - share["refunded_amount"],
+            }
+        )
+    return targets
+
+
+def refund_queued(targets: Iterable[dict[str, Any]], *, toss: TossClient | None = None) -> list[dict[str, Any]]:
+    results = []
+    for t in targets:
+        try:
+            share = _refund_at_toss(t["cancel_id"], t["payment_key"], t["reason"], None, t["remaining"], toss=toss)
+            results.append({"paymentKey": t["payment_key"], "refund_status": share["status"]})
+        except AppError as exc:
+            logger.warning("refund not finished; the schedule will retry", extra={"error_code": exc.code})
+            results.append({"paymentKey": t["payment_key"], "refund_status": "refund_pending", "error": exc.code})
+    return results
+
+
+def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    pending = [r for r in results if r["refund_status"] != "refunded"]
+    return {
+        "success": True,
+        "refund_status": "refunded" if not pending else "refund_pending",
+        "refunds": results,
+        "payment_request_status": "cancelled",
+    }

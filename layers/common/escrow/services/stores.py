@@ -1,0 +1,128 @@
+"""Store payout accounts (admin only): registered with Toss payouts v2 as a seller.
+
+Account numbers are stored for the payout but never logged and never returned whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from escrow import db
+from escrow.auth import Principal
+from escrow.errors import Conflict, Forbidden, UpstreamUnavailable, ValidationFailed
+from escrow.models import RegisterStoreBody
+from escrow.observability import logger
+from escrow.toss import TossApiError, TossError
+from escrow.toss.client import TossClient, get_toss_client
+
+
+def mask_account(number: str | None) -> str | None:
+    if not number:
+        return None
+    return "*" * max(len(number) - 4, 0) + number[-4:]
+
+
+def payout_bank_code(code: str) -> str:
+    """The brief's two-digit codes as the three-digit codes the payouts v2 API shows (REFERENCE.md §11:
+    `"092"`, `"004"` in Toss's own examples). UNCONFIRMED by Toss; verify in the test environment."""
+    return code.zfill(3)
+
+
+def ref_seller_id(store_id: str) -> str:
+    """Toss's refSellerId is short (reportedly up to 20 characters) and can never be reused."""
+    if len(store_id) <= 20:
+        return store_id
+    return "st" + hashlib.sha256(store_id.encode()).hexdigest()[:18]
+
+
+def _seller_request(body: RegisterStoreBody) -> dict[str, Any]:
+    seller: dict[str, Any] = {
+        "refSellerId": ref_seller_id(body.store_id),
+        "businessType": body.business_type,
+        "account": {
+            "bankCode": payout_bank_code(body.bank_code),
+            "accountNumber": body.account_number,
+            "holderName": body.holder_name,
+        },
+    }
+    if body.business_type == "INDIVIDUAL":
+        seller["individual"] = {"name": body.holder_name, "email": body.email, "phone": body.phone}
+    else:
+        if not (body.company_name and body.representative_name and body.business_registration_number):
+            raise ValidationFailed(
+                "a business needs company_name, representative_name and business_registration_number",
+                code="COMPANY_DETAILS_REQUIRED",
+            )
+        seller["company"] = {
+            "name": body.company_name,
+            "representativeName": body.representative_name,
+            "businessRegistrationNumber": body.business_registration_number,
+            "email": body.email,
+            "phone": body.phone,
+        }
+    return seller
+
+
+def register_store(principal: Principal, body: RegisterStoreBody, *, toss: TossClient | None = None) -> dict[str, Any]:
+    if not principal.is_admin:
+        raise Forbidden("only an administrator can register a store's payout account", code="ADMIN_ONLY")
+    seller_request = _seller_request(body)
+    with db.transaction() as tx:
+        existing = tx.one(
+            "SELECT store_id, owner_id, toss_seller_id FROM stores WHERE store_id = %s FOR UPDATE", (body.store_id,)
+        )
+        if existing and existing["toss_seller_id"]:
+            raise Conflict("the store already has a registered payout account", code="STORE_ALREADY_REGISTERED")
+        if existing is None:
+            tx.execute(
+                "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s)",
+                (body.store_id, body.owner_id, body.name),
+            )
+    toss = toss or get_toss_client()
+    try:
+        seller = toss.register_seller(seller_request, idempotency_key=f"seller-{ref_seller_id(body.store_id)}")
+    except TossApiError as exc:
+        if exc.retryable:
+            raise UpstreamUnavailable("Toss could not register the seller now; try again", toss_code=exc.code) from exc
+        raise Conflict(f"Toss refused the seller: {exc.message}", code="SELLER_REFUSED", toss_code=exc.code) from exc
+    except TossError as exc:
+        raise UpstreamUnavailable("Toss did not answer; try again (the same request is safe to repeat)") from exc
+    with db.transaction() as tx:
+        tx.execute(
+            "UPDATE stores SET owner_id = %s, name = COALESCE(%s, name), bank_code = %s, account_number = %s, "
+            "holder_name = %s, business_type = %s, toss_seller_id = %s, seller_status = %s, registered_by = %s "
+            "WHERE store_id = %s",
+            (
+                body.owner_id,
+                body.name,
+                body.bank_code,
+                body.account_number,
+                body.holder_name,
+                body.business_type,
+                seller.get("id"),
+                seller.get("status"),
+                principal.user_id,
+                body.store_id,
+            ),
+        )
+    logger.info(
+        "store registered for payouts", extra={"store_id": body.store_id, "seller_status": seller.get("status")}
+    )
+    return {
+        "store_id": body.store_id,
+        "owner_id": body.owner_id,
+        "seller_id": seller.get("id"),
+        "seller_status": seller.get("status"),
+        "bank_code": body.bank_code,
+        "account_number_masked": mask_account(body.account_number),
+        "holder_name": body.holder_name,
+    }
+
+
+def apply_seller_status(seller: dict[str, Any]) -> str:
+    with db.transaction() as tx:
+        changed = tx.execute(
+            "UPDATE stores SET seller_status = %s WHERE toss_seller_id = %s", (seller.get("status"), seller.get("id"))
+        )
+    return "updated" if changed else "unknown_seller"

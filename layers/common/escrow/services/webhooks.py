@@ -1,0 +1,281 @@
+"""Toss webhooks: log every delivery first, verify it the way Toss allows for its type, process it once.
+
+REFERENCE.md §7: payment events are unsigned (a trigger to fetch the payment from Toss), DEPOSIT_CALLBACK carries
+the payment's `secret`, payout.changed / seller.changed carry an HMAC-SHA256 signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from escrow import db
+from escrow.config import get_settings, toss_keys
+from escrow.errors import DatabaseUnavailable, NotFound
+from escrow.observability import count, logger
+from escrow.services import payments as payment_service
+from escrow.services import refunds as refund_service
+from escrow.services import release as release_service
+from escrow.services import stores as store_service
+from escrow.toss import Payment, TossApiError, TossError
+from escrow.toss.client import TossClient, get_toss_client
+
+SIGNED_EVENTS = ("payout.changed", "seller.changed")
+MAX_TRANSMISSION_AGE = timedelta(minutes=30)  # a signed delivery older than this is a replay, not a retry
+_LOGGED_HEADERS = (
+    "tosspayments-webhook-transmission-time",
+    "tosspayments-webhook-transmission-retried-count",
+    "tosspayments-webhook-transmission-id",
+    "tosspayments-webhook-signature",
+    "content-type",
+    "user-agent",
+    "x-forwarded-for",
+)
+
+
+@dataclass(frozen=True)
+class WebhookAnswer:
+    status: int
+    body: dict[str, Any]
+
+
+def hmac_key(security_key: str, encoding: str) -> bytes:
+    """UNCONFIRMED by Toss whether the HMAC key is the 64-char string or its hex-decoded 32 bytes (REFERENCE §7);
+    TOSS_WEBHOOK_HMAC_KEY_ENCODING chooses, default hex like the payout JWE."""
+    return bytes.fromhex(security_key) if encoding == "hex" else security_key.encode("utf-8")
+
+
+def signature_valid(raw_body: bytes, transmission_time: str, header: str, security_key: str, encoding: str) -> bool:
+    if not header or not transmission_time or not security_key:
+        return False
+    expected = hmac.new(
+        hmac_key(security_key, encoding), raw_body + b":" + transmission_time.encode("utf-8"), hashlib.sha256
+    ).digest()
+    valid = False
+    for part in header.split(","):
+        version, _, value = part.strip().partition(":")
+        if version != "v1" or not value:
+            continue
+        try:
+            candidate = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        valid = hmac.compare_digest(candidate, expected) or valid  # look at every value, constant time each
+    return valid
+
+
+def _fresh(transmission_time: str, now: datetime) -> bool:
+    try:
+        sent = datetime.fromisoformat(transmission_time)
+    except ValueError:
+        return False
+    if sent.tzinfo is None:
+        sent = sent.replace(tzinfo=timezone(timedelta(hours=9)))
+    return abs(now - sent) <= MAX_TRANSMISSION_AGE
+
+
+def _event_type(payload: dict[str, Any]) -> str | None:
+    if isinstance(payload.get("eventType"), str):
+        return str(payload["eventType"])
+    if "secret" in payload and "orderId" in payload:
+        return "DEPOSIT_CALLBACK"  # Toss sends it flat, without an eventType
+    return None
+
+
+def _log(headers: dict[str, str], raw: bytes, event_type: str | None, payload: dict[str, Any] | None) -> int:
+    kept = {k: v for k, v in headers.items() if k in _LOGGED_HEADERS}
+    retried = headers.get("tosspayments-webhook-transmission-retried-count")
+    with db.transaction() as tx:
+        return tx.insert(
+            "INSERT INTO payment_webhooks (transmission_id, event_id, event_type, retried_count, transmission_time, "
+            "headers, raw_body, verification, outcome) VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', 'received')",
+            (
+                headers.get("tosspayments-webhook-transmission-id", "")[:100] or None,
+                str((payload or {}).get("eventId") or "")[:100] or None,
+                (event_type or "")[:64] or None,
+                int(retried) if retried and retried.isdigit() else None,
+                headers.get("tosspayments-webhook-transmission-time", "")[:64] or None,
+                json.dumps(kept),
+                raw.decode("utf-8", errors="replace"),
+            ),
+        )
+
+
+def _finish(
+    webhook_id: int, *, verification: str, outcome: str, detail: str = "", dedupe_key: str | None = None
+) -> bool:
+    """Record the result; with a dedupe key, claim it. False when another delivery of the same event won."""
+    with db.transaction() as tx:
+        if dedupe_key is not None:
+            claimed = tx.execute(
+                "INSERT INTO webhook_receipts (dedupe_key, webhook_id) VALUES (%s, %s) "
+                "ON DUPLICATE KEY UPDATE webhook_id = webhook_id",
+                (dedupe_key[:128], webhook_id),
+            )
+            if claimed == 0:
+                outcome, detail = "duplicate", "already processed"
+        tx.execute(
+            "UPDATE payment_webhooks SET verification = %s, outcome = %s, detail = %s, processed_at = NOW(3) "
+            "WHERE id = %s",
+            (verification, outcome, detail[:500], webhook_id),
+        )
+    return outcome != "duplicate"
+
+
+def _already_processed(dedupe_key: str) -> bool:
+    with db.reader() as tx:
+        return tx.one("SELECT 1 AS x FROM webhook_receipts WHERE dedupe_key = %s", (dedupe_key[:128],)) is not None
+
+
+def receive(
+    headers: dict[str, str], raw: bytes, *, toss: TossClient | None = None, now: datetime | None = None
+) -> WebhookAnswer:
+    headers = {k.lower(): v for k, v in headers.items()}
+    now = now or datetime.now(UTC)
+    try:
+        payload = json.loads(raw)
+        if not isinstance(payload, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        webhook_id = _log(headers, raw, None, None)
+        _finish(webhook_id, verification="unreadable", outcome="rejected", detail="body is not a JSON object")
+        return WebhookAnswer(400, {"error": {"code": "INVALID_JSON", "message": "the body is not a JSON object"}})
+
+    event_type = _event_type(payload)
+    webhook_id = _log(headers, raw, event_type, payload)
+    transmission = headers.get("tosspayments-webhook-transmission-id", "")
+    dedupe_key = (
+        f"event:{payload['eventId']}"
+        if payload.get("eventId")
+        else (f"transmission:{transmission}" if transmission else None)
+    )
+    if dedupe_key and _already_processed(dedupe_key):
+        _finish(webhook_id, verification="skipped", outcome="duplicate", detail="already processed")
+        count("WebhooksDuplicate")
+        return WebhookAnswer(200, {"status": "duplicate"})
+
+    try:
+        if event_type == "PAYMENT_STATUS_CHANGED":
+            return _payment_status_changed(webhook_id, payload, dedupe_key, toss)
+        if event_type == "DEPOSIT_CALLBACK":
+            return _deposit_callback(webhook_id, payload, dedupe_key, toss)
+        if event_type in SIGNED_EVENTS:
+            return _signed_event(webhook_id, event_type, payload, raw, headers, dedupe_key, now)
+    except (TossError, DatabaseUnavailable) as exc:
+        # Not processed: answer non-200 so Toss delivers it again (its retries are the safety net here).
+        _finish(webhook_id, verification="pending", outcome="error", detail=str(exc))
+        logger.warning("webhook not processed; Toss will retry", extra={"webhook_id": webhook_id})
+        return WebhookAnswer(503, {"error": {"code": "TRY_AGAIN", "message": "could not process the webhook now"}})
+    _finish(
+        webhook_id,
+        verification="not_applicable",
+        outcome="ignored",
+        detail=f"event type {event_type!r}",
+        dedupe_key=dedupe_key,
+    )
+    return WebhookAnswer(200, {"status": "ignored"})
+
+
+def _rejected(webhook_id: int, verification: str, detail: str) -> WebhookAnswer:
+    _finish(webhook_id, verification=verification, outcome="rejected", detail=detail)
+    count("WebhooksRejected")
+    logger.warning("webhook rejected", extra={"webhook_id": webhook_id, "verification": verification})
+    return WebhookAnswer(401, {"error": {"code": "WEBHOOK_NOT_VERIFIED", "message": detail}})
+
+
+def _apply_fetched(payment: Payment, toss: TossClient | None) -> str:
+    outcome = payment_service.apply_toss_payment(
+        payment, actor="webhook", reason="webhook", toss=toss, refund_now=False
+    )
+    if payment.cancels:
+        try:
+            refund_service.apply_cancels(payment, cancel_id=None, actor="webhook")
+        except NotFound:
+            logger.info("cancellations for a payment we do not hold")
+    return outcome
+
+
+def _payment_status_changed(
+    webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossClient | None
+) -> WebhookAnswer:
+    raw_data = payload.get("data")
+    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+    payment_key, order_id = data.get("paymentKey"), data.get("orderId")
+    if not isinstance(payment_key, str) and not isinstance(order_id, str):
+        return _rejected(webhook_id, "malformed", "no paymentKey or orderId in data")
+    toss = toss or get_toss_client()
+    # The body is only a trigger: what we act on is what Toss itself says now.
+    try:
+        fetched = (
+            toss.get_payment(payment_key) if isinstance(payment_key, str) else toss.get_payment_by_order(str(order_id))
+        )
+    except TossApiError as exc:
+        if exc.code == "NOT_FOUND_PAYMENT":
+            return _rejected(webhook_id, "unknown_payment", "Toss does not know this payment")
+        raise
+    outcome = _apply_fetched(fetched, toss)
+    claimed = _finish(
+        webhook_id,
+        verification="fetched",
+        outcome="processed",
+        detail=f"toss status {fetched.status}: {outcome}",
+        dedupe_key=dedupe_key,
+    )
+    count("WebhooksProcessed")
+    return WebhookAnswer(200, {"status": "processed" if claimed else "duplicate"})
+
+
+def _deposit_callback(
+    webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossClient | None
+) -> WebhookAnswer:
+    order_id, secret = payload.get("orderId"), payload.get("secret")
+    if not isinstance(order_id, str) or not isinstance(secret, str):
+        return _rejected(webhook_id, "malformed", "orderId and secret are required")
+    with db.reader() as tx:
+        row = tx.one("SELECT secret FROM payments WHERE order_id = %s", (order_id,))
+    stored = (row or {}).get("secret") or ""
+    if not stored or not hmac.compare_digest(stored.encode(), secret.encode()):
+        return _rejected(webhook_id, "secret_mismatch", "the secret does not match the payment's")
+    fetched = (toss or get_toss_client()).get_payment_by_order(order_id)
+    outcome = _apply_fetched(fetched, toss)
+    dedupe = dedupe_key or f"deposit:{order_id}:{payload.get('transactionKey')}:{payload.get('status')}"
+    claimed = _finish(webhook_id, verification="secret", outcome="processed", detail=outcome, dedupe_key=dedupe)
+    return WebhookAnswer(200, {"status": "processed" if claimed else "duplicate"})
+
+
+def _signed_event(
+    webhook_id: int,
+    event_type: str,
+    payload: dict[str, Any],
+    raw: bytes,
+    headers: dict[str, str],
+    dedupe_key: str | None,
+    now: datetime,
+) -> WebhookAnswer:
+    transmission_time = headers.get("tosspayments-webhook-transmission-time", "")
+    valid = signature_valid(
+        raw,
+        transmission_time,
+        headers.get("tosspayments-webhook-signature", ""),
+        toss_keys().security_key,
+        get_settings().toss_webhook_hmac_key_encoding,
+    )
+    if not valid:
+        return _rejected(webhook_id, "bad_signature", "the signature does not verify")
+    if not _fresh(transmission_time, now):
+        return _rejected(webhook_id, "stale", "the transmission time is too old or in the future")
+    entity = payload.get("entityBody")
+    body: dict[str, Any] = entity if isinstance(entity, dict) else {}
+    if event_type == "payout.changed":
+        outcome = release_service.apply_payout_status(body, actor="webhook")
+    else:
+        outcome = store_service.apply_seller_status(body)
+    claimed = _finish(webhook_id, verification="signature", outcome="processed", detail=outcome, dedupe_key=dedupe_key)
+    count("WebhooksVerified")
+    return WebhookAnswer(200, {"status": "processed" if claimed else "duplicate"})
