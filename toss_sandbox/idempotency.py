@@ -1,0 +1,76 @@
+"""Toss's ``Idempotency-Key`` semantics (REFERENCE §5).
+
+* Identity = (key, API key, path, method); the body is not part of it.
+* A repeat replays the first response verbatim (errors included) for 15 days.
+* While the first request is still running, a repeat gets 409 IDEMPOTENT_REQUEST_PROCESSING.
+* Keys longer than 300 characters get 400 INVALID_IDEMPOTENCY_KEY.
+
+Sandbox choice (REFERENCE is silent): 5xx answers (injected server errors and timeouts) are not bound to the
+key; the key is released so that a retry with the same key is processed. Every 2xx-4xx answer is bound.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+
+from .routing import Response
+
+MAX_KEY_LENGTH = 300
+
+Identity = tuple[str, str, str, str]
+
+
+class Outcome(Enum):
+    NEW = "new"
+    PROCESSING = "processing"
+    REPLAY = "replay"
+
+
+@dataclass
+class _Entry:
+    first_used_at: datetime
+    response: Response | None = None  # None while the first request is processing
+
+
+class IdempotencyRegistry:
+    def __init__(self, lock: threading.RLock, ttl_seconds: float) -> None:
+        self._lock = lock
+        self._entries: dict[Identity, _Entry] = {}
+        self.ttl = timedelta(seconds=ttl_seconds)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def begin(self, identity: Identity, now: datetime) -> tuple[Outcome, Response | None]:
+        """Claim the key for a new request, or report that it is running or finished."""
+        with self._lock:
+            entry = self._entries.get(identity)
+            if entry is not None and now - entry.first_used_at > self.ttl:
+                # An expired key is treated as a new one (REFERENCE §5: "treated as new").
+                entry = None
+            if entry is None:
+                self._entries[identity] = _Entry(first_used_at=now)
+                return Outcome.NEW, None
+            if entry.response is None:
+                return Outcome.PROCESSING, None
+            return Outcome.REPLAY, entry.response.copy()
+
+    def finish(self, identity: Identity, response: Response) -> None:
+        """Bind the first response to the key, or release the key for a 5xx answer."""
+        with self._lock:
+            if response.status >= 500:
+                self._entries.pop(identity, None)
+                return
+            entry = self._entries.get(identity)
+            if entry is not None:
+                stored = response.copy()
+                stored.drop_after_seconds = None
+                entry.response = stored
+
+    def release(self, identity: Identity) -> None:
+        with self._lock:
+            self._entries.pop(identity, None)
