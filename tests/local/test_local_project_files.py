@@ -1,0 +1,118 @@
+"""The real template.yaml, events/ and local/env*.json agree with docs/ARCHITECTURE.md and with each other."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from local.template import load_env_file, load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = sorted((ROOT / "events").glob("*.json"))
+
+ARCHITECTURE_ROUTES = {
+    "RequestFunction": {"POST /api/v1/payment/request", "GET /api/v1/payment/status/{chatRoomId}"},
+    "ConfirmFunction": {
+        "POST /api/v1/payment/prepare",
+        "POST /api/v1/payment/initiate",
+        "POST /api/v1/payment/confirm",
+    },
+    "CancelFunction": {"POST /api/v1/payment/cancel"},
+    "ReleaseFunction": {"POST /api/v1/payment/release", "POST /api/v1/admin/stores"},
+    "WebhookFunction": {"POST /api/v1/payment/webhook"},
+}
+SECRET_VARS = {
+    "RequestFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN"},
+    "ConfirmFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN", "TOSS_SECRET_ARN"},
+    "CancelFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN", "TOSS_SECRET_ARN"},
+    "ReleaseFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN", "TOSS_SECRET_ARN"},
+    "WebhookFunction": {"DB_SECRET_ARN", "TOSS_SECRET_ARN"},
+}
+
+
+@pytest.fixture(scope="module")
+def template():
+    return load_template(environ={})
+
+
+def test_template_has_the_architecture_functions_and_routes(template) -> None:
+    routes = {fid: {r.route_key for r in spec.routes} for fid, spec in template.functions.items()}
+    assert routes == ARCHITECTURE_ROUTES
+    for spec in template.functions.values():
+        assert spec.code_dir == ROOT / "functions" / spec.name
+        assert spec.handler == "app.lambda_handler"
+    assert template.functions["ReleaseFunction"].timeout == 900
+    assert all(template.functions[f].timeout <= 28 for f in ARCHITECTURE_ROUTES if f != "ReleaseFunction")
+    schedule = template.functions["ReleaseFunction"].schedules[0]
+    assert schedule["expression"] == "rate(5 minutes)"
+    assert schedule["input"]["source"] == "escrow.schedule" and schedule["input"]["jobs"] == "all"
+
+
+def test_each_function_gets_exactly_the_secrets_it_needs(template) -> None:
+    for fid, wanted in SECRET_VARS.items():
+        env = template.functions[fid].environment
+        assert {k for k in env if k.endswith("_SECRET_ARN")} == wanted, fid
+
+
+def test_local_env_files_only_set_variables_the_template_declares(template) -> None:
+    declared = set().union(*(spec.environment for spec in template.functions.values()))
+    for name in ("env.json", "env.docker.json"):
+        sections = load_env_file(ROOT / "local" / name)
+        for section, values in sections.items():
+            if section == "Parameters":
+                assert set(values) <= declared, (name, set(values) - declared)
+            else:
+                assert set(values) <= set(template.functions[section].environment), (name, section)
+    assert set(load_env_file(ROOT / "local" / "env.json")["Parameters"]) == set(
+        load_env_file(ROOT / "local" / "env.docker.json")["Parameters"]
+    )
+
+
+def test_local_defaults_are_the_architecture_ones() -> None:
+    env = load_template(environ={}).functions["ReleaseFunction"].environment
+    assert env["APP_ENV"] == "local"
+    assert env["DATABASE_URL"] == "mysql://root:@127.0.0.1:3306/escrow"
+    assert env["TOSS_API_BASE"] == "http://127.0.0.1:4010"
+    assert env["EVENT_BUS_NAME"] == "escrow-local"
+    assert env["TOSS_SECURITY_KEY"] == "5f2b1c9e8d7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c"
+    assert (env["TOSS_CONNECT_TIMEOUT"], env["TOSS_READ_TIMEOUT"], env["TOSS_PAYOUT_READ_TIMEOUT"]) == ("3", "20", "60")
+    assert env["PLATFORM_FEE_BPS"] == "300"
+    assert env["DB_SECRET_ARN"] == env["TOSS_SECRET_ARN"] == env["JWT_SECRET_ARN"] == ""
+
+
+@pytest.mark.parametrize("path", EVENTS, ids=[p.name for p in EVENTS])
+def test_every_http_event_matches_a_route_of_the_template(path: Path, template) -> None:
+    event = json.loads(path.read_text(encoding="utf-8"))
+    if "routeKey" not in event:
+        assert event["source"] == "escrow.schedule", "a non-HTTP event must be the scheduled one"
+        schedule_input = template.functions["ReleaseFunction"].schedules[0]["input"]
+        assert set(event) == set(schedule_input)
+        return
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == event["requestContext"]["routeKey"]
+    method, _path = event["routeKey"].split(" ", 1)
+    assert event["requestContext"]["http"]["method"] == method
+    assert event["requestContext"]["http"]["path"] == event["rawPath"]
+    matched = template.match(method, event["rawPath"])
+    assert matched is not None, f"{path.name}: {event['routeKey']} is not a route of template.yaml"
+    route, params = matched
+    assert route.route_key == event["routeKey"]
+    assert event.get("pathParameters", {}) == params
+    assert all(k == k.lower() for k in event["headers"])
+    if "body" in event:
+        assert event["isBase64Encoded"] is False
+        assert event["headers"]["content-type"] == "application/json"
+        json.loads(event["body"])
+        assert int(event["headers"]["content-length"]) == len(event["body"].encode())
+    if route.function == "WebhookFunction":
+        assert "authorization" not in event["headers"]
+        assert event["headers"]["tosspayments-webhook-transmission-id"]
+    else:
+        assert event["headers"]["authorization"].startswith("Bearer ")
+
+
+def test_every_route_has_a_sample_event(template) -> None:
+    covered = {json.loads(p.read_text()).get("routeKey") for p in EVENTS}
+    assert {r.route_key for r in template.routes} <= covered
