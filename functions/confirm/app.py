@@ -4,31 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from escrow.http import current_principal, json_response, make_resolver, parse_body, run
-from escrow.models import ConfirmBody, PrepareBody
+from escrow.http import Request, Router, current_principal, json_response, parse_body
 from escrow.observability import lambda_entry
 from escrow.services import payments as service
 
-app = make_resolver()
+app = Router()
 
 
 @app.post("/api/v1/payment/prepare")
-def prepare() -> Any:
-    principal = current_principal(app)
-    body = parse_body(app, PrepareBody)
+def prepare(request: Request) -> dict[str, Any]:
+    from escrow.models import PrepareBody  # pydantic only where a body is parsed
+
+    principal = current_principal(request)
+    body = parse_body(request, PrepareBody)
     return json_response(200, service.prepare_payment(principal, body))
 
 
 @app.post("/api/v1/payment/initiate")
 @app.post("/api/v1/payment/confirm")
-def confirm() -> Any:
-    principal = current_principal(app)
-    body = parse_body(app, ConfirmBody)
+def confirm(request: Request) -> dict[str, Any]:
+    from escrow.models import ConfirmBody  # pydantic only where a body is parsed
+
+    principal = current_principal(request)
+    body = parse_body(request, ConfirmBody)
     return json_response(200, service.confirm_payment(principal, body))
 
 
-def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return run(app, event, context)
-
-
-lambda_handler = lambda_entry(_handle)
+lambda_handler = lambda_entry(app.resolve)

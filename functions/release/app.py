@@ -6,30 +6,35 @@ from __future__ import annotations
 from typing import Any
 
 from escrow import db
-from escrow.http import current_principal, json_response, make_resolver, parse_body, run
-from escrow.models import RegisterStoreBody, ReleaseBody
+from escrow.http import Request, Router, current_principal, json_response, parse_body
 from escrow.observability import lambda_entry, logger
-from escrow.services import jobs, stores
 from escrow.services import release as service
+from escrow.services import stores
 
-app = make_resolver()
+app = Router()
 
 
 @app.post("/api/v1/payment/release")
-def release() -> Any:
-    principal = current_principal(app)
-    body = parse_body(app, ReleaseBody)
+def release(request: Request) -> dict[str, Any]:
+    from escrow.models import ReleaseBody  # pydantic only where a body is parsed
+
+    principal = current_principal(request)
+    body = parse_body(request, ReleaseBody)
     return json_response(200, service.release_room(principal, body.chat_room_id))
 
 
 @app.post("/api/v1/admin/stores")
-def register_store() -> Any:
-    principal = current_principal(app)
-    body = parse_body(app, RegisterStoreBody)
+def register_store(request: Request) -> dict[str, Any]:
+    from escrow.models import RegisterStoreBody  # pydantic only where a body is parsed
+
+    principal = current_principal(request)
+    body = parse_body(request, RegisterStoreBody)
     return json_response(201, stores.register_store(principal, body))
 
 
 def _scheduled(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    from escrow.services import jobs  # HTTP invocations never need the scheduled jobs
+
     db.new_invocation()
     remaining = getattr(context, "get_remaining_time_in_millis", lambda: 900_000)
     report = jobs.run_scheduled(remaining_ms=remaining, jobs=event.get("jobs", "all"))
@@ -40,7 +45,7 @@ def _scheduled(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if "requestContext" not in event and (event.get("source") == "escrow.schedule" or "jobs" in event):
         return _scheduled(event, context)
-    return run(app, event, context)
+    return app.resolve(event, context)
 
 
 lambda_handler = lambda_entry(_handle)

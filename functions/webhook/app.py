@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from escrow.http import json_response, make_resolver, raw_body, run
+from escrow.http import Request, Router, json_response, raw_body
 from escrow.observability import lambda_entry
 from escrow.services import webhooks as service
 
-app = make_resolver()
+app = Router()
 
 
 @app.post("/api/v1/payment/webhook")
-def webhook() -> Any:
-    answer = service.receive(dict(app.current_event.headers or {}), raw_body(app))
+def webhook(request: Request) -> dict[str, Any]:
+    answer = service.receive(request.headers, raw_body(request))
     return json_response(answer.status, answer.body)
 
 
-def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return run(app, event, context)
-
-
-lambda_handler = lambda_entry(_handle)
+lambda_handler = lambda_entry(app.resolve)

@@ -13,8 +13,15 @@ from escrow.toss.errors import TossApiError
 
 @pytest.mark.parametrize(
     ("current", "new"),
-    [("pending", "in_progress"), ("in_progress", "completed"), ("in_progress", "unknown"), ("unknown", "completed"),
-     ("failed", "in_progress"), ("completed", "released"), ("completed", "partially_refunded")],
+    [
+        ("pending", "in_progress"),
+        ("in_progress", "completed"),
+        ("in_progress", "unknown"),
+        ("unknown", "completed"),
+        ("failed", "in_progress"),
+        ("completed", "released"),
+        ("completed", "partially_refunded"),
+    ],
 )
 def test_allowed_payment_transitions(current, new):
     check_payment(current, new)
@@ -90,8 +97,11 @@ def test_toss_errors_are_classified_by_code_not_status():
 
 
 def test_toss_read_timeout_must_stay_below_api_gateways_limit():
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValueError, match="TOSS_READ_TIMEOUT"):
         Settings(toss_read_timeout=30)
+    with pytest.raises(ValueError, match="PLATFORM_FEE_BPS must be a int"):
+        Settings.from_env({"PLATFORM_FEE_BPS": "three"})
+    assert Settings.from_env({"TOSS_READ_TIMEOUT": "5", "PLATFORM_FEE_BPS": "250"}).platform_fee_bps == 250
 
 
 def test_database_url_password_is_not_printed():

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from functools import lru_cache
+from typing import Any
 from urllib.parse import unquote, urlparse
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Local-only defaults; deployed stages take their keys from Secrets Manager (APP_ENV != local refuses these).
 LOCAL_JWT_SECRET = "local-dev-secret-change-me-0123456789abcdef"  # noqa: S105 - 32+ bytes for HS256
 TOSS_PUBLIC_TEST_SECRET_KEY = "test_sk_zXLkKEypNArWmo50nX3lmeaxYG5R"  # noqa: S105 - printed in Toss docs
 
 
-class Settings(BaseModel):
-    """Non-secret settings. Secrets are resolved lazily by the accessors below, so an import never calls AWS."""
+def _bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
-    model_config = ConfigDict(frozen=True)
+
+@dataclass(frozen=True)
+class Settings:
+    """Non-secret settings, from environment variables of the same name in upper case. Secrets are resolved
+    lazily by the accessors below, so an import never calls AWS. (A plain dataclass: pydantic's model machinery
+    would cost every cold start tens of milliseconds for a dozen strings.)"""
 
     app_env: str = "local"
     database_url: str = ""
@@ -47,44 +52,46 @@ class Settings(BaseModel):
     toss_payout_read_timeout: float = 60.0
     toss_webhook_hmac_key_encoding: str = "hex"
 
-    platform_fee_bps: int = Field(default=300, ge=0, le=10_000)
+    platform_fee_bps: int = 300
     event_bus_name: str = "escrow-local"
     outbox_publisher: str = "eventbridge"  # or "log": the local runner prints events instead of calling AWS
-    reconcile_after_seconds: int = Field(default=60, ge=0)
+    reconcile_after_seconds: int = 60
     secrets_max_age_seconds: int = 300
 
-    @field_validator("jwt_algorithm")
-    @classmethod
-    def _pinned_algorithm(cls, value: str) -> str:
-        if value not in ("HS256", "RS256"):
+    def __post_init__(self) -> None:
+        if self.jwt_algorithm not in ("HS256", "RS256"):
             raise ValueError("JWT_ALGORITHM must be HS256 or RS256")
-        return value
-
-    @field_validator("toss_webhook_hmac_key_encoding")
-    @classmethod
-    def _encoding(cls, value: str) -> str:
-        if value not in ("hex", "ascii"):
+        if self.toss_webhook_hmac_key_encoding not in ("hex", "ascii"):
             raise ValueError("TOSS_WEBHOOK_HMAC_KEY_ENCODING must be hex or ascii")
-        return value
-
-    @field_validator("toss_read_timeout")
-    @classmethod
-    def _below_api_gateway_limit(cls, value: float) -> float:
+        if self.outbox_publisher not in ("eventbridge", "log"):
+            raise ValueError("OUTBOX_PUBLISHER must be eventbridge or log")
         # API Gateway gives up after 29 s; a confirm still running then would answer the client 503 while
         # the payment may go through. Stay below it and reconcile instead.
-        if value >= 28:
-            raise ValueError("TOSS_READ_TIMEOUT must be below 28 seconds (API Gateway's limit is 29 s)")
-        return value
+        if not 0 < self.toss_read_timeout < 28:
+            raise ValueError("TOSS_READ_TIMEOUT must be between 0 and 28 seconds (API Gateway's limit is 29 s)")
+        if not 0 <= self.platform_fee_bps <= 10_000:
+            raise ValueError("PLATFORM_FEE_BPS must be between 0 and 10000")
+        if self.reconcile_after_seconds < 0:
+            raise ValueError("RECONCILE_AFTER_SECONDS must not be negative")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = environ.get(spec.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind: Any = type(spec.default)
+            try:
+                values[spec.name] = _bool(raw) if kind is bool else kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"{spec.name.upper()} must be a {kind.__name__}, not {raw!r}") from exc
+        return cls(**values)
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    values = {}
-    for name in Settings.model_fields:
-        raw = os.environ.get(name.upper())
-        if raw is not None and raw != "":
-            values[name] = raw
-    return Settings(**values)
+    return Settings.from_env(os.environ)
 
 
 _generation = 0

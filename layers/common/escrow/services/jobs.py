@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from escrow import db
 from escrow.clock import db_time, utcnow
@@ -21,8 +21,11 @@ from escrow.services import payments as payment_service
 from escrow.services import refunds as refund_service
 from escrow.services import release as release_service
 from escrow.states import check_request
-from escrow.toss import Payment, TossError
+from escrow.toss import TossError
 from escrow.toss.client import TossClient, get_toss_client
+
+if TYPE_CHECKING:
+    from escrow.toss.models import Payment
 
 RECONCILE_AFTER_SECONDS = 60  # a confirm or cancel older than this with no outcome is looked up
 BATCH = 200

@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from escrow import db
-from escrow.auth import Principal
 from escrow.clock import db_time, new_order_id, utcnow
 from escrow.errors import (
     AppError,
@@ -24,15 +23,19 @@ from escrow.errors import (
     UpstreamUnavailable,
     ValidationFailed,
 )
-from escrow.models import ConfirmBody, PrepareBody
 from escrow.observability import count, logger
 from escrow.repositories import ledger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
 from escrow.states import check_payment, check_request
-from escrow.toss import Payment, TossApiError, TossError
+from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
+
+if TYPE_CHECKING:
+    from escrow.auth import Principal
+    from escrow.models import ConfirmBody, PrepareBody
+    from escrow.toss.models import Payment
 
 PAID_STATUSES = ("completed", "released", "partially_refunded", "refunded")
 _IN_FLIGHT_RETRIES = 4

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from escrow import db
-from escrow.auth import Principal
 from escrow.clock import db_time, utcnow
 from escrow.errors import AppError, Conflict, Forbidden, NotFound, PaymentOutcomeUnknown, ValidationFailed
-from escrow.models import CancelBody
 from escrow.observability import count, logger
 from escrow.repositories import cancels as cancels_repo
 from escrow.repositories import ledger
@@ -22,8 +20,13 @@ from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
 from escrow.states import HELD_PAYMENT_STATUSES, check_payment, check_request
-from escrow.toss import Payment, TossApiError, TossError
+from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
+
+if TYPE_CHECKING:
+    from escrow.auth import Principal
+    from escrow.models import CancelBody
+    from escrow.toss.models import Payment
 
 
 def cancel_idempotency_key(cancel_id: int) -> str:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from escrow import db
-from escrow.auth import Principal
 from escrow.clock import db_time, iso, utcnow
 from escrow.config import get_settings
 from escrow.errors import Conflict, Forbidden, NotFound
@@ -21,6 +20,9 @@ from escrow.repositories import settlements as settlements_repo
 from escrow.states import HELD_PAYMENT_STATUSES, check_payment, check_request
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
+
+if TYPE_CHECKING:
+    from escrow.auth import Principal
 
 PAYOUT_LEASE = timedelta(minutes=3)
 # Refusals that a later retry can overcome (seller not approved yet, balance not settled yet, Toss busy).

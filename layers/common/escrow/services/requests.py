@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from escrow import db
-from escrow.auth import Principal
 from escrow.clock import db_time, iso, utcnow
 from escrow.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from escrow.models import CreatePaymentRequestBody
 from escrow.observability import count, logger
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
 from escrow.repositories import rooms as rooms_repo
+
+if TYPE_CHECKING:
+    from escrow.auth import Principal
+    from escrow.models import CreatePaymentRequestBody
 
 
 def _participants(body: CreatePaymentRequestBody, caller: str, members: list[dict[str, Any]]) -> list[str]:

@@ -6,15 +6,17 @@ Account numbers are stored for the payout but never logged and never returned wh
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from escrow import db
-from escrow.auth import Principal
 from escrow.errors import Conflict, Forbidden, UpstreamUnavailable, ValidationFailed
-from escrow.models import RegisterStoreBody
 from escrow.observability import logger
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
+
+if TYPE_CHECKING:
+    from escrow.auth import Principal
+    from escrow.models import RegisterStoreBody
 
 
 def mask_account(number: str | None) -> str | None:

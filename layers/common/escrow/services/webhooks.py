@@ -13,7 +13,7 @@ import hmac
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from escrow import db
 from escrow.config import get_settings, toss_keys
@@ -23,8 +23,11 @@ from escrow.services import payments as payment_service
 from escrow.services import refunds as refund_service
 from escrow.services import release as release_service
 from escrow.services import stores as store_service
-from escrow.toss import Payment, TossApiError, TossError
+from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
+
+if TYPE_CHECKING:
+    from escrow.toss.models import Payment
 
 SIGNED_EVENTS = ("payout.changed", "seller.changed")
 MAX_TRANSMISSION_AGE = timedelta(minutes=30)  # a signed delivery older than this is a replay, not a retry

@@ -1,6 +1,8 @@
-"""Toss Payments client (Core API v1 and payouts v2), typed models and errors."""
+"""Toss Payments client (Core API v1 and payouts v2), typed models and errors.
+
+The pydantic models load on first use (`escrow.toss.models`), not with this package.
+"""
 
 from escrow.toss.errors import TossApiError, TossConnectionError, TossError, TossTimeout
-from escrow.toss.models import Cancel, Payment
 
-__all__ = ["Cancel", "Payment", "TossApiError", "TossConnectionError", "TossError", "TossTimeout"]
+__all__ = ["TossApiError", "TossConnectionError", "TossError", "TossTimeout"]

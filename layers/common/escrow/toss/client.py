@@ -6,15 +6,16 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from escrow.observability import logger, subsegment
 from escrow.toss.errors import TossApiError, TossConnectionError, TossTimeout
-from escrow.toss.models import Payment
+
+if TYPE_CHECKING:
+    import requests
+
+    from escrow.toss.models import Payment
 
 _MAX_IDEMPOTENCY_KEY = 300
 
@@ -37,6 +38,10 @@ class TossClient:
         self.payout_read_timeout = payout_read_timeout
         self.security_key = security_key
         self.calls = 0  # Toss calls made by this client (the benchmark reads it)
+        import requests  # only functions that call Toss pay for importing it
+        from requests.adapters import HTTPAdapter
+
+        self._requests = requests
         if session is None:
             session = requests.Session()
             # No transparent retries: a retried POST without our decision could double an operation.
@@ -51,13 +56,13 @@ class TossClient:
 
     def confirm(self, payment_key: str, order_id: str, amount: int, *, idempotency_key: str) -> Payment:
         body = {"paymentKey": payment_key, "orderId": order_id, "amount": amount}
-        return Payment.from_api(self._request("POST", "/v1/payments/confirm", body, idempotency_key))
+        return _payment(self._request("POST", "/v1/payments/confirm", body, idempotency_key))
 
     def get_payment(self, payment_key: str) -> Payment:
-        return Payment.from_api(self._request("GET", f"/v1/payments/{quote(payment_key, safe='')}"))
+        return _payment(self._request("GET", f"/v1/payments/{quote(payment_key, safe='')}"))
 
     def get_payment_by_order(self, order_id: str) -> Payment:
-        return Payment.from_api(self._request("GET", f"/v1/payments/orders/{quote(order_id, safe='')}"))
+        return _payment(self._request("GET", f"/v1/payments/orders/{quote(order_id, safe='')}"))
 
     def cancel(
         self,
@@ -74,7 +79,7 @@ class TossClient:
         if refundable_amount is not None:
             body["refundableAmount"] = refundable_amount
         path = f"/v1/payments/{quote(payment_key, safe='')}/cancel"
-        return Payment.from_api(self._request("POST", path, body, idempotency_key))
+        return _payment(self._request("POST", path, body, idempotency_key))
 
     # --- payouts v2 (ENCRYPTION security mode) ---------------------------------------------------------
 
@@ -114,9 +119,9 @@ class TossClient:
                 response = self._session.request(
                     method, self.base_url + path, data=data, headers=headers, timeout=timeout
                 )
-            except requests.ConnectTimeout as exc:
+            except self._requests.ConnectTimeout as exc:
                 raise TossConnectionError(f"could not connect to Toss: {type(exc).__name__}") from exc
-            except (requests.Timeout, requests.ConnectionError) as exc:
+            except (self._requests.Timeout, self._requests.ConnectionError) as exc:
                 raise TossTimeout(f"Toss did not answer {method} {path} in time") from exc
         text = response.text.strip()
         try:
@@ -163,18 +168,18 @@ class TossClient:
                 response = self._session.request(
                     method, self.base_url + path, json=body, headers=self._headers(idempotency_key), timeout=timeout
                 )
-            except requests.ConnectTimeout as exc:
+            except self._requests.ConnectTimeout as exc:
                 raise TossConnectionError(f"could not connect to Toss: {type(exc).__name__}") from exc
-            except requests.Timeout as exc:
+            except self._requests.Timeout as exc:
                 raise TossTimeout(f"Toss did not answer {method} {path} in time") from exc
-            except requests.ConnectionError as exc:
+            except self._requests.ConnectionError as exc:
                 # Refused before sending is safe; a reset after sending is not. We cannot tell them apart
                 # reliably, so a broken connection is treated as "may have happened".
                 raise TossTimeout(f"connection to Toss broke during {method} {path}") from exc
         return self._parse(method, path, response)
 
     @staticmethod
-    def _parse(method: str, path: str, response: requests.Response) -> dict[str, Any]:
+    def _parse(method: str, path: str, response: Any) -> dict[str, Any]:
         try:
             data = response.json()
         except ValueError:
@@ -193,6 +198,12 @@ class TossClient:
             extra={"toss_path": path, "toss_method": method, "toss_status": response.status_code, "toss_code": code},
         )
         raise TossApiError(response.status_code, code, message)
+
+
+def _payment(data: dict[str, Any]) -> Payment:
+    from escrow.toss.models import Payment
+
+    return Payment.from_api(data)
 
 
 _local = threading.local()
