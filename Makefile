@@ -34,8 +34,8 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy layers/common/escrow
 
 test: setup lint typecheck
-	$(PY) -m pytest tests
 	bash scripts/sam-check.sh
+	$(PY) -m pytest -n 2 tests
 
 bench: setup
 	$(PY) -m bench

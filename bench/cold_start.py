@@ -36,17 +36,24 @@ assert callable(module.lambda_handler)
 
 
 def _run(body: str, env: dict[str, str]) -> float:
-    out = subprocess.run([sys.executable, "-c", _PROBE.format(body=body)], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(body=body)], env=env, capture_output=True, text=True, check=True
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def measure(runs: int = 7, *, layer: Path | None = None, bytecode: bool = True, tracing: bool = False) -> dict:
     layer_dir = layer or ROOT / "layers/common"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "AWS_LAMBDA", "LAMBDA_"))}
-    env.update({"PYTHONPATH": str(layer_dir), "POWERTOOLS_SERVICE_NAME": "escrow", "AWS_DEFAULT_REGION":
-                "ap-northeast-2", "POWERTOOLS_TRACE_DISABLED": "false" if tracing else "true",
-                "PYDANTIC_DISABLE_PLUGINS": "__all__"})  # as template.yaml sets them
+    env.update(
+        {
+            "PYTHONPATH": str(layer_dir),
+            "POWERTOOLS_SERVICE_NAME": "escrow",
+            "AWS_DEFAULT_REGION": "ap-northeast-2",
+            "POWERTOOLS_TRACE_DISABLED": "false" if tracing else "true",
+            "PYDANTIC_DISABLE_PLUGINS": "__all__",
+        }
+    )  # as template.yaml sets them
     if tracing:
         env.update({"LAMBDA_TASK_ROOT": "/var/task", "AWS_LAMBDA_FUNCTION_NAME": "bench"})
     tmp = None
@@ -55,11 +62,16 @@ def measure(runs: int = 7, *, layer: Path | None = None, bytecode: bool = True, 
         env.update({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": tmp.name})
     else:
         for fn in FUNCTIONS:  # warm the bytecode caches once so every measured run reads .pyc
-            _run(_LOAD_FUNCTION.format(fn_dir=str(ROOT / "functions" / fn),
-                                       path=str(ROOT / "functions" / fn / "app.py")), env)
+            _run(
+                _LOAD_FUNCTION.format(
+                    fn_dir=str(ROOT / "functions" / fn), path=str(ROOT / "functions" / fn / "app.py")
+                ),
+                env,
+            )
         _run("import boto3", env)
-    results: dict[str, float] = {"import boto3 (bare)": statistics.median(_run("import boto3", env)
-                                                                         for _ in range(runs))}
+    results: dict[str, float] = {
+        "import boto3 (bare)": statistics.median(_run("import boto3", env) for _ in range(runs))
+    }
     for fn in FUNCTIONS:
         body = _LOAD_FUNCTION.format(fn_dir=str(ROOT / "functions" / fn), path=str(ROOT / "functions" / fn / "app.py"))
         results[f"{fn} function init"] = statistics.median(_run(body, env) for _ in range(runs))
@@ -76,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     built = ROOT / ".aws-sam/build/CommonLayer/python"
     layer = args.layer or (built if built.exists() else None)
-    print(f"cold start, median of {args.runs} fresh interpreters (Python {sys.version.split()[0]}), layer: "
-          f"{layer or 'source tree (layers/common) + this venv'}")
+    print(
+        f"cold start, median of {args.runs} fresh interpreters (Python {sys.version.split()[0]}), layer: "
+        f"{layer or 'source tree (layers/common) + this venv'}"
+    )
     table = {
         "bytecode": measure(args.runs, layer=layer, bytecode=True),
         "no bytecode": measure(args.runs, layer=layer, bytecode=False),

@@ -42,8 +42,9 @@ def database_url() -> Iterator[str]:
     name = f"escrow_test_{worker}_{uuid.uuid4().hex[:8]}"
     url = f"{MYSQL_URL}/{name}"
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'layers/common'}{os.pathsep}{ROOT}", "DATABASE_URL": url}
-    result = subprocess.run([sys.executable, "-m", "escrow.migrate"], env=env, capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "escrow.migrate"], env=env, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     os.environ["DATABASE_URL"] = url
     from escrow.config import reset_settings
@@ -64,8 +65,15 @@ def sql(database_url: str) -> Iterator[pymysql.connections.Connection]:
     from escrow.config import parse_database_url
 
     p = parse_database_url(database_url)
-    conn = pymysql.connect(host=p.host, port=p.port, user=p.user, password=p.password, database=p.database,
-                           autocommit=True, cursorclass=pymysql.cursors.DictCursor)
+    conn = pymysql.connect(
+        host=p.host,
+        port=p.port,
+        user=p.user,
+        password=p.password,
+        database=p.database,
+        autocommit=True,
+        cursorclass=pymysql.cursors.DictCursor,
+    )
     yield conn
     conn.close()
 
@@ -92,8 +100,10 @@ def make_room(sql: pymysql.connections.Connection):
         members = [f"user_{tag}_{i}" for i in range(1, n_members + 1)]
         store_id = f"store_{tag}"
         with sql.cursor() as cur:
-            cur.execute("INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s)",
-                        (store_id, f"store_owner_{tag}", "테스트 가게"))
+            cur.execute(
+                "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s)",
+                (store_id, f"store_owner_{tag}", "테스트 가게"),
+            )
             if with_member_rows:
                 cur.executemany(
                     "INSERT INTO chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s)",

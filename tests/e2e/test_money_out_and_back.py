@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -363,7 +362,7 @@ def test_payment_webhooks_are_only_a_trigger(as_user, toss, make_room, sql, api)
 
 
 def test_a_deposit_callback_with_a_wrong_secret_is_refused(as_user, toss, make_room, sql, api):
-    room, request_id, keys = funded_room(as_user, toss, make_room, n=1)
+    _room, request_id, _keys = funded_room(as_user, toss, make_room, n=1)
     order_id = rows(sql, "SELECT order_id FROM payments WHERE payment_request_id = %s", request_id)[0]["order_id"]
     body = {
         "createdAt": "2026-11-23T00:00:00.000000",
@@ -401,7 +400,3 @@ def test_two_scheduled_runs_at_once_release_nothing_twice(as_user, toss, make_ro
             if c["status"] == 200 and any(i["refPayoutId"] == ref for i in c["body"] or [])
         ]
         assert len(created) == 1
-
-
-def _unused(_: bytes) -> str:
-    return base64.b64encode(_).decode()

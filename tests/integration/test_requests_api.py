@@ -24,9 +24,18 @@ def call(fn, method, path, **kw):
 
 def test_owner_opens_a_request_and_every_participant_shows_pending(request_fn, make_room, sql):
     room = make_room(2)
-    status, body = call(request_fn, "POST", "/api/v1/payment/request", user=room.owner,
-                        body={"chat_room_id": room.chat_room_id, "store_id": room.store_id, "amount": 15000,
-                              "message": "예약금 요청합니다."})
+    status, body = call(
+        request_fn,
+        "POST",
+        "/api/v1/payment/request",
+        user=room.owner,
+        body={
+            "chat_room_id": room.chat_room_id,
+            "store_id": room.store_id,
+            "amount": 15000,
+            "message": "예약금 요청합니다.",
+        },
+    )
     assert status == 201
     assert body == {"payment_request_id": body["payment_request_id"], "status": "pending"}
 
@@ -53,14 +62,24 @@ def test_a_second_open_request_for_a_room_is_a_409(request_fn, make_room, sql):
 
 def test_only_the_owner_opens_a_request(request_fn, make_room):
     room = make_room(2)
-    status, err = call(request_fn, "POST", "/api/v1/payment/request", user=room.members[0],
-                       body={"chat_room_id": room.chat_room_id, "store_id": room.store_id, "amount": 10000})
+    status, err = call(
+        request_fn,
+        "POST",
+        "/api/v1/payment/request",
+        user=room.members[0],
+        body={"chat_room_id": room.chat_room_id, "store_id": room.store_id, "amount": 10000},
+    )
     assert status == 403 and err["error"]["code"] == "NOT_ROOM_OWNER"
 
 
 def test_status_is_for_members_only(request_fn, make_room):
     room = make_room(1)
-    call(request_fn, "POST", "/api/v1/payment/request", user=room.owner,
-         body={"chat_room_id": room.chat_room_id, "store_id": room.store_id, "amount": 10000})
+    call(
+        request_fn,
+        "POST",
+        "/api/v1/payment/request",
+        user=room.owner,
+        body={"chat_room_id": room.chat_room_id, "store_id": room.store_id, "amount": 10000},
+    )
     status, err = call(request_fn, "GET", f"/api/v1/payment/status/{room.chat_room_id}", user="stranger")
     assert status == 403 and err["error"]["code"] == "NOT_ROOM_MEMBER"

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import jwt
+
 from escrow.config import LOCAL_JWT_SECRET
 
 
