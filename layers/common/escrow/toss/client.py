@@ -58,11 +58,13 @@ class TossClient:
         body = {"paymentKey": payment_key, "orderId": order_id, "amount": amount}
         return _payment(self._request("POST", "/v1/payments/confirm", body, idempotency_key))
 
-    def get_payment(self, payment_key: str) -> Payment:
-        return _payment(self._request("GET", f"/v1/payments/{quote(payment_key, safe='')}"))
+    def get_payment(self, payment_key: str, *, read_timeout: float | None = None) -> Payment:
+        path = f"/v1/payments/{quote(payment_key, safe='')}"
+        return _payment(self._request("GET", path, read_timeout=read_timeout))
 
-    def get_payment_by_order(self, order_id: str) -> Payment:
-        return _payment(self._request("GET", f"/v1/payments/orders/{quote(order_id, safe='')}"))
+    def get_payment_by_order(self, order_id: str, *, read_timeout: float | None = None) -> Payment:
+        path = f"/v1/payments/orders/{quote(order_id, safe='')}"
+        return _payment(self._request("GET", path, read_timeout=read_timeout))
 
     def cancel(
         self,
