@@ -74,8 +74,10 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         raise Unauthorized("the token names no user (claim user_id or sub)", code="INVALID_TOKEN")
     user_id = str(raw).strip()
-    if not user_id or len(user_id) > _USER_ID_MAX:
-        raise Unauthorized("the token's user id is empty or too long", code="INVALID_TOKEN")
+    # isprintable(): a control character or a lone surrogate names no real user. Such tokens were accepted (answered
+    # 403 as some unknown user), and a surrogate cannot even be encoded for MySQL (UnicodeEncodeError, a 500).
+    if not user_id or len(user_id) > _USER_ID_MAX or not user_id.isprintable():
+        raise Unauthorized("the token's user id is empty, too long or not printable", code="INVALID_TOKEN")
     role = claims.get(settings.admin_role_claim)
     roles = role if isinstance(role, list) else [role]
     return Principal(user_id=user_id, is_admin=settings.admin_role in roles, claims=claims)

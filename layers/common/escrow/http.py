@@ -135,7 +135,10 @@ def parse_body(request: Request, model: type[M]) -> M:
         raise BadRequest("a JSON body is required", code="INVALID_JSON")
     try:
         payload = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # A lone surrogate ("\ud800") is legal JSON but not encodable as UTF-8: refuse it here rather than fail
+        # with a 500 when MySQL or the response encoder meets it (UnicodeEncodeError is a ValueError).
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested deeper than the parser goes
         raise BadRequest("the body is not valid JSON", code="INVALID_JSON") from exc
     if not isinstance(payload, dict):
         raise ValidationFailed("the body must be a JSON object")

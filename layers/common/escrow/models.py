@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 MIN_AMOUNT = 100  # KRW; Toss refuses tiny card payments (BELOW_MINIMUM_AMOUNT)
 MAX_AMOUNT = 10_000_000  # KRW per participant; a deposit above this is a typo, not a booking
@@ -16,8 +25,10 @@ ORDER_ID_PATTERN = r"^[A-Za-z0-9_-]{6,64}$"
 
 
 def _no_control_chars(value: str) -> str:
-    if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in value):
-        raise ValueError("must not contain control characters")
+    # C0 and C1 control characters (but newline and tab), and lone UTF-16 surrogates: a surrogate cannot be encoded
+    # as UTF-8 for MySQL, so letting one through failed the request with a 500 instead of a 422.
+    if any((ord(c) < 32 and c not in "\n\t") or 127 <= ord(c) <= 159 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ValueError("must not contain control characters or lone surrogates")
     return value
 
 
@@ -36,7 +47,10 @@ def _aware_utc(value: datetime | None) -> datetime | None:
         return None
     if value.tzinfo is None:
         raise ValueError("must carry a time zone offset, e.g. 2026-12-01T18:00:00+09:00")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00+14:00 has no UTC year; pydantic would let this become a 500
+        raise ValueError("is out of range") from exc
 
 
 class CreatePaymentRequestBody(_Body):
@@ -82,13 +96,13 @@ class CancelBody(_Body):
     cancelReason: Annotated[Text, Field(min_length=1, max_length=200)]  # noqa: N815
     cancelAmount: Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT)] | None = None  # noqa: N815
 
-    @field_validator("chat_room_id")
-    @classmethod
-    def _one_target(cls, value: int | None, info: Any) -> int | None:
-        has_key = info.data.get("paymentKey") is not None
-        if (value is None) == (not has_key):
+    # A model validator, not a field validator on chat_room_id: a field validator does not run when the field is
+    # absent, so a body naming neither target got through and crashed the cancel handler with a 500.
+    @model_validator(mode="after")
+    def _one_target(self) -> CancelBody:
+        if (self.chat_room_id is None) == (self.paymentKey is None):
             raise ValueError("give either paymentKey or chat_room_id, not both")
-        return value
+        return self
 
 
 class ReleaseBody(_Body):

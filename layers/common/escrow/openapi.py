@@ -129,19 +129,37 @@ class WebhookAck(BaseModel):
 
 
 ERRORS = {
-    400: "INVALID_JSON: the body is not JSON",
+    400: "INVALID_JSON: the body is not JSON (or is nested too deep, or holds a lone UTF-16 surrogate)",
     401: "AUTH_REQUIRED, INVALID_TOKEN, TOKEN_EXPIRED",
     402: "PAYMENT_DECLINED (with toss_code)",
     403: "NOT_ROOM_OWNER, NOT_ROOM_MEMBER, NOT_A_PARTICIPANT, NOT_ALLOWED_TO_CANCEL, ADMIN_ONLY",
     404: "PAYMENT_REQUEST_NOT_FOUND, PAYMENT_NOT_FOUND, INVALID_CHAT_ROOM_ID",
     409: "OPEN_REQUEST_EXISTS, ALREADY_PAID, PAYMENT_IN_PROGRESS, PAYMENT_OUTCOME_UNKNOWN, ORDER_ID_ALREADY_USED, "
     "PAYMENT_KEY_IN_USE, ALREADY_RELEASED, ALREADY_REFUNDED, NOT_REFUNDABLE, REFUND_IN_PROGRESS, "
-    "REQUEST_NOT_FUNDED, NOT_RELEASABLE, STORE_ALREADY_REGISTERED, REFUND_REFUSED, INVALID_STATE_TRANSITION",
+    "REQUEST_NOT_FUNDED, NOT_RELEASABLE, STORE_ALREADY_REGISTERED, REFUND_REFUSED, INVALID_STATE_TRANSITION, "
+    "AMOUNT_MISMATCH_REFUNDED, SELLER_REFUSED",
     413: "PAYLOAD_TOO_LARGE: bodies are limited to 64 KiB",
     422: "VALIDATION_ERROR (with details), AMOUNT_MISMATCH, NOT_ROOM_MEMBERS, NO_PARTICIPANTS, UNKNOWN_STORE, "
     "CANCEL_AMOUNT_TOO_LARGE, COMPANY_DETAILS_REQUIRED",
     502: "PAYMENT_OUTCOME_UNKNOWN, REFUND_OUTCOME_UNKNOWN: Toss gave no definite answer; settled automatically",
     503: "DATABASE_UNAVAILABLE, DATABASE_BUSY, TOSS_UNAVAILABLE: nothing was changed, try again",
+}
+# The webhook (no JWT) answers its own codes; Toss retries anything but a 200.
+WEBHOOK_ERRORS = {
+    **ERRORS,
+    400: "INVALID_JSON: the body is not a JSON object (logged, not processed)",
+    401: "WEBHOOK_NOT_VERIFIED: bad or missing signature, stale transmission time, secret mismatch, unknown payment",
+    503: "DATABASE_UNAVAILABLE, TRY_AGAIN: not processed now; Toss delivers it again",
+}
+
+# Answers other than the main success one: (status, response model, description).
+EXTRA_SUCCESS: dict[tuple[str, str], tuple[int, type[BaseModel], str]] = {
+    ("post", "/api/v1/payment/cancel"): (
+        202,
+        RefundResult,
+        "a whole request was cancelled; some refunds are still pending at Toss (refund_status refund_pending) "
+        "and are settled automatically",
+    ),
 }
 
 # (method, path, summary, request model, success status, response model, error statuses, authenticated)
@@ -233,7 +251,7 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, int, type[BaseModel], 
         None,
         200,
         WebhookAck,
-        [400, 401, 503],
+        [400, 401, 413, 503],
         False,
     ),
 ]
@@ -259,9 +277,15 @@ def build() -> dict[str, Any]:
                 str(status): {"description": "success", "content": {"application/json": {"schema": ref(response)}}}
             },
         }
+        extra = EXTRA_SUCCESS.get((method, path))
+        if extra is not None:
+            op["responses"][str(extra[0])] = {
+                "description": extra[2],
+                "content": {"application/json": {"schema": ref(extra[1])}},
+            }
         for code in errors:
             op["responses"][str(code)] = {
-                "description": ERRORS[code],
+                "description": (ERRORS if secured else WEBHOOK_ERRORS)[code],
                 "content": {"application/json": {"schema": error_ref}},
             }
         if secured:

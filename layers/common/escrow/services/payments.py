@@ -404,7 +404,14 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                 reason=reason,
             )
             count("PaymentsConfirmed")
-            paid = payments_repo.count_completed(tx, request["id"])
+            # A locking read, not count_completed(): a plain SELECT reads this transaction's snapshot, taken by
+            # find_order above *before* we waited for the request lock, so when every participant confirmed at
+            # once none of them saw the others' shares completed and the room never became completed.
+            row = tx.one(
+                "SELECT COUNT(*) AS n FROM payments WHERE payment_request_id = %s AND status = 'completed' FOR UPDATE",
+                (request["id"],),
+            )
+            paid = int(row["n"]) if row else 0
             if request["status"] == "pending" and paid == request["participant_count"]:
                 check_request("pending", "completed")
                 requests_repo.set_status(tx, request["id"], "completed", completed_at=db_time(utcnow()))

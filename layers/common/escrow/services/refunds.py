@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from escrow import db
 from escrow.clock import db_time, utcnow
-from escrow.errors import AppError, Conflict, Forbidden, NotFound, PaymentOutcomeUnknown, ValidationFailed
+from escrow.errors import (
+    AppError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PaymentOutcomeUnknown,
+    UpstreamUnavailable,
+    ValidationFailed,
+)
 from escrow.observability import count, logger
 from escrow.repositories import cancels as cancels_repo
 from escrow.repositories import ledger
@@ -51,10 +59,20 @@ def _outcome(payment: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _lock_payment_by_key(tx: db.Tx, payment_key: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    found = tx.one("SELECT id, payment_request_id FROM payments WHERE payment_key = %s", (payment_key,))
+def _find_payment(payment_key: str) -> dict[str, Any]:
+    """The payment's ids, read before its transaction begins (they never change). Read inside the transaction, this
+    plain SELECT took the transaction's snapshot before the row locks were granted, so the later plain reads (refunds
+    in flight, Toss transactions already recorded) missed what a concurrent transaction had just committed: two
+    cancels of one share at once both passed the in-flight guard and both went to Toss, and the loser then recorded
+    the winner's Toss transaction a second time (duplicate key, a 500). A webhook racing a cancel is the same race."""
+    with db.reader() as tx:
+        found = tx.one("SELECT id, payment_request_id FROM payments WHERE payment_key = %s", (payment_key,))
     if found is None:
         raise NotFound("no payment with this paymentKey", code="PAYMENT_NOT_FOUND")
+    return found
+
+
+def _lock_payment(tx: db.Tx, found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     request = requests_repo.lock(tx, found["payment_request_id"])
     payment = payments_repo.lock(tx, found["id"])
     assert request is not None and payment is not None
@@ -81,20 +99,24 @@ def cancel_share(
     client_key: str | None = None,
     toss: TossClient | None = None,
 ) -> dict[str, Any]:
+    found = _find_payment(payment_key)
     with db.transaction() as tx:
-        request, payment = _lock_payment_by_key(tx, payment_key)
+        request, payment = _lock_payment(tx, found)
         if principal.user_id not in (payment["payer_id"], request["requester_id"]) and not principal.is_admin:
             raise Forbidden("only the payer or the room's owner can cancel this payment", code="NOT_ALLOWED_TO_CANCEL")
         key = _request_key(payment["id"], principal.user_id, amount, reason, client_key)
         existing = cancels_repo.find_by_key(tx, key)
         if existing is not None and existing["status"] == "done":
             return _outcome(payment)  # the same cancel again: same answer, nothing more refunded
-        if existing is None:
+        if existing is None or existing["status"] == "failed":
+            # A failed earlier attempt is a new attempt too: the share must still be refundable. (Skipping this let a
+            # cancel that had failed at Toss, repeated after the room was released, refund released money.)
             _check_refundable(payment, amount)
             if cancels_repo.in_flight_for_payment(tx, payment["id"]):
                 raise Conflict(
                     "another refund of this payment is in progress; try again shortly", code="REFUND_IN_PROGRESS"
                 )
+        if existing is None:
             cancel_id = cancels_repo.insert(
                 tx,
                 payment_id=payment["id"],
@@ -105,7 +127,10 @@ def cancel_share(
                 amount=amount,
             )
         else:
-            cancel_id = existing["id"]  # an earlier attempt got no answer: ask again with the same key
+            # No answer earlier (requested/unknown), or a failure: ask again with the same key. In flight again,
+            # so a release waits for it.
+            cancel_id = existing["id"]
+            cancels_repo.update(tx, cancel_id, status="requested")
     result = _refund_at_toss(
         cancel_id,
         payment["payment_key"],
@@ -114,6 +139,13 @@ def cancel_share(
         payment["paid_amount"] - payment["refunded_amount"],
         toss=toss,
     )
+    if result["refunded_amount"] == payment["refunded_amount"] and result["status"] == payment["status"]:
+        with db.reader() as tx:
+            row = tx.one("SELECT status FROM payment_cancels WHERE id = %s", (cancel_id,))
+        if row is not None and row["status"] == "failed":
+            # Toss holds no refund for this cancel (a 5xx there, nothing refunded): this used to answer
+            # 200 "partially_refunded" with refunded_amount 0.
+            raise UpstreamUnavailable("Toss did not refund the payment; nothing was refunded, try again shortly")
     return _outcome(result)
 
 
@@ -175,10 +207,8 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
     Our cancel row `cancel_id` (when given) takes the first unrecorded transaction; the others were made outside
     our API (the merchant dashboard) and get rows of their own. Returns the payment row afterwards.
     """
+    found = _find_payment(payment.payment_key)  # before the transaction: see _find_payment
     with db.transaction() as tx:
-        found = tx.one("SELECT id, payment_request_id FROM payments WHERE payment_key = %s", (payment.payment_key,))
-        if found is None:
-            raise NotFound("no payment with this paymentKey", code="PAYMENT_NOT_FOUND")
         request = requests_repo.lock(tx, found["payment_request_id"])
         share = payments_repo.lock(tx, found["id"])
         assert request is not None and share is not None

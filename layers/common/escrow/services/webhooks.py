@@ -145,7 +145,9 @@ def receive(
         payload = json.loads(raw)
         if not isinstance(payload, dict):
             raise ValueError("not an object")
-    except ValueError:
+        # A lone surrogate cannot be stored (UnicodeEncodeError, a ValueError): unreadable, like bad JSON.
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes; was a 500
         webhook_id = _log(headers, raw, None, None)
         _finish(webhook_id, verification="unreadable", outcome="rejected", detail="body is not a JSON object")
         return WebhookAnswer(400, {"error": {"code": "INVALID_JSON", "message": "the body is not a JSON object"}})
