@@ -116,8 +116,27 @@ class Attempt:
     done: bool = False  # already completed with this paymentKey: answer without calling Toss
 
 
+def _already_paid_with(payer_id: str, body: ConfirmBody) -> Attempt | None:
+    """A repeat of a successful confirm answers the same success, even after the request was released or closed
+    (it is no longer the room's open request then, so the checks below would not find it)."""
+    with db.reader() as tx:
+        row = tx.one(
+            "SELECT p.id, p.payment_request_id, p.payer_id, p.order_id, p.amount, p.status, r.chat_room_id "
+            "FROM payments p JOIN payment_requests r ON r.id = p.payment_request_id WHERE p.payment_key = %s",
+            (body.paymentKey,),
+        )
+    if row is None or row["status"] not in PAID_STATUSES or row["payer_id"] != payer_id:
+        return None
+    if row["chat_room_id"] != body.chat_room_id or row["order_id"] != body.orderId:
+        return None
+    return Attempt(row["id"], row["payment_request_id"], body.orderId, body.paymentKey, row["amount"], done=True)
+
+
 def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
     """Check everything, then record the attempt (in_progress) before Toss is called."""
+    done = _already_paid_with(payer_id, body)
+    if done is not None:
+        return done
     try:
         with db.transaction() as tx:
             request = _open_request(tx, body.chat_room_id)

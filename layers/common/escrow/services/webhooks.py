@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from escrow.toss.models import Payment
 
 SIGNED_EVENTS = ("payout.changed", "seller.changed")
+# Toss wants a 200 within 10 s. A lookup that takes longer is abandoned: the delivery answers 503, stays logged,
+# and Toss delivers it again (or the schedule's reconciliation settles the payment first).
+LOOKUP_READ_TIMEOUT = 5.0
 MAX_TRANSMISSION_AGE = timedelta(minutes=30)  # a signed delivery older than this is a replay, not a retry
 _LOGGED_HEADERS = (
     "tosspayments-webhook-transmission-time",
@@ -218,7 +221,9 @@ def _payment_status_changed(
     # The body is only a trigger: what we act on is what Toss itself says now.
     try:
         fetched = (
-            toss.get_payment(payment_key) if isinstance(payment_key, str) else toss.get_payment_by_order(str(order_id))
+            toss.get_payment(payment_key, read_timeout=LOOKUP_READ_TIMEOUT)
+            if isinstance(payment_key, str)
+            else toss.get_payment_by_order(str(order_id), read_timeout=LOOKUP_READ_TIMEOUT)
         )
     except TossApiError as exc:
         if exc.code == "NOT_FOUND_PAYMENT":
@@ -247,7 +252,7 @@ def _deposit_callback(
     stored = (row or {}).get("secret") or ""
     if not stored or not hmac.compare_digest(stored.encode(), secret.encode()):
         return _rejected(webhook_id, "secret_mismatch", "the secret does not match the payment's")
-    fetched = (toss or get_toss_client()).get_payment_by_order(order_id)
+    fetched = (toss or get_toss_client()).get_payment_by_order(order_id, read_timeout=LOOKUP_READ_TIMEOUT)
     outcome = _apply_fetched(fetched, toss)
     dedupe = dedupe_key or f"deposit:{order_id}:{payload.get('transactionKey')}:{payload.get('status')}"
     claimed = _finish(webhook_id, verification="secret", outcome="processed", detail=outcome, dedupe_key=dedupe)
