@@ -1,20 +1,27 @@
 """The scheduled jobs (EventBridge Scheduler -> ReleaseFunction). Each is bounded (a batch limit and the Lambda's
-remaining time) and safe to run twice at once: every item is re-checked under its row locks before it changes."""
+remaining time) and safe to run twice at once: every item is re-checked under its row locks before it changes.
+
+`audit` (the ledger audit, `escrow.audit`) is read-only and is not part of "all": it makes one Toss GET per order
+and per payout of every request of the last AUDIT_WINDOW, which is too much for the 5-minute run. Schedule it on
+its own, e.g. hourly with the input `{"source": "escrow.schedule", "jobs": ["audit"]}`; its findings are logged one
+by one ("audit finding") and counted in the metric AuditFindings (alarm on > 0).
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from escrow import db
 from escrow.clock import db_time, utcnow
 from escrow.config import get_settings
 from escrow.errors import AppError
-from escrow.observability import logger
+from escrow.observability import count, logger
 from escrow.repositories import cancels as cancels_repo
+from escrow.repositories import ledger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import requests as requests_repo
 from escrow.services import payments as payment_service
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
 
 RECONCILE_AFTER_SECONDS = 60  # a confirm or cancel older than this with no outcome is looked up
 BATCH = 200
+AUDIT_WINDOW = timedelta(days=35)  # the scheduled audit looks at requests opened this long ago or later
 
 
 def expire_overdue(
@@ -132,10 +140,31 @@ def reconcile_payments(
 
 
 def _mark_refunded(order_id: str, payment: Payment) -> str:
+    """Toss already holds nothing for a charge we must not keep (our cancel went through and its answer was lost,
+    or it was cancelled at Toss): record its refunds in the ledger, as refund_unexpected_charge does, and close it.
+    (Marking the order refunded without the refund entries left its charge in the ledger for ever.)"""
     with db.transaction() as tx:
-        payments_order = tx.one("SELECT payment_id FROM payment_orders WHERE order_id = %s", (order_id,))
+        order = tx.one(
+            "SELECT o.payment_id, o.status, p.payment_request_id FROM payment_orders o "
+            "JOIN payments p ON p.id = o.payment_id WHERE o.order_id = %s FOR UPDATE",
+            (order_id,),
+        )
+        if order is None or order["status"] != "refund_pending":
+            return "refunded_mismatch"
         tx.execute("UPDATE payment_orders SET status = 'refunded' WHERE order_id = %s", (order_id,))
-        assert payments_order is not None
+        for cancel in payment.cancels or []:
+            if (cancel.cancel_status or "DONE") != "DONE":
+                continue
+            ledger.record(
+                tx,
+                request_id=order["payment_request_id"],
+                payment_id=order["payment_id"],
+                entry_type="refund",
+                amount=cancel.cancel_amount,
+                reference=cancel.transaction_key,
+                actor="reconcile",
+                reason=(cancel.cancel_reason or "UNEXPECTED_CHARGE")[:200],
+            )
     return "refunded_mismatch"
 
 
@@ -146,21 +175,34 @@ def reconcile_cancels(
     older_than: int | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
-    """Refunds whose answer was lost, or that were queued and not sent: ask Toss again with the same key."""
-    older_than = get_settings().reconcile_after_seconds if older_than is None else older_than
+    """Refunds whose answer was lost, or that were queued and not sent: ask Toss again with the same key.
+
+    A `requested` refund younger than the time its own worker may still spend on it (two Toss calls: the cancel and
+    the lookup after no answer) is left to that worker, whatever `older_than` says: two workers on one refund at once
+    can leave a refund that happened marked failed (see _claim_cancel)."""
+    settings = get_settings()
+    older_than = settings.reconcile_after_seconds if older_than is None else older_than
+    in_flight = 2 * (settings.toss_connect_timeout + settings.toss_read_timeout) + 5
     with db.reader() as tx:
         stale = cancels_repo.stale(tx, older_than, limit)
+        clock = tx.one("SELECT NOW(3) AS now")
+        assert clock is not None
         rows = []
         for c in stale:
+            if c["status"] == "requested" and (clock["now"] - c["updated_at"]).total_seconds() < in_flight:
+                continue
             share = tx.one(
                 "SELECT payment_key, paid_amount, refunded_amount FROM payments WHERE id = %s", (c["payment_id"],)
             )
             if share:
                 rows.append((c, share))
-    done = failed = 0
+    done = failed = skipped = 0
     for c, share in rows:
         if deadline():
             break
+        if not _claim_cancel(c):
+            skipped += 1
+            continue
         try:
             refund_service._refund_at_toss(
                 c["id"],
@@ -174,7 +216,22 @@ def reconcile_cancels(
         except AppError as exc:
             logger.warning("refund still not settled", extra={"cancel_id": c["id"], "error_code": exc.code})
             failed += 1
-    return {"refunds_retried": done, "refunds_unresolved": failed}
+    return {"refunds_retried": done, "refunds_unresolved": failed, "refunds_taken_by_another_run": skipped}
+
+
+def _claim_cancel(cancel: dict[str, Any]) -> bool:
+    """Take one refund for this run, unless another run (two scheduled runs may overlap) took it since we read it.
+
+    Two workers asking Toss about one refund at once is not harmless: the loser's lookup may fail after the winner
+    recorded the refund, and refunds._after_unknown_cancel then marks the recorded (done) refund unknown, after
+    which it ends as failed although Toss, the ledger and the payment say it happened."""
+    with db.transaction() as tx:
+        taken = tx.execute(
+            "UPDATE payment_cancels SET updated_at = NOW(3) "
+            "WHERE id = %s AND status IN ('requested', 'unknown') AND updated_at = %s",
+            (cancel["id"], cancel["updated_at"]),
+        )
+    return taken == 1
 
 
 class EventBridgePublisher:
@@ -272,32 +329,59 @@ def publish_outbox(
     return {"events_published": published, "events_failed": failed}
 
 
+def audit_ledger(
+    *,
+    toss: TossClient | None = None,
+    now: Callable[[], datetime] = utcnow,
+    deadline: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
+    """The ledger audit (read-only) over the last AUDIT_WINDOW: every finding is logged and counted."""
+    from escrow.audit import audit  # only the audit run needs it
+
+    report = audit(since=now() - AUDIT_WINDOW, toss=toss, deadline=deadline)
+    for finding in report.findings:
+        logger.warning("audit finding", extra={"finding": finding.to_dict()})
+    count("AuditFindings", len(report.findings))
+    logger.info(report.summary(), extra={"audit_checked": report.checked})
+    return {
+        "requests_audited": report.checked.get("requests", 0),
+        "payments_audited": report.checked.get("payments", 0),
+        "audit_findings": len(report.findings),
+        "audit_complete": int(report.complete),
+    }
+
+
+DEFAULT_JOBS = ("reconcile_payments", "reconcile_cancels", "expire", "release", "payouts", "publish")
+OPTIONAL_JOBS = ("audit",)  # only when asked for by name
+
+
 def run_scheduled(
     *,
     remaining_ms: Callable[[], int] = lambda: 900_000,
     toss: TossClient | None = None,
     publisher: EventBridgePublisher | LogPublisher | None = None,
     jobs: str | list[str] = "all",
+    now: Callable[[], datetime] = utcnow,
 ) -> dict[str, Any]:
-    """One scheduled run: every job, in an order that lets later ones publish what earlier ones did."""
+    """One scheduled run: every job, in an order that lets later ones publish what earlier ones did.
+
+    `now` is the clock of the jobs that compare times in Python (expiry, release, payout leases); the reconciliation
+    jobs compare with the database's clock."""
     started = time.monotonic()
 
     def out_of_time() -> bool:
         return remaining_ms() < 60_000  # keep a minute for the last item and the answer
 
-    wanted = (
-        ["reconcile_payments", "reconcile_cancels", "expire", "release", "payouts", "publish"]
-        if jobs == "all"
-        else list(jobs)
-    )
+    wanted = list(DEFAULT_JOBS) if jobs == "all" else list(jobs)
     report: dict[str, Any] = {}
     steps: dict[str, Callable[[], dict[str, int]]] = {
         "reconcile_payments": lambda: reconcile_payments(toss=toss, deadline=out_of_time),
         "reconcile_cancels": lambda: reconcile_cancels(toss=toss, deadline=out_of_time),
-        "expire": lambda: expire_overdue(toss=toss, deadline=out_of_time),
-        "release": lambda: release_service.release_due(BATCH * 5, toss=toss, deadline=out_of_time),
-        "payouts": lambda: release_service.payouts_due(BATCH * 5, toss=toss, deadline=out_of_time),
+        "expire": lambda: expire_overdue(toss=toss, now=now, deadline=out_of_time),
+        "release": lambda: release_service.release_due(BATCH * 5, toss=toss, now=now, deadline=out_of_time),
+        "payouts": lambda: release_service.payouts_due(BATCH * 5, toss=toss, now=now, deadline=out_of_time),
         "publish": lambda: publish_outbox(publisher=publisher, deadline=out_of_time),
+        "audit": lambda: audit_ledger(toss=toss, now=now, deadline=out_of_time),
     }
     for name in wanted:
         if name not in steps:
