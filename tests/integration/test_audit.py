@@ -516,11 +516,6 @@ def test_a_request_state_that_disagrees_with_its_shares_is_found(sandbox, make_r
     assert len(report.findings) == 2 and {f.actual for f in report.findings} == {"completed"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: services/payments.py _apply completes a request when its count of shares in status "
-    "'completed' (only) reaches participant_count: a share partly refunded before the others paid keeps it pending",
-)
 def test_a_request_whose_every_participant_paid_is_completed_even_after_a_partial_refund(sandbox, make_room, sql):
     room = make_room(2)
     request_id = open_request(room)

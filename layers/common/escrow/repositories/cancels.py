@@ -29,6 +29,15 @@ def update(tx: Tx, cancel_id: int, **fields: Any) -> None:
     tx.execute(f"UPDATE payment_cancels SET {assignments} WHERE id = %s", (*fields.values(), cancel_id))
 
 
+def update_if_open(tx: Tx, cancel_id: int, **fields: Any) -> int:
+    """Change a cancel only while its outcome is open: a concurrent worker may have recorded it done meanwhile."""
+    assignments = ", ".join(f"{name} = %s" for name in fields)
+    return tx.execute(
+        f"UPDATE payment_cancels SET {assignments} WHERE id = %s AND status IN ('requested', 'unknown')",
+        (*fields.values(), cancel_id),
+    )
+
+
 def in_flight_for_payment(tx: Tx, payment_id: int) -> list[Row]:
     return tx.all(
         f"SELECT {_COLUMNS} FROM payment_cancels WHERE payment_id = %s AND status IN ('requested', 'unknown')",

@@ -42,9 +42,11 @@ def update(tx: Tx, payment_id: int, **fields: Any) -> None:
     tx.execute(f"UPDATE payments SET {assignments} WHERE id = %s", (*fields.values(), payment_id))
 
 
-def count_completed(tx: Tx, request_id: int) -> int:
+def count_held(tx: Tx, request_id: int) -> int:
     row = tx.one(
-        "SELECT COUNT(*) AS n FROM payments WHERE payment_request_id = %s AND status = 'completed'", (request_id,)
+        "SELECT COUNT(*) AS n FROM payments WHERE payment_request_id = %s "
+        "AND status IN ('completed', 'partially_refunded')",
+        (request_id,),
     )
     return int(row["n"]) if row else 0
 
@@ -54,7 +56,8 @@ def count_completed(tx: Tx, request_id: int) -> int:
 
 def find_order(tx: Tx, order_id: str) -> Row | None:
     return tx.one(
-        "SELECT o.order_id, o.payment_id, o.payer_id, o.amount, o.status, o.payment_key, p.payment_request_id "
+        "SELECT o.order_id, o.payment_id, o.payer_id, o.amount, o.status, o.payment_key, o.failure_code, "
+        "o.failure_message, p.payment_request_id "
         "FROM payment_orders o JOIN payments p ON p.id = o.payment_id WHERE o.order_id = %s",
         (order_id,),
     )

@@ -170,6 +170,15 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                     status="in_progress",
                     payment_key=body.paymentKey,
                 )
+            elif (
+                order["payment_id"] == share["id"]
+                and order["status"] == "failed"
+                and order["payment_key"] == body.paymentKey
+            ):
+                # The same confirm again after Toss declined it: the same answer, not a new attempt.
+                raise PaymentDeclined(
+                    order["failure_message"] or "the payment was declined", toss_code=order["failure_code"]
+                )
             elif order["payment_id"] != share["id"] or order["status"] != "issued":
                 raise Conflict("this orderId was already used; prepare a new order", code="ORDER_ID_ALREADY_USED")
             else:
@@ -291,6 +300,11 @@ def _answer(attempt: Attempt, payment: Payment, outcome: str) -> dict[str, Any]:
         return {"payment_status": "completed", "paymentKey": payment.payment_key, "orderId": payment.order_id}
     if outcome == "waiting_for_deposit":
         return {"payment_status": "in_progress", "toss_status": payment.status, "orderId": payment.order_id}
+    if outcome == "refunded_request_closed":
+        raise Conflict(
+            "the request was closed (cancelled, expired or released) while you paid; the payment was refunded",
+            code="REQUEST_CLOSED_REFUNDED",
+        )
     if outcome == "refunded_mismatch":
         raise Conflict(
             "Toss approved a different amount; the payment was cancelled and refunded", code="AMOUNT_MISMATCH_REFUNDED"
@@ -345,16 +359,21 @@ def apply_toss_payment(
     outcome, refund = _apply(payment, actor=actor, reason=reason)
     if refund is not None and refund_now:  # otherwise the order stays refund_pending for the schedule
         outcome = refund_unexpected_charge(payment, refund, toss=toss)
+        if outcome == "refunded_mismatch" and refund == "REQUEST_CLOSED":
+            outcome = "refunded_request_closed"
     return outcome
 
 
 def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | None]:
     response = json.dumps(payment.raw, ensure_ascii=False)[:60000] if payment.raw else None
-    with db.transaction() as tx:
+    # The order's ids never change: read them before the transaction, so that its first statement is a lock.
+    # (InnoDB takes a transaction's read snapshot at its first plain read; after the locks, plain reads are fresh.)
+    with db.reader() as tx:
         order = payments_repo.find_order(tx, payment.order_id)
-        if order is None:
-            logger.warning("Toss payment for an order we never issued", extra={"order_id": payment.order_id})
-            return "ignored", None
+    if order is None:
+        logger.warning("Toss payment for an order we never issued", extra={"order_id": payment.order_id})
+        return "ignored", None
+    with db.transaction() as tx:
         request = requests_repo.lock(tx, order["payment_request_id"])
         share = payments_repo.lock(tx, order["payment_id"])
         assert request is not None and share is not None
@@ -373,7 +392,12 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
             ):
                 # Money we must not keep: a second charge for a paid share, a stale order, a wrong amount.
                 # (A request cancelled or expired while this confirm was in flight lands here too.)
-                why = "AMOUNT_MISMATCH" if live and not expected_amount else "UNEXPECTED_CHARGE"
+                if live and not expected_amount:
+                    why = "AMOUNT_MISMATCH"
+                elif live and not request_open and share["status"] in ("in_progress", "unknown"):
+                    why = "REQUEST_CLOSED"
+                else:
+                    why = "UNEXPECTED_CHARGE"
                 payments_repo.update_order(
                     tx, payment.order_id, status="refund_pending", failure_code=why, payment_key=payment.payment_key
                 )
@@ -423,14 +447,9 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                 reason=reason,
             )
             count("PaymentsConfirmed")
-            # A locking read, not count_completed(): a plain SELECT reads this transaction's snapshot, taken by
-            # find_order above *before* we waited for the request lock, so when every participant confirmed at
-            # once none of them saw the others' shares completed and the room never became completed.
-            row = tx.one(
-                "SELECT COUNT(*) AS n FROM payments WHERE payment_request_id = %s AND status = 'completed' FOR UPDATE",
-                (request["id"],),
-            )
-            paid = int(row["n"]) if row else 0
+            # Held shares, read after the request lock (every share's completion takes it first), so concurrent
+            # confirms of one room see each other. A share partly refunded before the others paid is still held.
+            paid = payments_repo.count_held(tx, request["id"])
             if request["status"] == "pending" and paid == request["participant_count"]:
                 check_request("pending", "completed")
                 requests_repo.set_status(tx, request["id"], "completed", completed_at=db_time(utcnow()))

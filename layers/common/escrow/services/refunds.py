@@ -182,7 +182,9 @@ def _refund_at_toss(
             # Toss may already hold the refund we want (a cancel made elsewhere, or ours with a lost answer).
             return _after_unknown_cancel(cancel_id, payment_key, exc, toss)
         with db.transaction() as tx:
-            cancels_repo.update(tx, cancel_id, status="failed", toss_code=exc.code, toss_message=exc.message[:500])
+            cancels_repo.update_if_open(
+                tx, cancel_id, status="failed", toss_code=exc.code, toss_message=exc.message[:500]
+            )
         raise Conflict(f"Toss refused the refund: {exc.message}", code="REFUND_REFUSED", toss_code=exc.code) from exc
     except TossError as exc:
         return _after_unknown_cancel(cancel_id, payment_key, exc, toss)
@@ -194,7 +196,7 @@ def _after_unknown_cancel(cancel_id: int, payment_key: str, cause: Exception, to
         result = toss.get_payment(payment_key)
     except TossError as exc:
         with db.transaction() as tx:
-            cancels_repo.update(tx, cancel_id, status="unknown", toss_message=str(cause)[:500])
+            cancels_repo.update_if_open(tx, cancel_id, status="unknown", toss_message=str(cause)[:500])
         raise PaymentOutcomeUnknown(
             "Toss did not confirm the refund; it will be settled automatically", code="REFUND_OUTCOME_UNKNOWN"
         ) from exc

@@ -71,16 +71,18 @@ def register_store(principal: Principal, body: RegisterStoreBody, *, toss: TossC
         raise Forbidden("only an administrator can register a store's payout account", code="ADMIN_ONLY")
     seller_request = _seller_request(body)
     with db.transaction() as tx:
+        # Insert first (a no-op for a known store), then lock the row: locking a row that does not exist yet takes
+        # a gap lock, and two registrations of different new stores then deadlock on each other's INSERT.
+        tx.execute(
+            "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s) "
+            "ON DUPLICATE KEY UPDATE store_id = store_id",
+            (body.store_id, body.owner_id, body.name),
+        )
         existing = tx.one(
             "SELECT store_id, owner_id, toss_seller_id FROM stores WHERE store_id = %s FOR UPDATE", (body.store_id,)
         )
         if existing and existing["toss_seller_id"]:
             raise Conflict("the store already has a registered payout account", code="STORE_ALREADY_REGISTERED")
-        if existing is None:
-            tx.execute(
-                "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s)",
-                (body.store_id, body.owner_id, body.name),
-            )
     toss = toss or get_toss_client()
     try:
         seller = toss.register_seller(seller_request, idempotency_key=f"seller-{ref_seller_id(body.store_id)}")
