@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup run test lint typecheck unit integration e2e sam-check bench migrate seed clean
+.PHONY: setup run test lint typecheck sam-check bench audit chaos migrate seed clean
 
 $(STAMP): requirements-dev.txt layers/common/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ test: setup lint typecheck
 
 bench: setup
 	$(PY) -m bench
+
+audit: setup
+	$(PY) -m escrow.audit $(ARGS)
+
+chaos: setup
+	$(PY) -m bench.chaos $(ARGS)
 
 clean:
 	rm -rf $(VENV) .aws-sam
