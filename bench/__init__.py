@@ -1,1 +1,4 @@
-"""Benchmarks: commands that print figures (never timed tests). `python -m bench [cold|counts|all]`."""
+"""Benchmarks: commands that print figures (never timed tests).
+
+`python -m bench [cold|latency|jobs|connections|counts|all]`.
+"""

@@ -11,7 +11,10 @@ _COLUMNS = (
 
 
 def find_by_key(tx: Tx, request_key: str) -> Row | None:
-    return tx.one(f"SELECT {_COLUMNS} FROM payment_cancels WHERE request_key = %s FOR UPDATE", (request_key,))
+    """Callers hold the payment's row lock, which serialises every cancel of that payment. No FOR UPDATE here:
+    on a key that does not exist yet it takes a gap lock, and two cancels of different payments then deadlock
+    on their INSERTs."""
+    return tx.one(f"SELECT {_COLUMNS} FROM payment_cancels WHERE request_key = %s", (request_key,))
 
 
 def insert(
