@@ -409,16 +409,7 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                         failure_code=why,
                         failure_message="Toss approved an amount we did not ask for; refunded",
                     )
-                ledger.record(
-                    tx,
-                    request_id=request["id"],
-                    payment_id=share["id"],
-                    entry_type="charge",
-                    amount=payment.total_amount,
-                    reference=payment.payment_key,
-                    actor=actor,
-                    reason=why,
-                )
+                _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason=why)
                 return "refund_pending", why
             check_payment(share["status"], "completed")
             payments_repo.update(
@@ -436,16 +427,7 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                 last_toss_response=response,
             )
             payments_repo.update_order(tx, payment.order_id, status="done", payment_key=payment.payment_key)
-            ledger.record(
-                tx,
-                request_id=request["id"],
-                payment_id=share["id"],
-                entry_type="charge",
-                amount=payment.total_amount,
-                reference=payment.payment_key,
-                actor=actor,
-                reason=reason,
-            )
+            _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason=reason)
             count("PaymentsConfirmed")
             # Held shares, read after the request lock (every share's completion takes it first), so concurrent
             # confirms of one room see each other. A share partly refunded before the others paid is still held.
@@ -498,6 +480,20 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
 
         # READY / IN_PROGRESS: not final at Toss; CANCELED / PARTIAL_CANCELED are the refund flow's business.
         return ("pending" if payment.status in ("READY", "IN_PROGRESS") else "ignored"), None
+
+
+def _record_charge(tx: db.Tx, request_id: int, payment_id: int, payment: Payment, *, actor: str, reason: str) -> None:
+    """Money Toss took for this share: one ledger entry per paymentKey, whatever happens to it next."""
+    ledger.record(
+        tx,
+        request_id=request_id,
+        payment_id=payment_id,
+        entry_type="charge",
+        amount=payment.total_amount,
+        reference=payment.payment_key,
+        actor=actor,
+        reason=reason,
+    )
 
 
 def refund_unexpected_charge(payment: Payment, why: str, *, toss: TossClient | None = None) -> str:
