@@ -407,7 +407,7 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                         share["id"],
                         status="failed",
                         failure_code=why,
-                        failure_message="Toss approved an amount we did not ask for; refunded",
+                        failure_message=_REFUND_REASONS[why],
                     )
                 _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason=why)
                 return "refund_pending", why
@@ -480,6 +480,13 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
 
         # READY / IN_PROGRESS: not final at Toss; CANCELED / PARTIAL_CANCELED are the refund flow's business.
         return ("pending" if payment.status in ("READY", "IN_PROGRESS") else "ignored"), None
+
+
+_REFUND_REASONS = {
+    "AMOUNT_MISMATCH": "Toss approved an amount we did not ask for; refunded",
+    "REQUEST_CLOSED": "the request closed while this payment was confirmed; refunded",
+    "UNEXPECTED_CHARGE": "a charge for a share that was not waiting for one; refunded",
+}
 
 
 def _record_charge(tx: db.Tx, request_id: int, payment_id: int, payment: Payment, *, actor: str, reason: str) -> None:
