@@ -312,11 +312,6 @@ WEBHOOK_VERIFICATION = Machine(
 )
 
 
-# The names the services use until they move to the sets above (removed in the next commit).
-HELD_PAYMENT_STATUSES = HELD
-OPEN_REQUEST_STATUSES = OPEN
-
-
 # --- the checks every status write goes through ------------------------------------------------------------
 
 
