@@ -66,6 +66,7 @@ KILL_EVERY = 0.5
 HTTP_TIMEOUT = 40.0  # above the local API's 30 s integration timeout
 RETRIES = 6  # tries of one call on 502/503 (and on the codes a call says are worth waiting for)
 PAY_ATTEMPTS = 6  # payment attempts of one participant (each declined attempt is paid again with a new order)
+SELLER_WAIT_SECONDS = 60  # a store registration waits for the schedule's sellers job (a run every SCHEDULE_EVERY)
 SETTLE_SECONDS = 300  # the settle phase gives up after this long (the sandbox sends webhooks on one thread)
 REPLAY_WAIT = 120  # seconds the last replays may wait for their first delivery
 AMOUNTS = (10_000, 15_000, 20_000, 30_000)
@@ -299,11 +300,19 @@ class Flows:
             "phone": "01012345678",
         }
         a = self.api.post("/api/v1/admin/stores", body, user="ops_admin", admin=True)
-        seller_id = a.data.get("seller_id") if a.status == 201 else None
-        if a.status == 409 and a.code == "STORE_ALREADY_REGISTERED":  # an earlier try went through; its answer was lost
-            seller_id = self.db.seller_id(room.store_id)
-        if not seller_id:
+        # Answered at once with the seller pending (200: an earlier try went through and its answer was lost; 409: that
+        # try is being sent to Toss right now); the schedule's sellers job registers it with Toss.
+        if not (a.status in (200, 202) or (a.status == 409 and a.code == "SELLER_REGISTRATION_IN_PROGRESS")):
             self.unexpected(room, "register_store", a)
+            return
+        seller_id = None
+        waited_until = time.monotonic() + SELLER_WAIT_SECONDS
+        while seller_id is None and time.monotonic() < waited_until:
+            seller_id = self.db.seller_id(room.store_id)
+            if seller_id is None:
+                time.sleep(0.2)
+        if not seller_id:
+            self.unexpected(room, "register_store (not registered by the schedule)", a)
             return
         self.sandbox.post(f"sellers/{seller_id}/status", {"status": "APPROVED"}).raise_for_status()
 

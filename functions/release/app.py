@@ -1,5 +1,8 @@
 """ReleaseFunction: release a room's deposit to the store (HTTP), register store payout accounts (admin), and run
-the scheduled jobs (EventBridge Scheduler input `{"source": "escrow.schedule", "jobs": "all"}`)."""
+the scheduled jobs (EventBridge Scheduler input `{"source": "escrow.schedule", "jobs": "all"}`).
+
+Neither HTTP route calls Toss: a release answers with its settlement scheduled and a registration with the seller
+pending; the scheduled run's `payouts` and `sellers` jobs make the Toss calls (up to 60 s each)."""
 
 from __future__ import annotations
 
@@ -29,7 +32,14 @@ def register_store(request: Request) -> dict[str, Any]:
 
     principal = current_principal(request)
     body = parse_body(request, RegisterStoreBody)
-    return json_response(201, stores.register_store(principal, body))
+    status, answer = stores.register_store(principal, body)
+    return json_response(status, answer)
+
+
+@app.get("/api/v1/admin/stores/{store_id}")
+def store(request: Request, store_id: str) -> dict[str, Any]:
+    principal = current_principal(request)
+    return json_response(200, stores.get_store(principal, store_id))
 
 
 def _scheduled(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -120,11 +120,14 @@ def funded_room(sandbox: Any, make_room: Any, n: int = 2) -> tuple[Any, int, dic
 
 
 def release(sandbox: Any, room: Any) -> dict[str, Any]:
+    """Register the store (the schedule's sellers job sends it to Toss), approve its seller, release the room (the
+    decision), and pay it out (the schedule's payouts job)."""
     from escrow.models import RegisterStoreBody
+    from escrow.services.payouts import payouts_due, settlement_view
     from escrow.services.release import release_room
-    from escrow.services.stores import register_store
+    from escrow.services.stores import get_store, register_due_sellers, register_store
 
-    store = register_store(
+    register_store(
         who("ops", admin=True),
         RegisterStoreBody(
             store_id=room.store_id,
@@ -136,11 +139,16 @@ def release(sandbox: Any, room: Any) -> dict[str, Any]:
             phone="01012345678",
         ),
     )
+    register_due_sellers()
+    store = get_store(who("ops", admin=True), room.store_id)
     r = requests.post(
         f"{sandbox.url}/sandbox/sellers/{store['seller_id']}/status", json={"status": "APPROVED"}, timeout=5
     )
     assert r.status_code == 200, r.text
     result = release_room(who(room.owner), room.chat_room_id)
+    assert result["settlement"]["payout_status"] == "scheduled", result
+    payouts_due(1000)
+    result["settlement"] = settlement_view(result["settlement"]["settlement_id"])
     assert result["settlement"]["payout_status"] == "in_progress", result
     return result
 

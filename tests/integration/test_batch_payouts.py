@@ -18,9 +18,11 @@ import pymysql
 import pytest
 import requests
 
+from escrow import db
 from escrow.auth import Principal
 from escrow.clock import utcnow
 from escrow.models import ConfirmBody, CreatePaymentRequestBody, PrepareBody, RegisterStoreBody
+from escrow.repositories import stores as stores_repo
 from escrow.services import payments as payment_service
 from escrow.services import payouts as payout_service
 from escrow.services import release as release_service
@@ -117,7 +119,11 @@ def register_store(toss: TossClient, sandbox: Any, store_id: str, *, approve: bo
         email="owner@example.com",
         phone="01012345678",
     )
-    seller_id = str(store_service.register_store(ADMIN, body, toss=toss)["seller_id"])
+    status, answer = store_service.register_store(ADMIN, body)
+    assert (status, answer["registration_status"]) == (202, "pending")
+    assert store_service.register_due_sellers(toss=toss)["sellers_registered"] >= 1  # the schedule's sellers job
+    with db.reader() as tx:
+        seller_id = str(stores_repo.seller_view(tx, store_id)["toss_seller_id"])
     if approve:
         requests.post(
             f"{sandbox.url}/sandbox/sellers/{seller_id}/status", json={"status": "APPROVED"}, timeout=5
@@ -242,10 +248,16 @@ def test_one_unapproved_seller_does_not_hold_back_the_others(own_database, sandb
     ]
     assert len({c["idempotencyKey"] for c in calls}) == len(calls)  # each request its own key
 
-    # Once Toss approves the seller, the next run pays the three out: a fresh attempt, so new keys.
+    # Refused for the seller, they wait with a back-off: the next run does not send them again.
+    assert {r["payout_status"] for r in settlements(sql) if r["toss_seller_id"] == bad_seller} == {"scheduled"}
+    assert payout_service.payouts_due(1000, toss=toss)["payout_calls"] == 0
+
+    # Once Toss approves the seller (its seller.changed ends the wait), the next run pays the three out: a fresh
+    # attempt, so new keys.
     requests.post(
         f"{sandbox.url}/sandbox/sellers/{bad_seller}/status", json={"status": "APPROVED"}, timeout=5
     ).raise_for_status()
+    store_service.apply_seller_status({"id": bad_seller, "status": "APPROVED"})  # what seller.changed does
     later = payout_service.payouts_due(1000, toss=toss)
     assert later["payouts_requested"] == 3 and later["payout_calls"] == 1
     rows = settlements(sql)

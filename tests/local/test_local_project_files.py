@@ -20,7 +20,11 @@ ARCHITECTURE_ROUTES = {
         "POST /api/v1/payment/confirm",
     },
     "CancelFunction": {"POST /api/v1/payment/cancel"},
-    "ReleaseFunction": {"POST /api/v1/payment/release", "POST /api/v1/admin/stores"},
+    "ReleaseFunction": {
+        "POST /api/v1/payment/release",
+        "POST /api/v1/admin/stores",
+        "GET /api/v1/admin/stores/{storeId}",
+    },
     "WebhookFunction": {"POST /api/v1/payment/webhook"},
 }
 SECRET_VARS = {

@@ -32,8 +32,9 @@ Checks (the `check` of a finding):
 - `payout`: a settlement's payout at Toss (when it has one) has amount == net and its refPayoutId, and its status
   agrees with ours; `payout_failed`: a payout that failed (the store is owed money and nothing retries it).
 - `stale_payment`, `stale_order`, `stale_cancel`, `stale_refund_pending`, `stale_payout`: a payment or order
-  in_progress/unknown, an order in refund_pending, a cancel requested/unknown, a payout never sent or with an
-  expired lease, older than the reconciliation period (default 2 x RECONCILE_AFTER_SECONDS).
+  in_progress/unknown, an order in refund_pending, a cancel requested/unknown, a payout never sent (and not saying
+  what it waits for: the payout balance, the store's seller, a retry) or with an expired lease, older than the
+  reconciliation period (default 2 x RECONCILE_AFTER_SECONDS).
 - `request_state`: a completed request has every share held (and as many shares as participants); a pending
   request has not (every participant paid: it should be completed) and has none released; a released request has
   every share released; a cancelled or expired request holds nothing (every held share refunded).
@@ -683,7 +684,10 @@ def _settlement_checks(
                 detail=f"{s['payout_error_code']}: the store is owed {s['net_amount']}",
             )
         )
-    if payout_status == "scheduled" and s["stale"] and not s["payout_error_code"]:
+    # A scheduled payout that says what it waits for (Toss's payout balance, the store's seller, a retry after a
+    # refusal) is not stale: it has its own alarms (PayoutsWaitingForBalance, PayoutsRefused).
+    waits = s["payout_waiting_for"] not in (None, "schedule")
+    if payout_status == "scheduled" and s["stale"] and not s["payout_error_code"] and not waits:
         out.append(
             Finding(
                 "stale_payout",

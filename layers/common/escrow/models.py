@@ -109,36 +109,13 @@ class ReleaseBody(_Body):
     chat_room_id: RoomId
 
 
-BANK_CODES = {
-    "04": "KB국민은행",
-    "05": "하나은행",
-    "88": "신한은행",
-    "20": "우리은행",
-    "11": "NH농협은행",
-    "03": "IBK기업은행",
-    "23": "SC제일은행",
-    "27": "씨티은행",
-    "32": "부산은행",
-    "31": "대구은행",
-    "34": "광주은행",
-    "35": "제주은행",
-    "39": "경남은행",
-    "92": "토스뱅크",
-    "89": "케이뱅크",
-    "90": "카카오뱅크",
-    "45": "새마을금고",
-    "07": "수협은행",
-    "50": "저축은행중앙회",
-    "71": "우체국예금보험",
-    "64": "산림조합",
-}  # the brief's list, exactly as the chat app sends it
-
-
 class RegisterStoreBody(_Body):
     store_id: Annotated[StrictStr, Field(pattern=ID_PATTERN)]
     owner_id: UserId
     name: Annotated[Text, Field(min_length=1, max_length=100)] | None = None
-    bank_code: StrictStr
+    # A bank code (the brief's, Toss's or the 3-digit standard code) or the bank's name: escrow.banks resolves it
+    # (422 UNKNOWN_BANK otherwise).
+    bank_code: Annotated[StrictStr, Field(min_length=1, max_length=40)]
     account_number: Annotated[StrictStr, Field(pattern=r"^[0-9]{6,20}$")]
     holder_name: Annotated[Text, Field(min_length=1, max_length=30)]
     business_type: Annotated[StrictStr, Field(pattern=r"^(INDIVIDUAL|INDIVIDUAL_BUSINESS|CORPORATE)$")] = "INDIVIDUAL"
@@ -147,10 +124,3 @@ class RegisterStoreBody(_Body):
     company_name: Annotated[Text, Field(max_length=100)] | None = None
     representative_name: Annotated[Text, Field(max_length=60)] | None = None
     business_registration_number: Annotated[StrictStr, Field(pattern=r"^[0-9]{10}$")] | None = None
-
-    @field_validator("bank_code")
-    @classmethod
-    def _known_bank(cls, value: str) -> str:
-        if value not in BANK_CODES:
-            raise ValueError("bank_code must be one of the brief's bank codes")
-        return value

@@ -58,9 +58,45 @@ class ShareStatus(BaseModel):
     refunded_amount: int
 
 
+class PayoutBalance(BaseModel):
+    available_amount: int | None = Field(description="Toss's availableAmount at the last reading (GET /v2/balances)")
+    pending_amount: int | None = Field(description="Toss's pendingAmount at the last reading")
+    needed_amount: int = Field(
+        description="what availableAmount must reach for this payout: its net and every older one waiting"
+    )
+
+
+class Settlement(BaseModel):
+    settlement_id: int
+    gross_amount: int
+    platform_fee: int
+    net_amount: int
+    ref_payout_id: str
+    payout_id: str | None
+    payout_status: str = Field(
+        description="scheduled | requesting | requested | in_progress | completed | failed | not_needed | canceled"
+    )
+    payout_waiting_for: str | None = Field(
+        description="for a scheduled payout: schedule (the next scheduled run sends it) | balance (Toss's available "
+        "payout balance does not cover it yet: card sales settle after a cycle) | seller (the store has no seller Toss "
+        "pays yet) | retry (Toss refused it or did not settle it; tried again at payout_next_attempt_at); else null"
+    )
+    payout_attempts: int
+    payout_error_code: str | None = Field(description="Toss's code of the last refusal or failure")
+    payout_error_message: str | None
+    payout_next_attempt_at: str | None = Field(description="when a payout waiting for a retry is tried again")
+    payout_completed_at: str | None
+    released_at: str | None
+    balance_checked_at: str | None = Field(
+        default=None, description="when waiting for the balance: when it was last read"
+    )
+    balance: PayoutBalance | None = Field(default=None, description="when waiting for the balance, to admins only")
+
+
 class RoomStatus(BaseModel):
     payment_request: RequestSummary
     payments: list[ShareStatus]
+    settlement: Settlement | None = Field(description="the settlement and its payout, once the request is released")
 
 
 class PreparedOrder(BaseModel):
@@ -96,32 +132,34 @@ class ReleasedPayment(BaseModel):
     amount: int
 
 
-class Settlement(BaseModel):
-    settlement_id: int
-    gross_amount: int
-    platform_fee: int
-    net_amount: int
-    ref_payout_id: str
-    payout_id: str | None
-    payout_status: str = Field(description="scheduled | requesting | requested | in_progress | completed | failed")
-    payout_error_code: str | None
-    payout_completed_at: str | None
-
-
 class Released(BaseModel):
     released_payments: list[ReleasedPayment]
     payment_request_id: int
-    settlement: Settlement
+    settlement: Settlement = Field(description="scheduled: the scheduled run sends the payout (no Toss call here)")
 
 
 class RegisteredStore(BaseModel):
     store_id: str
     owner_id: str
-    seller_id: str | None
-    seller_status: str | None
-    bank_code: str
+    name: str | None
+    registration_status: str | None = Field(
+        description="pending (the scheduled run sends it to Toss) | sending | registered | refused (see "
+        "seller_error_code; register again to correct it)"
+    )
+    ref_seller_id: str | None = Field(description="our refSellerId at Toss")
+    seller_id: str | None = Field(description="Toss's seller id, once registered")
+    seller_status: str | None = Field(
+        description="Toss's: APPROVAL_REQUIRED | PARTIALLY_APPROVED | KYC_REQUIRED | APPROVED"
+    )
+    business_type: str | None
+    bank_code: str | None = Field(description="the bank's 3-digit standard code (what payouts send Toss)")
+    bank_name: str | None
     account_number_masked: str | None
-    holder_name: str
+    holder_name: str | None
+    seller_attempts: int
+    seller_error_code: str | None = Field(description="Toss's code of the last refusal")
+    seller_error_message: str | None
+    seller_next_attempt_at: str | None = Field(description="when an error Toss may overcome is tried again")
 
 
 class WebhookAck(BaseModel):
@@ -133,14 +171,14 @@ ERRORS = {
     401: "AUTH_REQUIRED, INVALID_TOKEN, TOKEN_EXPIRED",
     402: "PAYMENT_DECLINED (with toss_code)",
     403: "NOT_ROOM_OWNER, NOT_ROOM_MEMBER, NOT_A_PARTICIPANT, NOT_ALLOWED_TO_CANCEL, ADMIN_ONLY",
-    404: "PAYMENT_REQUEST_NOT_FOUND, PAYMENT_NOT_FOUND, INVALID_CHAT_ROOM_ID",
+    404: "PAYMENT_REQUEST_NOT_FOUND, PAYMENT_NOT_FOUND, INVALID_CHAT_ROOM_ID, STORE_NOT_FOUND",
     409: "OPEN_REQUEST_EXISTS, ALREADY_PAID, PAYMENT_IN_PROGRESS, PAYMENT_OUTCOME_UNKNOWN, ORDER_ID_ALREADY_USED, "
     "PAYMENT_KEY_IN_USE, ALREADY_RELEASED, ALREADY_REFUNDED, NOT_REFUNDABLE, REFUND_IN_PROGRESS, "
-    "REQUEST_NOT_FUNDED, NOT_RELEASABLE, STORE_ALREADY_REGISTERED, REFUND_REFUSED, INVALID_STATE_TRANSITION, "
-    "AMOUNT_MISMATCH_REFUNDED, REQUEST_CLOSED_REFUNDED, SELLER_REFUSED",
+    "REQUEST_NOT_FUNDED, NOT_RELEASABLE, REFUND_REFUSED, INVALID_STATE_TRANSITION, "
+    "AMOUNT_MISMATCH_REFUNDED, REQUEST_CLOSED_REFUNDED, SELLER_REGISTRATION_IN_PROGRESS, SELLER_BUSINESS_TYPE_FIXED",
     413: "PAYLOAD_TOO_LARGE: bodies are limited to 64 KiB",
     422: "VALIDATION_ERROR (with details), AMOUNT_MISMATCH, NOT_ROOM_MEMBERS, NO_PARTICIPANTS, UNKNOWN_STORE, "
-    "CANCEL_AMOUNT_TOO_LARGE, COMPANY_DETAILS_REQUIRED",
+    "CANCEL_AMOUNT_TOO_LARGE, COMPANY_DETAILS_REQUIRED, UNKNOWN_BANK",
     502: "PAYMENT_OUTCOME_UNKNOWN, REFUND_OUTCOME_UNKNOWN: Toss gave no definite answer; settled automatically",
     503: "DATABASE_UNAVAILABLE, DATABASE_BUSY, TOSS_UNAVAILABLE: nothing was changed, try again",
 }
@@ -159,6 +197,11 @@ EXTRA_SUCCESS: dict[tuple[str, str], tuple[int, type[BaseModel], str]] = {
         RefundResult,
         "a whole request was cancelled; some refunds are still pending at Toss (refund_status refund_pending) "
         "and are settled automatically",
+    ),
+    ("post", "/api/v1/admin/stores"): (
+        200,
+        RegisteredStore,
+        "the store is registered with this content already: nothing new to send to Toss",
     ),
 }
 
@@ -237,11 +280,21 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, int, type[BaseModel], 
     (
         "post",
         "/api/v1/admin/stores",
-        "Register a store's payout account with Toss payouts (admin)",
+        "Register (or correct) a store's payout account; the scheduled run registers it with Toss payouts (admin)",
         RegisterStoreBody,
-        201,
+        202,
         RegisteredStore,
         [400, 401, 403, 409, 413, 422, 503],
+        True,
+    ),
+    (
+        "get",
+        "/api/v1/admin/stores/{storeId}",
+        "A store's payout account and its seller at Toss: registration status, Toss's refusal (admin)",
+        None,
+        200,
+        RegisteredStore,
+        [401, 403, 404, 503],
         True,
     ),
     (
@@ -299,6 +352,15 @@ def build() -> dict[str, Any]:
         if "{chatRoomId}" in path:
             op["parameters"] = [
                 {"name": "chatRoomId", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+            ]
+        if "{storeId}" in path:
+            op["parameters"] = [
+                {
+                    "name": "storeId",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"},
+                }
             ]
         paths.setdefault(path, {})[method] = op
     return {

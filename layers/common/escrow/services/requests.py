@@ -113,6 +113,12 @@ def room_status(principal: Principal, chat_room_id: int) -> dict[str, Any]:
     if view["id"] is None:
         raise NotFound("the room has no payment request", code="PAYMENT_REQUEST_NOT_FOUND")
     paid = sum(1 for s in shares if s["status"] in PAID_NOT_FULLY_REFUNDED)
+    # Released: the settlement and its payout (what it waits for: Toss's payout balance, the store's seller, a retry).
+    settlement = None
+    if view["status"] == RequestStatus.RELEASED:
+        from escrow.services import payouts  # only a released request's status needs it
+
+        settlement = payouts.settlement_for_request(view["id"], principal)
     return {
         "payment_request": {
             "payment_request_id": view["id"],
@@ -140,4 +146,5 @@ def room_status(principal: Principal, chat_room_id: int) -> dict[str, Any]:
             }
             for s in shares
         ],
+        "settlement": settlement,
     }

@@ -1,23 +1,49 @@
-"""Store payout accounts (admin only): registered with Toss payouts v2 as a seller.
+"""Store payout accounts (admin only): a seller at Toss payouts v2, registered by the schedule.
 
-Account numbers are stored for the payout but never logged and never returned whole.
+`POST /api/v1/admin/stores` checks the registration and records it in one transaction, and answers at once with the
+seller `pending` (a Toss seller call may take up to 60 s: it never runs inside the 30 s API). The `sellers` job
+(`register_due_sellers`, in every scheduled run and alone as `jobs: ["sellers"]`) sends it to Toss:
+
+* refSellerId is `{TOSS_ID_PREFIX}-st{seller_seq}`: a database sequence, written once in a unique column, so no two
+  stores (and no two stacks with their own prefixes) can ever name the same seller, whatever their store ids.
+* The Idempotency-Key covers the content (a hash of what is sent) and the attempt: a corrected registration, or a new
+  attempt after Toss answered with an error, has a new key; only a call with no answer is sent again with its key.
+* Toss's refusal is a visible state (`registration_status: refused` with Toss's code and message); the admin
+  corrects it by registering again. An error Toss may overcome (5xx, a busy Toss) is tried again after a back-off.
+* A registered store registered again with another account sends Toss an update of its seller
+  (`POST /v2/sellers/{sellerId}`): that is how a store's account is fixed before an operator retries a failed payout.
+
+Account numbers, e-mail addresses and phone numbers are stored for Toss but never logged and never answered whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from escrow import db
-from escrow.errors import Conflict, Forbidden, UpstreamUnavailable, ValidationFailed
-from escrow.observability import logger
+from escrow import banks, db
+from escrow.clock import db_time, iso, utcnow
+from escrow.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from escrow.observability import count, logger
+from escrow.repositories import settlements as settlements_repo
 from escrow.repositories import stores as stores_repo
+from escrow.services.payouts import retry_after
+from escrow.states import PAYABLE_SELLER_STATUSES, SellerRegistration
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.ids import toss_name
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
     from escrow.models import RegisterStoreBody
+
+SELLER_LEASE = timedelta(minutes=3)  # longer than one seller call may take (TOSS_PAYOUT_READ_TIMEOUT, 60 s)
+SELLERS_PER_RUN = 50
+MAX_REF_SELLER_ID = 20  # [3P] refSellerId is 1-20 characters (UNCONFIRMED; the sandbox's setting)
 
 
 def mask_account(number: str | None) -> str | None:
@@ -26,96 +52,311 @@ def mask_account(number: str | None) -> str | None:
     return "*" * max(len(number) - 4, 0) + number[-4:]
 
 
-def payout_bank_code(code: str) -> str:
-    """The brief's two-digit codes as the three-digit codes the payouts v2 API shows (REFERENCE.md §11:
-    `"092"`, `"004"` in Toss's own examples). UNCONFIRMED by Toss; verify in the test environment."""
-    return code.zfill(3)
+def ref_seller_id(seller_seq: int) -> str:
+    """The store's refSellerId at Toss: unique by construction (a sequence), with the stack prefix."""
+    ref = toss_name(f"st{seller_seq}")
+    if len(ref) > MAX_REF_SELLER_ID:
+        raise Conflict("this store's seller id would be too long for Toss", code="REF_SELLER_ID_TOO_LONG")
+    return ref
 
 
-def ref_seller_id(store_id: str) -> str:
-    """Toss's refSellerId is short (reportedly up to 20 characters) and can never be reused."""
-    if len(store_id) <= 20:
-        return store_id
-    return "st" + hashlib.sha256(store_id.encode()).hexdigest()[:18]
+# --- what is sent to Toss ----------------------------------------------------------------------------------------
 
 
-def _seller_request(body: RegisterStoreBody) -> dict[str, Any]:
-    seller: dict[str, Any] = {
-        "refSellerId": ref_seller_id(body.store_id),
-        "businessType": body.business_type,
+def _content(store: Mapping[str, Any]) -> dict[str, Any]:
+    """The seller's content as Toss takes it (everything but refSellerId), from a store row or a registration."""
+    bank = banks.resolve(store["bank_code"])
+    content: dict[str, Any] = {
+        "businessType": store["business_type"],
         "account": {
-            "bankCode": payout_bank_code(body.bank_code),
-            "accountNumber": body.account_number,
-            "holderName": body.holder_name,
+            "bankCode": bank.standard,  # payouts v2 take the 3-digit standard code (escrow.banks)
+            "accountNumber": store["account_number"],
+            "holderName": store["holder_name"],
         },
     }
-    if body.business_type == "INDIVIDUAL":
-        seller["individual"] = {"name": body.holder_name, "email": body.email, "phone": body.phone}
+    if store["business_type"] == "INDIVIDUAL":
+        content["individual"] = {"name": store["holder_name"], "email": store["email"], "phone": store["phone"]}
     else:
-        if not (body.company_name and body.representative_name and body.business_registration_number):
-            raise ValidationFailed(
-                "a business needs company_name, representative_name and business_registration_number",
-                code="COMPANY_DETAILS_REQUIRED",
-            )
-        seller["company"] = {
-            "name": body.company_name,
-            "representativeName": body.representative_name,
-            "businessRegistrationNumber": body.business_registration_number,
-            "email": body.email,
-            "phone": body.phone,
+        content["company"] = {
+            "name": store["company_name"],
+            "representativeName": store["representative_name"],
+            "businessRegistrationNumber": store["business_registration_number"],
+            "email": store["email"],
+            "phone": store["phone"],
         }
-    return seller
+    return content
 
 
-def register_store(principal: Principal, body: RegisterStoreBody, *, toss: TossClient | None = None) -> dict[str, Any]:
+def content_hash(content: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def seller_idempotency_key(store: Mapping[str, Any], attempt: int) -> str:
+    """One key per (store, attempt, content): a retry after no answer repeats it; anything else has another."""
+    verb = "update" if store["toss_seller_id"] else "register"
+    return toss_name(f"seller-{verb}-{store['seller_seq']}-{attempt}-{str(store['seller_request_hash'])[:16]}")
+
+
+# --- the admin's registration ----------------------------------------------------------------------------------
+
+
+def register_store(principal: Principal, body: RegisterStoreBody) -> tuple[int, dict[str, Any]]:
+    """Record what to register with Toss for the store and answer at once: 202 with the registration `pending`
+    (the sellers job sends it), or 200 when it asks for nothing new. All or nothing: one transaction."""
     if not principal.is_admin:
         raise Forbidden("only an administrator can register a store's payout account", code="ADMIN_ONLY")
-    seller_request = _seller_request(body)
+    bank = banks.resolve(body.bank_code)
+    if body.business_type != "INDIVIDUAL" and not (
+        body.company_name and body.representative_name and body.business_registration_number
+    ):
+        raise ValidationFailed(
+            "a business needs company_name, representative_name and business_registration_number",
+            code="COMPANY_DETAILS_REQUIRED",
+        )
+    business = body.business_type != "INDIVIDUAL"
+    fields: dict[str, Any] = {
+        "bank_code": bank.standard,
+        "account_number": body.account_number,
+        "holder_name": body.holder_name,
+        "business_type": body.business_type,
+        "email": body.email,
+        "phone": body.phone,
+        "company_name": body.company_name if business else None,
+        "representative_name": body.representative_name if business else None,
+        "business_registration_number": body.business_registration_number if business else None,
+    }
+    registration = stores_repo.Registration(
+        owner_id=body.owner_id,
+        name=body.name,
+        content_hash=content_hash(_content(fields)),
+        registered_by=principal.user_id,
+        **fields,
+    )
     with db.transaction() as tx:
         # Insert first (a no-op for a known store), then lock the row: locking a row that does not exist yet takes
         # a gap lock, and two registrations of different new stores then deadlock on each other's INSERT.
         stores_repo.insert_if_absent(tx, store_id=body.store_id, owner_id=body.owner_id, name=body.name)
-        existing = stores_repo.lock(tx, body.store_id)
-        if existing and existing["toss_seller_id"]:
-            raise Conflict("the store already has a registered payout account", code="STORE_ALREADY_REGISTERED")
-    toss = toss or get_toss_client()
-    try:
-        seller = toss.register_seller(seller_request, idempotency_key=f"seller-{ref_seller_id(body.store_id)}")
-    except TossApiError as exc:
-        if exc.retryable:
-            raise UpstreamUnavailable("Toss could not register the seller now; try again", toss_code=exc.code) from exc
-        raise Conflict(f"Toss refused the seller: {exc.message}", code="SELLER_REFUSED", toss_code=exc.code) from exc
-    except TossError as exc:
-        raise UpstreamUnavailable("Toss did not answer; try again (the same request is safe to repeat)") from exc
-    with db.transaction() as tx:
-        stores_repo.record_seller(
-            tx,
-            body.store_id,
-            owner_id=body.owner_id,
-            name=body.name,
-            bank_code=body.bank_code,
-            account_number=body.account_number,
-            holder_name=body.holder_name,
-            business_type=body.business_type,
-            seller_id=seller.get("id"),
-            seller_status=seller.get("status"),
-            registered_by=principal.user_id,
+        store = stores_repo.lock(tx, body.store_id)
+        assert store is not None
+        state = store["seller_registration"]
+        if state == SellerRegistration.SENDING:
+            raise Conflict(
+                "the store's registration is being sent to Toss now; register again once it has an answer",
+                code="SELLER_REGISTRATION_IN_PROGRESS",
+            )
+        if store["toss_seller_id"] and store["business_type"] not in (None, body.business_type):
+            raise Conflict(
+                "a registered seller's business type cannot change; register the business as another store",
+                code="SELLER_BUSINESS_TYPE_FIXED",
+            )
+        unchanged = (
+            state in (SellerRegistration.PENDING, SellerRegistration.REGISTERED)
+            and store["seller_request_hash"] == registration.content_hash
         )
+        if unchanged:
+            stores_repo.update_owner(tx, body.store_id, owner_id=body.owner_id, name=body.name)
+        else:
+            ref = store["ref_seller_id"] or ref_seller_id(int(store["seller_seq"]))
+            stores_repo.record_registration(tx, store, registration, ref_seller_id=ref)
+        row = stores_repo.seller_view(tx, body.store_id)
+    assert row is not None
     logger.info(
-        "store registered for payouts", extra={"store_id": body.store_id, "seller_status": seller.get("status")}
+        "store registration recorded",
+        extra={"store_id": body.store_id, "registration_status": row["seller_registration"], "unchanged": unchanged},
     )
+    return (200 if unchanged and state == SellerRegistration.REGISTERED else 202), store_view(row)
+
+
+def get_store(principal: Principal, store_id: str) -> dict[str, Any]:
+    if not principal.is_admin:
+        raise Forbidden("only an administrator can see a store's payout account", code="ADMIN_ONLY")
+    with db.reader() as tx:
+        row = stores_repo.seller_view(tx, store_id)
+    if row is None:
+        raise NotFound("no such store", code="STORE_NOT_FOUND")
+    return store_view(row)
+
+
+def store_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    bank = banks.find(row["bank_code"])
     return {
-        "store_id": body.store_id,
-        "owner_id": body.owner_id,
-        "seller_id": seller.get("id"),
-        "seller_status": seller.get("status"),
-        "bank_code": body.bank_code,
-        "account_number_masked": mask_account(body.account_number),
-        "holder_name": body.holder_name,
+        "store_id": row["store_id"],
+        "owner_id": row["owner_id"],
+        "name": row["name"],
+        "registration_status": row["seller_registration"],
+        "ref_seller_id": row["ref_seller_id"],
+        "seller_id": row["toss_seller_id"],
+        "seller_status": row["seller_status"],
+        "business_type": row["business_type"],
+        "bank_code": bank.standard if bank else row["bank_code"],
+        "bank_name": bank.name if bank else None,
+        "account_number_masked": mask_account(row["account_number"]),
+        "holder_name": row["holder_name"],
+        "seller_attempts": row["seller_attempts"],
+        "seller_error_code": row["seller_error_code"],
+        "seller_error_message": row["seller_error_message"],
+        "seller_next_attempt_at": iso(row["seller_next_attempt_at"]),
     }
 
 
-def apply_seller_status(seller: dict[str, Any]) -> str:
+# --- the sellers job -----------------------------------------------------------------------------------------------
+
+
+def register_due_sellers(
+    limit: int = SELLERS_PER_RUN,
+    *,
+    toss: TossClient | None = None,
+    now: Callable[[], datetime] = utcnow,
+    deadline: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
+    """Send due registrations to Toss: pending ones (a new attempt) and those whose answer was lost (the same key)."""
+    tally: Counter[str] = Counter()
     with db.transaction() as tx:
-        changed = stores_repo.set_seller_status(tx, seller.get("id"), seller.get("status"))
-    return "updated" if changed else "unknown_seller"
+        due = stores_repo.lock_due_registrations(tx, db_time(now()), limit)
+        stores_repo.mark_sending(tx, due, lease_until=db_time(now() + SELLER_LEASE))
+    if not due:
+        return {"seller_calls": 0, "sellers_registered": 0, "sellers_refused": 0, "sellers_unanswered": 0}
+    toss = toss or get_toss_client()
+    for store in due:
+        if deadline():
+            break  # claimed, not sent: its lease runs out and the next run sends it (no answer yet, the same key)
+        fresh = store["seller_registration"] == SellerRegistration.PENDING
+        attempt = int(store["seller_attempts"]) + (1 if fresh else 0)
+        _send(dict(store), attempt, toss, now, tally)
+    return {
+        "seller_calls": tally["calls"],
+        "sellers_registered": tally["registered"],
+        "sellers_refused": tally["refused"],
+        "sellers_unanswered": tally["unanswered"],
+    }
+
+
+def _send(
+    store: dict[str, Any], attempt: int, toss: TossClient, now: Callable[[], datetime], tally: Counter[str]
+) -> None:
+    content = _content(store)
+    key = seller_idempotency_key(store, attempt)
+    tally["calls"] += 1
+    try:
+        if store["toss_seller_id"]:
+            seller = toss.update_seller(store["toss_seller_id"], content, idempotency_key=key)
+        else:
+            seller = toss.register_seller({"refSellerId": store["ref_seller_id"], **content}, idempotency_key=key)
+    except TossApiError as exc:
+        if exc.configuration:
+            _not_now(store, exc, now, tally)
+        elif not exc.answered or exc.code == "IDEMPOTENT_REQUEST_PROCESSING":
+            _no_answer(store, exc, tally)
+        elif exc.code == "DUPLICATED_REF_SELLER_ID" and not store["toss_seller_id"]:
+            _adopt(store, exc, toss, now, tally)
+        elif exc.retryable or exc.outcome_unknown:
+            _not_now(store, exc, now, tally)
+        else:
+            _refused(store, exc, tally)
+    except TossError as exc:
+        _no_answer(store, exc, tally)
+    else:
+        if seller.get("id") or store["toss_seller_id"]:
+            _registered(store, seller, tally, now)
+        else:
+            _not_now(store, TossApiError(200, "UNREADABLE_RESPONSE", "Toss answered without a seller id"), now, tally)
+
+
+def _registered(
+    store: Mapping[str, Any], seller: Mapping[str, Any], tally: Counter[str], now: Callable[[], datetime]
+) -> None:
+    seller_id = str(seller.get("id") or store["toss_seller_id"] or "")
+    status = seller.get("status")
+    try:
+        with db.transaction() as tx:
+            written = stores_repo.record_registered(
+                tx,
+                store["store_id"],
+                content_hash=store["seller_request_hash"],
+                seller_id=seller_id,
+                seller_status=str(status) if status else None,
+            )
+            if written and status in PAYABLE_SELLER_STATUSES:
+                settlements_repo.seller_became_payable(tx, seller_id)
+    except Exception as exc:
+        if not db.is_duplicate_key(exc, "uq_stores_seller"):
+            raise
+        # Toss answered with a seller another store holds: never give one seller two stores' money.
+        logger.error("Toss answered with a seller id another store holds", extra={"store_id": store["store_id"]})
+        _refused(
+            store,
+            TossApiError(200, "SELLER_ID_IN_USE", "Toss answered with a seller that another store already holds"),
+            tally,
+        )
+        return
+    tally["registered"] += 1
+    logger.info("store registered for payouts", extra={"store_id": store["store_id"], "seller_status": status})
+
+
+def _no_answer(store: Mapping[str, Any], exc: Exception, tally: Counter[str]) -> None:
+    tally["unanswered"] += 1
+    logger.warning(
+        "seller registration answer lost; the lease runs out and the schedule asks again with the same key",
+        extra={"store_id": store["store_id"], "error": str(exc)[:200]},
+    )
+
+
+def _not_now(store: Mapping[str, Any], exc: TossApiError, now: Callable[[], datetime], tally: Counter[str]) -> None:
+    """An answer with an error Toss may overcome: a new attempt (a new key) after the back-off. After a 5xx the
+    seller may exist: the next attempt's DUPLICATED_REF_SELLER_ID then finds it."""
+    with db.transaction() as tx:
+        stores_repo.record_refused(
+            tx,
+            store["store_id"],
+            new=SellerRegistration.PENDING,
+            code=exc.code,
+            message=exc.message,
+            next_attempt_at=db_time(now() + retry_after(int(store["seller_refusals"]) + 1)),
+        )
+    tally["refused"] += 1
+    logger.warning("seller registration not accepted now", extra={"store_id": store["store_id"], "toss_code": exc.code})
+    count("SellersRefused")
+
+
+def _refused(store: Mapping[str, Any], exc: TossApiError, tally: Counter[str]) -> None:
+    with db.transaction() as tx:
+        stores_repo.record_refused(
+            tx,
+            store["store_id"],
+            new=SellerRegistration.REFUSED,
+            code=exc.code,
+            message=exc.message,
+            next_attempt_at=None,
+        )
+    tally["refused"] += 1
+    logger.warning("seller registration refused", extra={"store_id": store["store_id"], "toss_code": exc.code})
+    count("SellersRefused")
+
+
+def _adopt(
+    store: Mapping[str, Any], exc: TossApiError, toss: TossClient, now: Callable[[], datetime], tally: Counter[str]
+) -> None:
+    """Toss holds a seller under our refSellerId: made by an attempt whose answer we did not read. Find it."""
+    try:
+        listed = toss.list_sellers()
+    except TossError:
+        _not_now(store, exc, now, tally)
+        return
+    match = next((s for s in listed if s.get("refSellerId") == store["ref_seller_id"] and s.get("id")), None)
+    if match is None:
+        _not_now(store, exc, now, tally)
+        return
+    _registered(store, match, tally, now)
+
+
+def apply_seller_status(seller: dict[str, Any]) -> str:
+    """Toss's word on a seller (seller.changed): its status, and the payouts that waited for it (their back-off after
+    FORBIDDEN_SELLER_PAYOUT ends when Toss pays the seller)."""
+    seller_id, status = seller.get("id"), seller.get("status")
+    with db.transaction() as tx:
+        changed = stores_repo.set_seller_status(tx, seller_id, status)
+        ref = seller.get("refSellerId")
+        if not changed and isinstance(ref, str) and isinstance(seller_id, str) and seller_id:
+            changed = stores_repo.adopt_by_ref(tx, ref, seller_id=seller_id, seller_status=status)
+        waited = settlements_repo.seller_became_payable(tx, seller_id) if status in PAYABLE_SELLER_STATUSES else 0
+    return "updated" if changed or waited else "unknown_seller"
