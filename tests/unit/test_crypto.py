@@ -100,6 +100,7 @@ def test_the_provider_is_kms_when_a_key_is_configured_and_local_only_in_local(en
     _, key_arn = kms
     env.setenv("APP_ENV", "local")
     env.delenv("ACCOUNTS_KMS_KEY_ID", raising=False)
+    env.delenv("ACCOUNTS_LOCAL_KEY", raising=False)
     config.reset_settings()
     assert isinstance(crypto.key_provider(), LocalKeyProvider)
     env.setenv("APP_ENV", "prod")

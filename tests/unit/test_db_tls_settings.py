@@ -61,6 +61,6 @@ def test_db_tls_setting_overrides_the_stage_default_and_a_bundle_path_can_be_giv
 
 def test_plain_text_is_refused_in_prod_and_unknown_values_are_refused() -> None:
     with pytest.raises(ValueError, match="refused in prod"):
-        Settings(app_env="prod", db_tls="disabled")
+        db.connect_kwargs(PARAMS, Settings(app_env="prod", db_tls="disabled"))
     with pytest.raises(ValueError, match="DB_TLS must be"):
         Settings(db_tls="preferred")

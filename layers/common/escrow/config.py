@@ -72,8 +72,6 @@ class Settings:
             raise ValueError("TOSS_WEBHOOK_HMAC_KEY_ENCODING must be hex or ascii")
         if self.db_tls not in ("", "required", "disabled"):
             raise ValueError("DB_TLS must be required or disabled")
-        if self.app_env == "prod" and self.db_tls == "disabled":
-            raise ValueError("DB_TLS=disabled is refused in prod: the database is only reached over verified TLS")
         if self.accounts_local_key and len(self.accounts_local_key) != 64:
             raise ValueError("ACCOUNTS_LOCAL_KEY must be 64 hex characters")
         if self.outbox_publisher not in ("eventbridge", "log"):

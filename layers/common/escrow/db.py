@@ -81,6 +81,8 @@ def connect_kwargs(params: DatabaseParams, settings: Settings) -> dict[str, Any]
     if settings.db_tls_required:
         # An SSLContext makes pymysql require TLS: a server that does not offer it is refused (CR 2026).
         kwargs["ssl"] = tls_context(settings.db_ca_bundle or str(DEFAULT_CA_BUNDLE))
+    elif settings.app_env == "prod":
+        raise ValueError("DB_TLS=disabled is refused in prod: the database is only reached over verified TLS")
     else:
         kwargs["ssl_disabled"] = True  # pymysql would otherwise try TLS without verifying anything
     return kwargs
