@@ -22,11 +22,15 @@ import time
 import urllib.request
 from typing import Any
 
-from escrow import migrate
+from escrow import db, migrate
 from escrow.config import database_params
+from escrow.errors import DatabaseUnavailable
 from escrow.observability import count, lambda_entry, logger
 
 ANSWER_MARGIN_S = 15.0  # time kept back to PUT the answer to CloudFormation
+# On a stack's first deploy RDS Proxy may still be registering its target when the migrations start, and a resumed
+# Aurora needs seconds: connection failures are retried until the budget runs out, other failures are not.
+RETRY_INTERVAL_S = 10.0
 MAX_DATA_CHARS = 3000  # CloudFormation refuses a response body over 4096 bytes
 PUT_ATTEMPTS = 4
 
@@ -101,16 +105,33 @@ def send_response(
     raise AssertionError("unreachable")
 
 
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, DatabaseUnavailable) or db.is_connection_error(exc)
+
+
 def _run_with_deadline(seconds: float) -> migrate.MigrationResult:
-    """run_migrations in a worker thread; TimeoutError when it is still going after ``seconds``."""
+    """run_migrations in a worker thread, retrying while the database cannot be reached; TimeoutError when it is
+    still going after ``seconds``."""
     outcome: dict[str, Any] = {}
+    give_up_at = time.monotonic() + seconds - RETRY_INTERVAL_S
 
     def work() -> None:
-        try:
-            lock_wait = int(max(5.0, min(300.0, seconds - 30.0)))
-            outcome["result"] = migrate.run_migrations(database_params(), lock_timeout_seconds=lock_wait)
-        except BaseException as exc:  # noqa: BLE001 - handed over to the caller's thread
-            outcome["error"] = exc
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                lock_wait = int(max(5.0, min(300.0, seconds - 30.0)))
+                outcome["result"] = migrate.run_migrations(database_params(), lock_timeout_seconds=lock_wait)
+                outcome["attempts"] = attempts
+                return
+            except BaseException as exc:  # noqa: BLE001 - handed over to the caller's thread
+                if _unreachable(exc) and time.monotonic() + RETRY_INTERVAL_S < give_up_at:
+                    logger.warning("database not reachable yet; retrying", extra={"attempt": attempts})
+                    time.sleep(RETRY_INTERVAL_S)
+                    continue
+                outcome["error"] = exc
+                outcome["attempts"] = attempts
+                return
 
     worker = threading.Thread(target=work, name="migrations", daemon=True)
     worker.start()
@@ -121,6 +142,10 @@ def _run_with_deadline(seconds: float) -> migrate.MigrationResult:
             f"until it ends: deploy again (or invoke the function) once it has"
         )
     if "error" in outcome:
+        if outcome["attempts"] > 1:
+            raise ConnectionError(f"the database could not be reached in {outcome['attempts']} attempts") from outcome[
+                "error"
+            ]
         raise outcome["error"]
     return outcome["result"]  # type: ignore[no-any-return]
 

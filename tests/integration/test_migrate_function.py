@@ -3,7 +3,9 @@ PUT to the ResponseURL (here a local HTTP server that records it), against real 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -226,3 +228,71 @@ def test_by_hand_it_migrates_and_reports_status(function, database) -> None:
     assert answer["applied"] == ALL and answer["current"] == ALL and answer["accounts_encrypted"] == 0
     assert function.lambda_handler({}, Context())["applied"] == []
     assert function.lambda_handler({"action": "status"}, Context())["pending"] == []
+
+
+def _forward_later(port: int, delay: float, target: tuple[str, int]) -> threading.Thread:
+    """After ``delay`` seconds, accept on ``port`` and relay to ``target``: a proxy whose target becomes available
+    while the first deploy's migration is already trying to connect."""
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        time.sleep(delay)
+        listener = socket.create_server(("127.0.0.1", port))
+        listener.settimeout(20)
+        try:
+            for _ in range(8):  # the migration's few connections, then the test's end
+                try:
+                    client, _ = listener.accept()
+                except TimeoutError:
+                    return
+                upstream = socket.create_connection(target)
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=pump, args=(a, b), daemon=True).start()
+        finally:
+            listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_database_that_becomes_reachable_during_the_run_is_migrated(function, recorder, database, monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    params = parse_database_url(database)
+    monkeypatch.setattr(function, "RETRY_INTERVAL_S", 0.5)
+    monkeypatch.setenv("DATABASE_URL", f"mysql://{params.user}:@127.0.0.1:{port}/{params.database}")
+    monkeypatch.setenv("DB_CONNECT_TIMEOUT", "1")
+    config.reset_settings()
+    _forward_later(port, 1.5, (params.host, params.port))
+
+    function.lambda_handler(recorder.event("create"), Context())
+
+    (put,) = recorder.puts
+    assert put.body["Status"] == "SUCCESS", put.body["Reason"]
+    assert put.body["Data"]["Applied"] == ",".join(ALL)
+
+
+def test_a_database_that_never_answers_fails_after_retrying_within_the_budget(function, recorder, monkeypatch):
+    monkeypatch.setattr(function, "RETRY_INTERVAL_S", 0.5)
+    monkeypatch.setenv("DATABASE_URL", "mysql://root:@127.0.0.1:1/escrow")
+    config.reset_settings()
+    try:
+        function.lambda_handler(recorder.event("create"), ShortContext())
+    finally:
+        monkeypatch.undo()
+        config.reset_settings()
+    (put,) = recorder.puts
+    assert put.body["Status"] == "FAILED"
+    assert "could not be reached in" in put.body["Reason"] and "attempts" in put.body["Reason"]
