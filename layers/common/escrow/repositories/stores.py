@@ -5,17 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from escrow.db import Row, Tx
 from escrow.repositories._sql import marks
 from escrow.states import SellerRegistration, check_seller_registration
 
-# Everything the registration answer and the sellers job need (the account number only to send it, never answered).
+if TYPE_CHECKING:
+    from escrow.crypto import Sealed
+
+# Everything the registration answer and the sellers job need. The account number is stored sealed (escrow.crypto)
+# with its last four digits in clear; `account_number` (plaintext) is only ever a legacy row's, until the migration
+# step seals it.
 _SELLER_COLUMNS = (
-    "store_id, owner_id, name, bank_code, account_number, holder_name, business_type, email, phone, company_name, "
-    "representative_name, business_registration_number, seller_seq, ref_seller_id, toss_seller_id, seller_status, "
-    "seller_registration, seller_request_hash, seller_attempts, seller_refusals, seller_lease_until, "
-    "seller_next_attempt_at, seller_error_code, seller_error_message, registered_by, updated_at"
+    "store_id, owner_id, name, bank_code, account_number, account_number_ciphertext, account_number_data_key, "
+    "account_number_last4, holder_name, business_type, email, phone, company_name, representative_name, "
+    "business_registration_number, seller_seq, ref_seller_id, toss_seller_id, seller_status, seller_registration, "
+    "seller_request_hash, seller_attempts, seller_refusals, seller_lease_until, seller_next_attempt_at, "
+    "seller_error_code, seller_error_message, registered_by, updated_at"
 )
 
 
@@ -47,7 +54,8 @@ class Registration:
     owner_id: str
     name: str | None
     bank_code: str
-    account_number: str
+    account: Sealed  # the account number, sealed for this store's row
+    account_last4: str
     holder_name: str
     business_type: str
     email: str
@@ -61,10 +69,12 @@ class Registration:
 
 def record_registration(tx: Tx, store: Row, registration: Registration, *, ref_seller_id: str) -> None:
     """A locked store's registration to send (pending): its content, replacing what was there, and a cleared error.
-    `ref_seller_id` is written once (the unique column refuses another store's)."""
+    `ref_seller_id` is written once (the unique column refuses another store's). The account number is written
+    sealed; the plaintext column is emptied."""
     check_seller_registration(store["seller_registration"], SellerRegistration.PENDING)
     tx.execute(
-        "UPDATE stores SET owner_id = %s, name = COALESCE(%s, name), bank_code = %s, account_number = %s, "
+        "UPDATE stores SET owner_id = %s, name = COALESCE(%s, name), bank_code = %s, account_number = NULL, "
+        "account_number_ciphertext = %s, account_number_data_key = %s, account_number_last4 = %s, "
         "holder_name = %s, business_type = %s, email = %s, phone = %s, company_name = %s, representative_name = %s, "
         "business_registration_number = %s, ref_seller_id = COALESCE(ref_seller_id, %s), seller_registration = %s, "
         "seller_request_hash = %s, seller_refusals = 0, seller_next_attempt_at = NULL, seller_lease_until = NULL, "
@@ -73,7 +83,9 @@ def record_registration(tx: Tx, store: Row, registration: Registration, *, ref_s
             registration.owner_id,
             registration.name,
             registration.bank_code,
-            registration.account_number,
+            registration.account.ciphertext,
+            registration.account.data_key,
+            registration.account_last4,
             registration.holder_name,
             registration.business_type,
             registration.email,
@@ -183,3 +195,18 @@ def adopt_by_ref(tx: Tx, ref_seller_id: str, *, seller_id: str, seller_status: s
 def set_seller_status(tx: Tx, seller_id: str | None, seller_status: str | None) -> int:
     """Toss's word on a seller (its own vocabulary, stored as Toss spells it). Returns the rows changed."""
     return tx.execute("UPDATE stores SET seller_status = %s WHERE toss_seller_id = %s", (seller_status, seller_id))
+
+
+def sealed_account(tx: Tx, store_id: str) -> tuple[Sealed, str] | None:
+    """The store's sealed account number and its last four digits (None when no account is stored sealed)."""
+    from escrow.crypto import Sealed
+
+    row = tx.one(
+        "SELECT account_number_ciphertext, account_number_data_key, account_number_last4 FROM stores "
+        "WHERE store_id = %s",
+        (store_id,),
+    )
+    if not row or row["account_number_ciphertext"] is None:
+        return None
+    sealed = Sealed(bytes(row["account_number_ciphertext"]), bytes(row["account_number_data_key"]))
+    return sealed, str(row["account_number_last4"])

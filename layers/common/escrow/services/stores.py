@@ -13,21 +13,26 @@ seller `pending` (a Toss seller call may take up to 60 s: it never runs inside t
 * A registered store registered again with another account sends Toss an update of its seller
   (`POST /v2/sellers/{sellerId}`): that is how a store's account is fixed before an operator retries a failed payout.
 
-Account numbers, e-mail addresses and phone numbers are stored for Toss but never logged and never answered whole.
+Account numbers are never logged and never answered whole. At rest they are sealed (escrow.crypto: a KMS data key
+per value, AES-GCM, bound to the store's row) with their last four digits in clear for masked answers; the sellers
+job (ReleaseFunction, the only function allowed to decrypt) opens one to send it to Toss. E-mail addresses and phone
+numbers (the seller's contact for Toss's KYC) are stored for Toss and never logged.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from escrow import banks, db
+from escrow import banks, crypto, db
 from escrow.clock import db_time, iso, utcnow
-from escrow.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from escrow.config import toss_keys
+from escrow.errors import Conflict, Forbidden, NotFound, UpstreamUnavailable, ValidationFailed
 from escrow.observability import count, logger
 from escrow.repositories import settlements as settlements_repo
 from escrow.repositories import stores as stores_repo
@@ -46,10 +51,35 @@ SELLERS_PER_RUN = 50
 MAX_REF_SELLER_ID = 20  # [3P] refSellerId is 1-20 characters (UNCONFIRMED; the sandbox's setting)
 
 
-def mask_account(number: str | None) -> str | None:
-    if not number:
+def mask_account(last4: str | None) -> str | None:
+    """A stored account number as answers show it: its last four digits only (the length is not kept either)."""
+    if not last4:
         return None
-    return "*" * max(len(number) - 4, 0) + number[-4:]
+    return "********" + last4[-4:]
+
+
+def _account_context(store_id: str) -> crypto.EncryptionContext:
+    return crypto.encryption_context("stores", "account_number", store_id)
+
+
+def _open_account(store: Mapping[str, Any]) -> str:
+    """The store's account number in clear, to send it to Toss (the sellers job only)."""
+    if store["account_number_ciphertext"] is None:
+        return str(store["account_number"])  # a legacy row the migration step has not sealed yet
+    sealed = crypto.Sealed(bytes(store["account_number_ciphertext"]), bytes(store["account_number_data_key"]))
+    return crypto.open_sealed(sealed, _account_context(store["store_id"]))
+
+
+def payout_account_number(store_id: str) -> str | None:
+    """The store's payout account number in clear, for the payout path only (sending a seller's account to Toss).
+    Answers show ``account_number_masked``; the template grants kms:Decrypt on the stores context to
+    ReleaseFunction alone."""
+    with db.reader() as tx:
+        stored = stores_repo.sealed_account(tx, store_id)
+    if stored is None:
+        return None
+    sealed, _last4 = stored
+    return crypto.open_sealed(sealed, _account_context(store_id))
 
 
 def ref_seller_id(seller_seq: int) -> str:
@@ -63,14 +93,14 @@ def ref_seller_id(seller_seq: int) -> str:
 # --- what is sent to Toss ----------------------------------------------------------------------------------------
 
 
-def _content(store: Mapping[str, Any]) -> dict[str, Any]:
+def _content(store: Mapping[str, Any], account_number: str) -> dict[str, Any]:
     """The seller's content as Toss takes it (everything but refSellerId), from a store row or a registration."""
     bank = banks.resolve(store["bank_code"])
     content: dict[str, Any] = {
         "businessType": store["business_type"],
         "account": {
             "bankCode": bank.standard,  # payouts v2 take the 3-digit standard code (escrow.banks)
-            "accountNumber": store["account_number"],
+            "accountNumber": account_number,
             "holderName": store["holder_name"],
         },
     }
@@ -88,7 +118,14 @@ def _content(store: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def content_hash(content: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    """What tells one registration's content from another (stored, and part of the Idempotency-Key). Keyed with the
+    Toss security key: a plain hash of a short account number and known fields would undo its sealing."""
+    try:
+        key = toss_keys().security_key.encode()
+    except RuntimeError:  # no Toss keys configured: nothing can be sent to Toss either; the hash stays a hash
+        key = b""
+    message = json.dumps(content, sort_keys=True, ensure_ascii=False).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def seller_idempotency_key(store: Mapping[str, Any], attempt: int) -> str:
@@ -113,10 +150,17 @@ def register_store(principal: Principal, body: RegisterStoreBody) -> tuple[int, 
             "a business needs company_name, representative_name and business_registration_number",
             code="COMPANY_DETAILS_REQUIRED",
         )
+    # Sealed before anything is written: a key service that cannot answer fails the registration with nothing done.
+    try:
+        account = crypto.seal(body.account_number, _account_context(body.store_id))
+    except crypto.AccountCryptoError as exc:
+        raise UpstreamUnavailable(
+            "the account number could not be encrypted now; nothing was registered, try again",
+            code="ENCRYPTION_UNAVAILABLE",
+        ) from exc
     business = body.business_type != "INDIVIDUAL"
     fields: dict[str, Any] = {
         "bank_code": bank.standard,
-        "account_number": body.account_number,
         "holder_name": body.holder_name,
         "business_type": body.business_type,
         "email": body.email,
@@ -128,7 +172,9 @@ def register_store(principal: Principal, body: RegisterStoreBody) -> tuple[int, 
     registration = stores_repo.Registration(
         owner_id=body.owner_id,
         name=body.name,
-        content_hash=content_hash(_content(fields)),
+        account=account,
+        account_last4=crypto.last4(body.account_number),
+        content_hash=content_hash(_content(fields, body.account_number)),
         registered_by=principal.user_id,
         **fields,
     )
@@ -190,7 +236,7 @@ def store_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "business_type": row["business_type"],
         "bank_code": bank.standard if bank else row["bank_code"],
         "bank_name": bank.name if bank else None,
-        "account_number_masked": mask_account(row["account_number"]),
+        "account_number_masked": mask_account(row["account_number_last4"] or (row["account_number"] or "")[-4:]),
         "holder_name": row["holder_name"],
         "seller_attempts": row["seller_attempts"],
         "seller_error_code": row["seller_error_code"],
@@ -234,7 +280,14 @@ def register_due_sellers(
 def _send(
     store: dict[str, Any], attempt: int, toss: TossClient, now: Callable[[], datetime], tally: Counter[str]
 ) -> None:
-    content = _content(store)
+    try:
+        content = _content(store, _open_account(store))
+    except crypto.AccountCryptoError as exc:
+        # Nothing was sent: the key service could not open the number now (or the row was tampered with).
+        _not_now(
+            store, TossApiError(0, "ENCRYPTION_UNAVAILABLE", f"the account number did not open: {exc}"), now, tally
+        )
+        return
     key = seller_idempotency_key(store, attempt)
     tally["calls"] += 1
     try:
