@@ -492,6 +492,7 @@ def worker(args: argparse.Namespace) -> int:
     from escrow.services import jobs
     from escrow.services import payouts as payout_service
     from escrow.services import release as release_service
+    from escrow.services import stores as store_service
 
     steps: dict[str, float] = {}
 
@@ -511,6 +512,7 @@ def worker(args: argparse.Namespace) -> int:
         (jobs, "reconcile_cancels", "reconcile_cancels"),
         (jobs, "expire_overdue", "expire"),
         (release_service, "release_due", "release"),
+        (store_service, "register_due_sellers", "sellers"),
         (payout_service, "payouts_due", "payouts"),
         (jobs, "publish_outbox", "publish"),
     ):

@@ -5,8 +5,9 @@
 * While the first request is still running, a repeat gets 409 IDEMPOTENT_REQUEST_PROCESSING.
 * Keys longer than 300 characters get 400 INVALID_IDEMPOTENCY_KEY.
 
-Sandbox choice (REFERENCE is silent): 5xx answers (injected server errors and timeouts) are not bound to the
-key; the key is released so that a retry with the same key is processed. Every 2xx-4xx answer is bound.
+Not observed (REFERENCE is silent): whether a 5xx answer (injected server errors and timeouts) is bound to the key.
+Setting ``idempotency_bind_5xx``: False (default here) releases the key so that a retry with it is processed; True
+binds it like any answer (a retry replays the 5xx). Every 2xx-4xx answer is bound.
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ class IdempotencyRegistry:
                 return Outcome.PROCESSING, None
             return Outcome.REPLAY, entry.response.copy()
 
-    def finish(self, identity: Identity, response: Response) -> None:
-        """Bind the first response to the key, or release the key for a 5xx answer."""
+    def finish(self, identity: Identity, response: Response, *, bind_5xx: bool = False) -> None:
+        """Bind the first response to the key; a 5xx answer releases the key instead unless ``bind_5xx``."""
         with self._lock:
-            if response.status >= 500:
+            if response.status >= 500 and not bind_5xx:
                 self._entries.pop(identity, None)
                 return
             entry = self._entries.get(identity)

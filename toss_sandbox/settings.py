@@ -37,6 +37,9 @@ class SandboxSettings:
     mid: str = DEFAULT_MID
     # Idempotency keys are remembered for 15 days of sandbox time (REFERENCE §5).
     idempotency_ttl_seconds: float = 15 * 24 * 3600.0
+    # Whether a 5xx answer is bound to its Idempotency-Key like any other answer (UNCONFIRMED: Toss's English docs
+    # say errors are replayed; a 5xx replay is not observed). False: the key is released, a retry is processed.
+    idempotency_bind_5xx: bool = False
     # Payouts: money that can be paid out right now, and an optional automatic completion of payouts.
     available_balance: int = 1_000_000_000
     pending_balance: int = 0

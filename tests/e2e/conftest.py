@@ -174,7 +174,8 @@ class Toss:
             {
                 "path": c["path"],
                 "method": c["method"],
-                "body": c.get("decryptedBody") or c.get("requestBody"),
+                # A v2 body is what Toss decrypted (None when it refused the call before reading it, not the JWE).
+                "body": c.get("decryptedBody") if c["path"].startswith("/v2/") else c.get("requestBody"),
                 "status": c.get("responseStatus"),
                 "code": c.get("responseCode"),
                 "fault": c.get("fault"),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -59,9 +60,10 @@ def toss(sandbox: Any) -> TossClient:
     )
 
 
-@pytest.fixture()
-def own_database() -> Iterator[pymysql.connections.Connection]:
-    """A fresh database for this test (migrated by the real command); the session's is restored afterwards."""
+@contextmanager
+def fresh_database() -> Iterator[pymysql.connections.Connection]:
+    """A fresh database (migrated by the real command) that the services use inside the block; the one used before
+    is restored afterwards. A database of its own is a stack of its own (its own ids)."""
     from escrow.config import parse_database_url, reset_settings
 
     name = f"escrow_test_payouts_{uuid.uuid4().hex[:8]}"
@@ -100,6 +102,13 @@ def own_database() -> Iterator[pymysql.connections.Connection]:
     reset_settings()
     with conn_to_server() as server, server.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture()
+def own_database() -> Iterator[pymysql.connections.Connection]:
+    """A fresh database for this test; the session's is restored afterwards."""
+    with fresh_database() as conn:
+        yield conn
 
 
 def conn_to_server() -> pymysql.connections.Connection:

@@ -407,9 +407,11 @@ def to_poll(tx: Tx, now: datetime | None, limit: int) -> list[Row]:
     no payout_id: one Toss holds under our refPayoutId that we have not found yet)."""
     at_toss = in_order(PAYOUT_AT_TOSS)
     return tx.all(
-        f"SELECT id, payout_id, ref_payout_id FROM payment_settlements WHERE payout_status IN ({marks(at_toss)}) "
-        "AND (payout_lease_until IS NULL OR payout_lease_until < %s) "
-        "ORDER BY updated_at, id LIMIT %s",
+        "SELECT s.id, s.payment_request_id, s.store_id, s.payout_id, s.ref_payout_id, s.net_amount, st.toss_seller_id "
+        "FROM payment_settlements s "
+        f"JOIN stores st ON st.store_id = s.store_id WHERE s.payout_status IN ({marks(at_toss)}) "
+        "AND (s.payout_lease_until IS NULL OR s.payout_lease_until < %s) "
+        "ORDER BY s.updated_at, s.id LIMIT %s",
         (*at_toss, now, limit),
     )
 

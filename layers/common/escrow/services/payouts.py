@@ -83,7 +83,13 @@ PAYOUT_LATER_REFUSALS = frozenset({"NOT_ALLOWED_HOLIDAY"})
 # Only a person can fix these (the store's seller or account): the payout fails with Toss's code and message, and an
 # operator retries it after fixing the store (escrow.ops retry-payout).
 PAYOUT_PERMANENT_REFUSALS = frozenset(
-    {"NOT_FOUND_SELLER", "INVALID_BANK", "INVALID_ACCOUNT_INFO_RE_REGISTER", "RESTRICTED_TRANSFER_ACCOUNT"}
+    {
+        "NOT_FOUND_SELLER",
+        "INVALID_BANK",
+        "INVALID_ACCOUNT_INFO_RE_REGISTER",
+        "RESTRICTED_TRANSFER_ACCOUNT",
+        REF_TAKEN := "REF_PAYOUT_ID_TAKEN",  # ours: Toss holds another payout under our refPayoutId
+    }
 )
 # Refusals about the whole request, whatever its items: splitting the batch would only repeat them.
 PAYOUT_REFUSED_AS_A_WHOLE = PAYOUT_BALANCE_REFUSALS | PAYOUT_LATER_REFUSALS | {"SECURITY_KEY_MISSING"}
@@ -262,7 +268,21 @@ def _send(batch: list[dict[str, Any]], run: _Run) -> None:
     except TossError as exc:
         _no_answer(batch, exc, run)  # a timeout or a broken connection: Toss may have it; the same key again
     else:
-        run.tally["accepted"] += _record_payouts(batch, items, run.now())
+        # An answer for payouts that are not ours (another stack's, replayed for a key it shares with us) is not
+        # recorded as ours.
+        answered = {str(item.get("refPayoutId")): item for item in items}
+        taken = [s for s in batch if s["ref_payout_id"] in answered and not _ours(s, answered[s["ref_payout_id"]])]
+        if taken:
+            _refused(taken, TossApiError(400, REF_TAKEN, _TAKEN_MESSAGE), run)
+        mine = [s for s in batch if s not in taken]
+        run.tally["accepted"] += _record_payouts(mine, items, run.now()) if mine else 0
+
+
+_TAKEN_MESSAGE = (
+    "Toss holds another payout (another seller, amount or request) under this refPayoutId or Idempotency-Key: "
+    "another stack or a rebuilt database shares this merchant id and TOSS_ID_PREFIX. Set a prefix of its own, then "
+    "retry the payout."
+)
 
 
 def _split(batch: list[dict[str, Any]], exc: TossApiError) -> list[list[dict[str, Any]]]:
@@ -313,15 +333,38 @@ def _find_at_toss(refs: Sequence[str], toss: TossClient) -> dict[str, dict[str, 
     return {str(p.get("refPayoutId")): p for p in listed if p.get("refPayoutId") in wanted}
 
 
+def _ours(s: Mapping[str, Any], payout: Mapping[str, Any]) -> bool:
+    """Whether a payout Toss holds under our refPayoutId is this settlement's: to our store's seller, of its net.
+    Another one means another stack (or a rebuilt database) shares the merchant id and the stack prefix."""
+    amount = payout.get("amount")
+    value = amount.get("value") if isinstance(amount, dict) else amount
+    metadata = payout.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    for key, mine in (("paymentRequestId", str(s["payment_request_id"])), ("storeId", s["store_id"][:500])):
+        if key in metadata and metadata[key] != mine:  # what we sent with it (_payout_item), when Toss shows it
+            return False
+    return payout.get("destination") == s["toss_seller_id"] and value == s["net_amount"]
+
+
+def _sort_found(
+    batch: list[dict[str, Any]], found: Mapping[str, dict[str, Any]], run: _Run
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Record the settlements of `batch` that Toss made (found by refPayoutId); fail those whose refPayoutId holds
+    another payout; return (recorded, not found)."""
+    made = [s for s in batch if s["ref_payout_id"] in found and _ours(s, found[s["ref_payout_id"]])]
+    taken = [s for s in batch if s["ref_payout_id"] in found and s not in made]
+    if made:
+        run.tally["accepted"] += _record_payouts(made, [found[s["ref_payout_id"]] for s in made], run.now())
+    if taken:
+        _refused(taken, TossApiError(400, REF_TAKEN, _TAKEN_MESSAGE), run)
+    return made, [s for s in batch if s["ref_payout_id"] not in found]
+
+
 def _answered_without_outcome(batch: list[dict[str, Any]], exc: TossApiError, run: _Run) -> None:
     """Toss answered with an error that leaves open whether it made the payouts (a 5xx). That answer may be bound to
     the key, so asking again needs a new key: first find what Toss made (recorded as accepted), then the rest goes
     back to `scheduled` for a new attempt after the back-off. refPayoutId guards a payout the listing missed."""
-    found = _find_at_toss([s["ref_payout_id"] for s in batch], run.toss) or {}
-    made = [s for s in batch if s["ref_payout_id"] in found]
-    if made:
-        run.tally["accepted"] += _record_payouts(made, [found[s["ref_payout_id"]] for s in made], run.now())
-    rest = [s for s in batch if s["ref_payout_id"] not in found]
+    _, rest = _sort_found(batch, _find_at_toss([s["ref_payout_id"] for s in batch], run.toss) or {}, run)
     if rest:
         _refused(rest, exc, run)
 
@@ -331,18 +374,16 @@ def _duplicated(batch: list[dict[str, Any]], exc: TossApiError, run: _Run) -> No
     made by a request whose answer we did not read. Those found are recorded and followed to their end; the others
     go as a new request."""
     found = _find_at_toss([s["ref_payout_id"] for s in batch], run.toss) or {}
-    held = [s for s in batch if s["ref_payout_id"] in found]
-    rest = [s for s in batch if s["ref_payout_id"] not in found]
-    if held:
-        run.tally["accepted"] += _record_payouts(held, [found[s["ref_payout_id"]] for s in held], run.now())
+    _, rest = _sort_found(batch, found, run)
     if not rest:
         return
-    if len(rest) == 1 and not held:
+    if len(rest) == len(batch) == 1:
         # Toss says it holds this one, but its listing does not show it (yet): follow it by its refPayoutId.
         _already_at_toss(rest[0], run.now())
         run.tally["accepted"] += 1
         return
-    parts = [rest] if held else _split(rest, exc)
+    # The duplicates were found: the rest goes as a new request. None found: split to find the duplicate.
+    parts = [rest] if len(rest) < len(batch) else _split(rest, exc)
     if run.deadline() or not parts:
         _refused(rest, exc, run)
         return
@@ -577,6 +618,9 @@ def _poll(limit: int, run: _Run) -> int:
                 continue
         else:
             payout = (found or {}).get(row["ref_payout_id"])
+            if payout is not None and not _ours(row, payout):
+                logger.error("another payout holds our refPayoutId", extra={"settlement_id": row["id"]})
+                payout = None
             if payout is not None and payout.get("id"):
                 with db.transaction() as tx:
                     settlements_repo.set_payout_id(tx, row["id"], str(payout["id"]))

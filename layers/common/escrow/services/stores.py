@@ -294,14 +294,18 @@ def _send(
         if store["toss_seller_id"]:
             seller = toss.update_seller(store["toss_seller_id"], content, idempotency_key=key)
         else:
-            seller = toss.register_seller({"refSellerId": store["ref_seller_id"], **content}, idempotency_key=key)
+            seller = toss.register_seller(
+                # metadata: which store it is for, so that a seller found by its refSellerId can be told ours.
+                {"refSellerId": store["ref_seller_id"], **content, "metadata": {"storeId": store["store_id"]}},
+                idempotency_key=key,
+            )
     except TossApiError as exc:
         if exc.configuration:
             _not_now(store, exc, now, tally)
         elif not exc.answered or exc.code == "IDEMPOTENT_REQUEST_PROCESSING":
             _no_answer(store, exc, tally)
         elif exc.code == "DUPLICATED_REF_SELLER_ID" and not store["toss_seller_id"]:
-            _adopt(store, exc, toss, now, tally)
+            _adopt(store, content, exc, toss, now, tally)
         elif exc.retryable or exc.outcome_unknown:
             _not_now(store, exc, now, tally)
         else:
@@ -309,7 +313,9 @@ def _send(
     except TossError as exc:
         _no_answer(store, exc, tally)
     else:
-        if seller.get("id") or store["toss_seller_id"]:
+        if not _for_this_store(store, seller):
+            _refused(store, TossApiError(400, "REF_SELLER_ID_TAKEN", _TAKEN_MESSAGE), tally)
+        elif seller.get("id") or store["toss_seller_id"]:
             _registered(store, seller, tally, now)
         else:
             _not_now(store, TossApiError(200, "UNREADABLE_RESPONSE", "Toss answered without a seller id"), now, tally)
@@ -387,9 +393,15 @@ def _refused(store: Mapping[str, Any], exc: TossApiError, tally: Counter[str]) -
 
 
 def _adopt(
-    store: Mapping[str, Any], exc: TossApiError, toss: TossClient, now: Callable[[], datetime], tally: Counter[str]
+    store: Mapping[str, Any],
+    content: Mapping[str, Any],
+    exc: TossApiError,
+    toss: TossClient,
+    now: Callable[[], datetime],
+    tally: Counter[str],
 ) -> None:
-    """Toss holds a seller under our refSellerId: made by an attempt whose answer we did not read. Find it."""
+    """Toss holds a seller under our refSellerId: made by an attempt whose answer we did not read. Find it, and take
+    it only if it holds our account (else another stack shares the merchant id and the stack prefix)."""
     try:
         listed = toss.list_sellers()
     except TossError:
@@ -399,7 +411,27 @@ def _adopt(
     if match is None:
         _not_now(store, exc, now, tally)
         return
+    account = match.get("account")
+    if (
+        not isinstance(account, dict)
+        or account.get("accountNumber") != content["account"]["accountNumber"]
+        or not _for_this_store(store, match)
+    ):
+        _refused(store, TossApiError(400, "REF_SELLER_ID_TAKEN", _TAKEN_MESSAGE), tally)
+        return
     _registered(store, match, tally, now)
+
+
+_TAKEN_MESSAGE = (
+    "Toss holds another store's seller under this refSellerId or Idempotency-Key: another stack or a rebuilt "
+    "database shares this merchant id and TOSS_ID_PREFIX. Set a prefix of its own, then register the store again."
+)
+
+
+def _for_this_store(store: Mapping[str, Any], seller: Mapping[str, Any]) -> bool:
+    """Whether a seller Toss answered with is this store's (the storeId we sent as its metadata, when shown)."""
+    metadata = seller.get("metadata")
+    return not isinstance(metadata, dict) or metadata.get("storeId", store["store_id"]) == store["store_id"]
 
 
 def apply_seller_status(seller: dict[str, Any]) -> str:
