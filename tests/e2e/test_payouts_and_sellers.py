@@ -151,6 +151,19 @@ def test_payouts_go_oldest_first_as_far_as_the_balance_goes(as_user, toss, make_
     assert settlement_row(sql, first)["payout_status"] == "in_progress"
 
 
+def test_no_payout_goes_while_the_balance_cannot_be_read(as_user, toss, make_room, sql, schedule, capsys):
+    drained(schedule, toss)
+    room, _ = released(as_user, toss, make_room)
+    toss.faults(failure_code="FAILED_INTERNAL_SYSTEM_PROCESSING", count=1, paths=["/v2/balances"])
+    capsys.readouterr()
+    report = schedule(jobs=["payouts"])
+    assert report["payouts"]["payout_calls"] == 0
+    assert metric(capsys.readouterr().out, "PayoutBalanceUnreadable") == [1.0]
+    assert settlement_of(as_user, room)["payout_status"] == "scheduled"
+    schedule(jobs=["payouts"])  # read again in the next run
+    assert settlement_of(as_user, room)["payout_status"] == "in_progress"
+
+
 # --- refusals -----------------------------------------------------------------------------------------------------
 
 

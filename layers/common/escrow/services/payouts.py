@@ -166,7 +166,9 @@ class Budget:
             balance = toss.get_balances()
         except TossError as exc:
             self.read_failed = True
-            logger.warning("payout balance unknown; no new payout is sent in this run", extra={"error": str(exc)[:200]})
+            # Alarmed (PayoutBalanceUnreadable): while Toss's balance cannot be read, no new payout goes.
+            logger.error("payout balance unknown; no new payout is sent in this run", extra={"error": str(exc)[:200]})
+            count("PayoutBalanceUnreadable")
             return
         self.available, self.pending = balance["available"], balance["pending"]
         with db.transaction() as tx:
