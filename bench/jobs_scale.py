@@ -93,7 +93,9 @@ def create_database(tag: str) -> tuple[str, str]:
 
 
 def drop_database(name: str) -> None:
-    conn = connect(f"{MYSQL}/")
+    # Connected to the server's own `mysql` schema: a URL without a database means `escrow` (escrow.config), which a
+    # machine that never ran `make run` does not have.
+    conn = connect(f"{MYSQL}/mysql")
     try:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
