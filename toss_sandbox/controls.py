@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .banks import refund_bank
+from .checkout import CheckoutWindow
 from .clock import iso
 from .core import SandboxCore
 from .errors import TossError
@@ -21,9 +22,12 @@ log = logging.getLogger("toss_sandbox.controls")
 class Controls:
     def __init__(self, core: SandboxCore) -> None:
         self.core = core
+        self.checkout = CheckoutWindow(core)
         self.router: Router[Callable[[Request], Response]] = Router()
         r = self.router
         r.add("GET", "/sandbox/health", self.health)
+        r.add("GET", "/sandbox/checkout", self.checkout.page)
+        r.add("POST", "/sandbox/checkout", self.checkout.submit)
         r.add("POST", "/sandbox/payments", self.create_payment)
         r.add("GET", "/sandbox/payments", self.list_payments)
         r.add("POST", "/sandbox/payments/{paymentKey}/deposit", self.deposit)
