@@ -64,7 +64,7 @@ WINDOW_ERRORS = {
     "NOT_SUPPORTED_METHOD": "지원되지 않는 결제수단입니다.",
     "INVALID_ORDER_ID": message_for("INVALID_ORDER_ID"),
 }
-CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; base-uri 'none'"
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; base-uri 'none'"
 
 
 class WindowError(Exception):
@@ -236,6 +236,7 @@ def _page(title: str, body: str) -> str:
     return (
         '<!doctype html>\n<html lang="ko"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        '<link rel="icon" href="data:,">'  # no favicon request (a 404 in a browser test's console)
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body><main>{body}</main></body></html>\n"
     )
 
