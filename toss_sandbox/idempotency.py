@@ -57,7 +57,7 @@ class IdempotencyRegistry:
         with self._lock:
             entry = self._entries.get(identity)
             if entry is not None and now - entry.first_used_at > self.ttl:
-                # An expired key is treated as a new one (REFERENCE §5: "treated as new").
+                # An expired key is treated as a new one (the idempotency-key docs: "treated as new").
                 entry = None
             if entry is None:
                 self._entries[identity] = _Entry(first_used_at=now)

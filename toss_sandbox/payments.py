@@ -424,7 +424,7 @@ class PaymentService:
 
     # ------------------------------------------------------------------ cancel
     def cancel(self, payment_key: str, body: Any) -> dict[str, Any]:
-        """POST /v1/payments/{paymentKey}/cancel (REFERENCE §4)."""
+        """POST /v1/payments/{paymentKey}/cancel [3P-live summary of https://docs.tosspayments.com/guides/v2/cancel-payment]."""
         if not isinstance(body, dict):
             raise TossError("INVALID_REQUEST", "요청 본문이 JSON 객체가 아닙니다.")
         reason = body.get("cancelReason")

@@ -1,4 +1,4 @@
-"""Idempotency-Key semantics of REFERENCE §5."""
+"""Idempotency-Key semantics (https://docs.tosspayments.com/reference/using-api/idempotency-key)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Payouts v2: JWE security mode, sellers, payouts, balances (REFERENCE §8)."""
+"""Payouts v2: JWE security mode, sellers, payouts, balances (https://docs.tosspayments.com/guides/v2/payouts)."""
 
 from __future__ import annotations
 

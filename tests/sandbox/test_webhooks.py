@@ -1,4 +1,5 @@
-"""Webhooks as Toss sends them (REFERENCE §7), delivered to a tiny local receiver."""
+"""Webhooks as Toss sends them (https://docs.tosspayments.com/reference/using-api/webhook-events), delivered to a
+tiny local receiver."""
 
 from __future__ import annotations
 
