@@ -136,7 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as exc:
                 print(f"cannot import toss_sandbox.start_sandbox ({exc}); use --no-sandbox", file=sys.stderr)
                 return 1
-            sandbox = start_sandbox(args.host, toss_port, webhook_url=api_url + WEBHOOK_PATH)
+            # COMPAT (issue 8): the client does not wait for settlement yet, so the local sandbox pays out at once
+            # from a large available balance. Remove when the client waits until GET /v2/balances shows enough.
+            sandbox = start_sandbox(
+                args.host,
+                toss_port,
+                webhook_url=api_url + WEBHOOK_PATH,
+                settlement_delay_seconds=0,
+                available_balance=1_000_000_000,
+            )
             overrides["TOSS_API_BASE"] = str(getattr(sandbox, "url", overrides["TOSS_API_BASE"])).rstrip("/")
             print(f"==> Toss sandbox on {overrides['TOSS_API_BASE']}", flush=True)
 
