@@ -40,3 +40,16 @@ def check_payment(current: str, new: str) -> None:
 def check_request(current: str, new: str) -> None:
     if new not in REQUEST_TRANSITIONS.get(current, frozenset()):
         raise InvalidTransition(f"a payment request cannot go from {current} to {new}")
+
+
+# A settlement's payout (payment_settlements.payout_status) as people may move it. The schedule's own moves (claim,
+# answer, refusal, Toss's webhook) are guarded by their SQL in services/release.py; the moves here are an operator's
+# (escrow.ops retry-payout through services/operator.py): only a failed payout goes back to the schedule.
+OPERATOR_PAYOUT_TRANSITIONS: dict[str, frozenset[str]] = {
+    "failed": frozenset({"scheduled"}),
+}
+
+
+def check_operator_payout(current: str, new: str) -> None:
+    if new not in OPERATOR_PAYOUT_TRANSITIONS.get(current, frozenset()):
+        raise InvalidTransition(f"an operator cannot move a payout from {current} to {new}")
