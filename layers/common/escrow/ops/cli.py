@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -99,13 +100,27 @@ def _errors(as_json: bool) -> Iterator[None]:
         _fail(str(exc), code="STACK", as_json=as_json)
 
 
+class _Stderr:
+    """Whatever sys.stderr is at the time of writing (a test runner swaps it for each invocation)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR = _Stderr()
+
+
 def _logs_to_stderr() -> None:
     """The layer's logger writes JSON lines to stdout (Lambda's log); here stdout is for tables and --json."""
     from escrow.observability import logger
 
     for handler in logger.handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(sys.stderr)
+        if isinstance(handler, logging.StreamHandler) and handler.stream is not _STDERR:
+            with handler.lock or threading.Lock():
+                handler.stream = _STDERR
 
 
 def _confirm(question: str, yes: bool) -> None:
