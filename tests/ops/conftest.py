@@ -17,13 +17,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ import requests
 
 from tests.conftest import MYSQL_URL, ROOT, _server_conn
 from tests.support.events import token
+from tests.support.receiver import Receiver, start_receiver
 
 TOSS_TEST_SECRET_KEY = "test_sk_zXLkKEypNArWmo50nX3lmeaxYG5R"
 # Settings of the layer that the test process itself may carry (other suites set them): never inherited.
@@ -78,53 +77,6 @@ def base_environment(**values: str) -> dict[str, str]:
     return env
 
 
-# --- the chat service: a receiver of notifications ----------------------------------------------------------
-
-
-@dataclass
-class Receiver:
-    """Records every request; answers with the next status of `script` (then 200)."""
-
-    url: str = ""
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    script: list[int] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def bodies(self, chat_room_id: int | None = None) -> list[dict[str, Any]]:
-        with self.lock:
-            items = [r["body"] for r in self.requests if r["status"] == 200]
-        return [b for b in items if chat_room_id is None or b.get("detail", {}).get("chat_room_id") == chat_room_id]
-
-
-def start_receiver() -> tuple[Receiver, ThreadingHTTPServer]:
-    receiver = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-            with receiver.lock:
-                status = receiver.script.pop(0) if receiver.script else 200
-                receiver.requests.append(
-                    {
-                        "status": status,
-                        "headers": {k.lower(): v for k, v in self.headers.items()},
-                        "body": json.loads(raw),
-                        "at": time.monotonic(),
-                    }
-                )
-            self.send_response(status)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/chat/notifications"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return receiver, server
-
-
 # --- the stack ------------------------------------------------------------------------------------------------
 
 
@@ -153,8 +105,7 @@ class Stack:
             AWS_DEFAULT_REGION="ap-northeast-2",
             RECONCILE_AFTER_SECONDS="0",
             POWERTOOLS_LOG_LEVEL="INFO",
-            COLUMNS="200",
-            **env,
+            **{"COLUMNS": "200", **env},
         )
         done = subprocess.run(
             [sys.executable, "-m", "escrow.ops", *args],
@@ -243,7 +194,7 @@ def ops_database() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def stack(ops_database: str) -> Iterator[Stack]:
-    receiver, receiver_server = start_receiver()
+    receiver = start_receiver()
     log = Path(tempfile.mkstemp(prefix="escrow-ops-stack-", suffix=".log")[1])
     env = base_environment(
         DATABASE_URL=ops_database,
@@ -295,8 +246,7 @@ def stack(ops_database: str) -> Iterator[Stack]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
-        receiver_server.shutdown()
-        receiver_server.server_close()
+        receiver.stop()
         log.unlink(missing_ok=True)
 
 
