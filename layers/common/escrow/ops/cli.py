@@ -143,6 +143,10 @@ def _when(value: Any) -> str:
     return str(value)
 
 
+def _short(value: Any) -> str:
+    return value.strftime("%m-%d %H:%M:%S") if isinstance(value, datetime) else ""
+
+
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 
 
@@ -223,6 +227,16 @@ def _print_differences(rows: list[tuple[str, list[str]]]) -> None:
     for label, differences in rows:
         for difference in differences:
             out.print(Text.assemble(("  ≠ ", "bold red"), (f"{label}: ", "bold"), (difference, "red")), soft_wrap=True)
+
+
+def _action_summary(action: dict[str, Any]) -> str:
+    detail = action.get("detail") or {}
+    before, after = detail.get("before") or {}, detail.get("after") or {}
+    if action["action"] == "retry_payout" and before:
+        was = " ".join(x for x in (before.get("payout_id"), before.get("payout_status")) if x)
+        why = f" ({before['payout_error_code']})" if before.get("payout_error_code") else ""
+        return f"{was}{why} -> {after.get('payout_status')} as {after.get('ref_payout_id')}"
+    return ""
 
 
 def _render_room(view: dict[str, Any]) -> None:
@@ -391,11 +405,17 @@ def _render_request(item: dict[str, Any]) -> None:
         _print_differences([(f"settlement {s['id']}", row["differences"])])
         if row["operator_actions"]:
             actions = Table(title="Operator actions", box=box.SIMPLE_HEAD, title_justify="left")
-            for name in ("id", "action", "operator", "reason", "status", "at"):
+            for name in ("id", "action", "operator", "reason", "what", "status", "at"):
                 actions.add_column(name)
             for a in row["operator_actions"]:
                 actions.add_row(
-                    str(a["id"]), a["action"], a["operator"], a["reason"], a["status"], _when(a["created_at"])
+                    str(a["id"]),
+                    a["action"],
+                    a["operator"],
+                    a["reason"],
+                    _action_summary(a),
+                    a["status"],
+                    _when(a["created_at"]),
                 )
             out.print(actions)
 
@@ -447,36 +467,32 @@ def payouts(
         return
     kind = "waiting and refused" if waiting and refused else "waiting" if waiting else "refused"
     table = Table(title=f"Payouts {kind}: {len(rows)}", box=box.SIMPLE_HEAD, title_justify="left")
-    for name in (
-        "settlement",
-        "request",
-        "room",
-        "store",
-        "seller",
-        "net",
-        "status",
-        "attempts",
-        "error",
-        "updated",
-        "next step",
+    for name, justify in (
+        ("settlement", "right"),
+        ("request/room", "left"),
+        ("store (seller)", "left"),
+        ("net", "right"),
+        ("status", "left"),
+        ("tries", "right"),
+        ("last error", "left"),
+        ("updated", "left"),
     ):
-        table.add_column(name, justify="right" if name in ("net", "attempts") else "left")
+        table.add_column(name, justify=justify, no_wrap=name in ("settlement", "net", "status", "updated"))  # type: ignore[arg-type]
     for s in rows:
         failed = s["payout_status"] == "failed"
         table.add_row(
             str(s["id"]),
-            str(s["payment_request_id"]),
-            str(s["chat_room_id"]),
-            s["store_id"],
-            s["seller_status"] or "not registered",
+            f"{s['payment_request_id']}/{s['chat_room_id']}",
+            f"{s['store_id']} ({s['seller_status'] or 'not registered'})",
             _won(s["net_amount"]),
             Text(s["payout_status"], style="bold red" if failed else ""),
             str(s["payout_attempts"]),
             " ".join(x for x in (s["payout_error_code"], s["payout_error_message"]) if x),
-            _when(s["updated_at"]),
-            s["next_step"],
+            _short(s["updated_at"]),
         )
     out.print(table)
+    for s in rows:
+        out.print(Text.assemble((f"  settlement {s['id']}: ", "bold"), s["next_step"]), soft_wrap=True)
 
 
 @app.command("retry-payout")
@@ -574,25 +590,13 @@ def webhooks(
         return
     title = f"Webhook deliveries: {len(rows)}" + (f" ({outcome})" if outcome else "")
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    for name in (
-        "id",
-        "received",
-        "event",
-        "transmission / event id",
-        "retried",
-        "verification",
-        "outcome",
-        "detail",
-        "note",
-    ):
-        table.add_column(name)
+    for name in ("id", "received", "event", "verification", "outcome", "detail", "note"):
+        table.add_column(name, no_wrap=name in ("id", "received", "event", "outcome"))
     for w in rows:
         table.add_row(
             str(w["id"]),
-            _when(w["received_at"]),
+            _short(w["received_at"]),
             w["event_type"] or "",
-            w["event_id"] or w["transmission_id"] or "",
-            "" if w["retried_count"] is None else str(w["retried_count"]),
             w["verification"],
             Text(w["outcome"], style="bold red" if w["outcome"] in ("rejected", "error") else ""),
             w["detail"] or "",

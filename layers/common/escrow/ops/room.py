@@ -7,6 +7,7 @@ operator can act on; `differences` at every level is empty when both sides agree
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any, Protocol
 
@@ -193,6 +194,8 @@ def room_view(chat_room_id: int, toss: TossReader) -> dict[str, Any]:
         events = ops_repo.events(tx, request_ids)
         stores = {r["store_id"]: ops_repo.store(tx, r["store_id"]) for r in requests}
         actions = ops_repo.operator_actions(tx, [f"settlement:{s['id']}" for s in settlements])
+    for action in actions:
+        action["detail"] = json.loads(action["detail"]) if action["detail"] else None
 
     by_order: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
 
