@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 
 import boto3
@@ -38,20 +39,21 @@ def deployed(stack: Stack) -> Iterator[str]:
     Toss; the process environment has no plain DATABASE_URL or Toss key to fall back on."""
     saved = {k: os.environ.pop(k) for k in ("DATABASE_URL", "TOSS_SECRET_KEY", "TOSS_SECURITY_KEY") if k in os.environ}
     db = parse_database_url(stack.database_url)
+    tag = uuid.uuid4().hex[:8]  # another suite's moto may be active for the whole session: names of our own
     with mock_aws():
         secrets = boto3.client("secretsmanager", region_name=REGION)
         db_arn = secrets.create_secret(
-            Name="escrow/db",
+            Name=f"escrow/db-{tag}",
             SecretString=json.dumps(
                 {"host": db.host, "port": db.port, "username": db.user, "password": db.password, "dbname": "wrong"}
             ),
         )["ARN"]
         toss_arn = secrets.create_secret(
-            Name="escrow/toss",
+            Name=f"escrow/toss-{tag}",
             SecretString=json.dumps({"secret_key": TOSS_TEST_SECRET_KEY, "security_key": _security_key()}),
         )["ARN"]
         boto3.client("cloudformation", region_name=REGION).create_stack(
-            StackName="escrow-prod",
+            StackName=f"escrow-prod-{tag}",
             TemplateBody=json.dumps(STACK_TEMPLATE),
             Parameters=[
                 {"ParameterKey": "Stage", "ParameterValue": "prod"},
@@ -61,11 +63,14 @@ def deployed(stack: Stack) -> Iterator[str]:
                 {"ParameterKey": "TossApiBase", "ParameterValue": stack.sandbox},
             ],
         )
-        yield "escrow-prod"
+        yield f"escrow-prod-{tag}"
     os.environ.update(saved)
     from aws_lambda_powertools.utilities import parameters
 
     parameters.clear_caches()
+    from escrow.config import reset_settings
+
+    reset_settings()
 
 
 def test_stack_environment_maps_the_stack_to_the_functions_settings(deployed: str) -> None:
