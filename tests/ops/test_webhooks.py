@@ -48,7 +48,7 @@ def test_a_forged_delivery_is_listed_as_rejected_and_stays_rejected_when_replaye
     replay = stack.ops("replay-webhook", str(forged["id"]), "--reason", "check", "--yes", "--json")
     assert replay.code == 2, replay  # an operator's replay does not make a forged delivery trusted
     result = replay.json()
-    assert (result["http_status"], result["verification"], result["outcome"]) == (401, "bad_signature", "rejected")
+    assert (result["result"], result["verification"], result["outcome"]) == ("rejected", "bad_signature", "rejected")
     assert rooms.settlement_row(room)["payout_status"] == "in_progress"
     (action,) = rows(sql, "SELECT * FROM operator_actions WHERE target = %s", f"webhook:{forged['id']}")
     assert (action["action"], action["status"]) == ("replay_webhook", "refused")
@@ -83,7 +83,7 @@ def test_a_genuine_delivery_rejected_by_our_wrong_setting_is_processed_when_repl
     )
     assert replay.code == 0, replay
     result = replay.json()
-    assert (result["http_status"], result["verification"], result["outcome"]) == (200, "signature", "processed")
+    assert (result["result"], result["verification"], result["outcome"]) == ("processed", "signature", "processed")
     assert rooms.settlement_row(room)["payout_status"] == "completed"
 
     again = stack.ops(
@@ -96,7 +96,7 @@ def test_a_genuine_delivery_rejected_by_our_wrong_setting_is_processed_when_repl
         TOSS_WEBHOOK_HMAC_KEY_ENCODING="ascii",
     )
     assert again.code == 0, again
-    assert (again.json()["answer"], again.json()["outcome"]) == ({"status": "duplicate"}, "duplicate")
+    assert (again.json()["result"], again.json()["outcome"]) == ("duplicate", "duplicate")
 
 
 def test_a_payment_event_that_failed_while_toss_was_down_is_applied_by_a_replay(

@@ -636,18 +636,18 @@ def replay_webhook(
     if as_json:
         _emit_json(result)
     else:
-        style = "green" if result["http_status"] == 200 else "bold red"
+        accepted = result["result"] in service.ACCEPTED_RESULTS
         out.print(
             Text(
                 f"Delivery {webhook_id} replayed as delivery {result['replay_webhook_id']} (operator action "
-                f"{result['operator_action_id']} by {who}): HTTP {result['http_status']}, verification "
+                f"{result['operator_action_id']} by {who}): {result['result']}, verification "
                 f"{result['verification']}, outcome {result['outcome']}"
                 + (f": {result['detail']}" if result["detail"] else ""),
-                style=style,
+                style="green" if accepted else "bold red",
             ),
             soft_wrap=True,
         )
-    if result["http_status"] != 200:
+    if result["result"] not in service.ACCEPTED_RESULTS:
         raise typer.Exit(2)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from escrow import db
 from escrow.repositories import ops as ops_repo
+from escrow.states import HELD, PAID
 from escrow.toss import TossApiError, TossError
 from escrow.toss.models import Payment
 
@@ -103,7 +104,7 @@ def expected_toss_status(share: dict[str, Any]) -> tuple[str, ...] | None:
 def share_differences(share: dict[str, Any], toss: dict[str, Any] | None, error: str | None) -> list[str]:
     if error:
         return [f"not compared: {error}"]
-    paid = share["status"] in ("completed", "partially_refunded", "refunded", "released")
+    paid = share["status"] in PAID
     if toss is None:
         return (
             [f"we hold it as {share['status']}, Toss does not know paymentKey {share['payment_key']}"] if paid else []
@@ -169,9 +170,7 @@ def _totals(ledger: list[dict[str, Any]], shares: list[dict[str, Any]]) -> dict[
     sums: dict[str, int] = defaultdict(int)
     for entry in ledger:
         sums[entry["entry_type"]] += int(entry["amount"])
-    held = sum(
-        s["paid_amount"] - s["refunded_amount"] for s in shares if s["status"] in ("completed", "partially_refunded")
-    )
+    held = sum(s["paid_amount"] - s["refunded_amount"] for s in shares if s["status"] in HELD)
     return {
         "charged": sums["charge"],
         "refunded": sums["refund"],

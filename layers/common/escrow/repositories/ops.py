@@ -8,12 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from escrow.db import Row, Tx
+from escrow.repositories._sql import in_order
+from escrow.repositories._sql import marks as _marks
+from escrow.states import PAYOUT_DUE, PayoutStatus
 
-WAITING_PAYOUTS = ("scheduled", "requesting", "requested", "in_progress")
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ", ".join(["%s"] * len(values))
+# Not completed yet: to send, being sent, or taken by Toss and not final.
+WAITING_PAYOUTS = in_order(PAYOUT_DUE)
 
 
 def requests_of_room(tx: Tx, chat_room_id: int) -> list[Row]:
@@ -123,14 +123,14 @@ def payouts(tx: Tx, *, waiting: bool, refused: bool, limit: int) -> list[Row]:
     """Payouts that are not done. `waiting`: not completed yet (scheduled, being sent, accepted by Toss);
     `refused`: failed (an operator must act) or scheduled again after Toss refused the last attempt."""
     conditions = []
+    args: list[Any] = []
     if waiting:
         conditions.append(f"s.payout_status IN ({_marks(WAITING_PAYOUTS)})")
+        args += WAITING_PAYOUTS
     if refused:
-        conditions.append(
-            "(s.payout_status = 'failed' OR (s.payout_status = 'scheduled' AND s.payout_error_code IS NOT NULL))"
-        )
+        conditions.append("(s.payout_status = %s OR (s.payout_status = %s AND s.payout_error_code IS NOT NULL))")
+        args += [PayoutStatus.FAILED, PayoutStatus.SCHEDULED]
     where = " OR ".join(conditions) or "1 = 0"
-    args: list[Any] = [*WAITING_PAYOUTS] if waiting else []
     return tx.all(
         f"SELECT {_SETTLEMENT_COLUMNS} {_SETTLEMENT_FROM} WHERE {where} ORDER BY s.updated_at, s.id LIMIT %s",
         [*args, limit],

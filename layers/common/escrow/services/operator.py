@@ -54,6 +54,9 @@ REPLAY_MEANING: dict[str, str] = {
 }
 OTHER_EVENTS_MEANING = "not an event we act on: it is logged as ignored again."
 
+# What the webhook function answers 200 (webhooks.Result values): the delivery is done with.
+ACCEPTED_RESULTS = ("processed", "duplicate", "ignored")
+
 MONEY_JOBS = ("reconcile_payments", "reconcile_cancels", "expire", "release", "payouts", "all")
 
 
@@ -139,7 +142,6 @@ def retry_payout(settlement_id: int, *, operator: str, reason: str, toss: TossCl
             tx, action="retry_payout", target=target, operator=operator, reason=reason, status="done", detail=detail
         )
         fields: dict[str, Any] = {
-            "payout_status": "scheduled",
             "payout_id": None,
             "payout_lease_until": None,
             "payout_error_code": None,
@@ -147,7 +149,7 @@ def retry_payout(settlement_id: int, *, operator: str, reason: str, toss: TossCl
         }
         if new_ref:
             fields["ref_payout_id"] = new_ref
-        settlements_repo.update(tx, settlement_id, **fields)
+        settlements_repo.reschedule_by_operator(tx, settlement_id, s["payout_status"], **fields)
     _logged("retry_payout", action_id, operator, target, reason, "done")
     return {
         "operator_action_id": action_id,
@@ -225,7 +227,7 @@ def replay_webhook(webhook_id: int, *, operator: str, reason: str, toss: TossCli
     # Freshness of a signed delivery is judged at the time we first received it (a replay is not a new sending).
     received = row["received_at"].replace(tzinfo=UTC)
     try:
-        answer = webhooks.receive(headers, raw, toss=toss, now=received)
+        outcome = webhooks.receive(headers, raw, toss=toss, now=received)
     except Exception as exc:
         with db.transaction() as tx:
             actions_repo.finish(tx, action_id, status="failed", detail={"error": f"{type(exc).__name__}: {exc}"[:500]})
@@ -233,14 +235,20 @@ def replay_webhook(webhook_id: int, *, operator: str, reason: str, toss: TossCli
         raise
     with db.reader() as tx:
         logged = ops_repo.webhook_by_user_agent(tx, marker, last_id)
-    status = "done" if answer.status == 200 else "refused" if answer.status < 500 else "failed"
+    status = (
+        "done"
+        if outcome.result in ACCEPTED_RESULTS
+        else "failed"
+        if outcome.result is webhooks.Result.RETRY_LATER
+        else "refused"
+    )
     result = {
         "operator_action_id": action_id,
         "webhook_id": webhook_id,
         "event_type": event_type,
         "meaning": replay_meaning(event_type),
-        "http_status": answer.status,
-        "answer": answer.body,
+        "result": outcome.result.value,
+        "reason": outcome.reason,
         "replay_webhook_id": logged["id"] if logged else None,
         "verification": logged["verification"] if logged else None,
         "outcome": logged["outcome"] if logged else None,
