@@ -5,9 +5,10 @@
 (127.0.0.1:3000), 5. starts the scheduler (ReleaseFunction with events/schedule.json), then runs until
 Ctrl-C or SIGTERM. Needs a MySQL/MariaDB at DATABASE_URL (default mysql://root:@127.0.0.1:3306/escrow).
 
-With CHAT_WEBHOOK_URL (or --chat-webhook-url) the outbox is published to a local EventBridge bus
-(local/eventbus.py) that delivers the chat service's notifications to that URL, as the template's rule and
-API destination do when deployed; without it the events are printed to the log.
+The outbox is published to a local EventBridge bus (local/eventbus.py) that delivers the chat service's
+notifications, as the template's rule and API destination do when deployed, to CHAT_WEBHOOK_URL (or
+--chat-webhook-url), else to the reference chat client's feed (/demo/chat on the local API); --no-chat prints the
+events to the log only.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def banner(api_url: str, toss_url: str | None, schedule_interval: float, workers
         "Escrow local stack is up (Ctrl-C to stop)",
         f"  API            {api_url}   ({workers} workers = warm Lambda containers)",
         f"  OpenAPI        {api_url}/openapi.json" if (REPO_ROOT / "openapi.json").exists() else None,
+        f"  Chat client    {api_url}/demo/  (reference client; the room's notifications feed)",
         f"  Toss sandbox   {toss_url}"
         if toss_url
         else "  Toss sandbox   not started (--no-sandbox): TOSS_API_BASE=" + os.environ.get("TOSS_API_BASE", "?"),
@@ -121,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chat-webhook-url",
         default=os.environ.get("CHAT_WEBHOOK_URL", ""),
-        help="deliver the chat notifications here (default: CHAT_WEBHOOK_URL; empty = events go to the log)",
+        help="deliver the chat notifications here (default: CHAT_WEBHOOK_URL, else the reference client's feed, "
+        "/demo/chat on the local API)",
+    )
+    parser.add_argument(
+        "--no-chat", action="store_true", help="no local bus: events are only printed to the log (as before)"
     )
     parser.add_argument("--chat-dlq", default=None, help="append undelivered notifications to this JSON-lines file")
     args = parser.parse_args(argv)
@@ -159,10 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     scheduler: Any = None
     bus: Any = None
     try:
-        if args.chat_webhook_url:
-            bus = start_chat_notifications(args.host, args.chat_webhook_url, args.chat_dlq)
+        if not args.no_chat:
+            chat_url = args.chat_webhook_url or f"{api_url}/demo/chat"
+            bus = start_chat_notifications(args.host, chat_url, args.chat_dlq)
             overrides.update(eventbridge_overrides(bus.url))
-            print(f"==> local event bus on {bus.url} (chat notifications to {args.chat_webhook_url})", flush=True)
+            print(f"==> local event bus on {bus.url} (chat notifications to {chat_url})", flush=True)
         if not args.no_sandbox:
             try:
                 from toss_sandbox import start_sandbox
