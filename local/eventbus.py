@@ -32,6 +32,7 @@ import random
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,7 @@ log = logging.getLogger("local.eventbus")
 USER_AGENT = "Amazon/EventBridge/ApiDestinations"
 DELIVERY_TIMEOUT_S = 5.0  # EventBridge gives an API destination 5 s to answer
 RETRIED_STATUSES = frozenset({429}) | frozenset(range(500, 600))
+KEPT = 1000  # events, delivery attempts and dead letters kept in memory for inspection
 
 
 @dataclass(frozen=True)
@@ -199,9 +201,10 @@ class LocalEventBus:
         self.retry_cap = retry_cap
         self.timeout = timeout
         self.dlq_path = Path(dlq_path) if dlq_path else None
-        self.events: list[dict[str, Any]] = []
-        self.deliveries: list[dict[str, Any]] = []
-        self.dead_letters: list[dict[str, Any]] = []
+        # The latest of each (a long `make run` does not grow without bound); the log and the DLQ file keep all.
+        self.events: deque[dict[str, Any]] = deque(maxlen=KEPT)
+        self.deliveries: deque[dict[str, Any]] = deque(maxlen=KEPT)
+        self.dead_letters: deque[dict[str, Any]] = deque(maxlen=KEPT)
         self._queue: list[_Delivery] = []
         self._seq = 0
         self._cond = threading.Condition()
