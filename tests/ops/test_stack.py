@@ -53,17 +53,17 @@ def deployed(stack: Stack) -> Iterator[str]:
             SecretString=json.dumps({"secret_key": TOSS_TEST_SECRET_KEY, "security_key": _security_key()}),
         )["ARN"]
         boto3.client("cloudformation", region_name=REGION).create_stack(
-            StackName=f"escrow-prod-{tag}",
+            StackName=f"escrow-dev-{tag}",
             TemplateBody=json.dumps(STACK_TEMPLATE),
             Parameters=[
-                {"ParameterKey": "Stage", "ParameterValue": "prod"},
+                {"ParameterKey": "Stage", "ParameterValue": "dev"},
                 {"ParameterKey": "DbSecretArn", "ParameterValue": db_arn},
                 {"ParameterKey": "DbName", "ParameterValue": db.database},  # overrides the secret's dbname
                 {"ParameterKey": "TossSecretArn", "ParameterValue": toss_arn},
                 {"ParameterKey": "TossApiBase", "ParameterValue": stack.sandbox},
             ],
         )
-        yield f"escrow-prod-{tag}"
+        yield f"escrow-dev-{tag}"
     os.environ.update(saved)
     from aws_lambda_powertools.utilities import parameters
 
@@ -79,19 +79,60 @@ def test_stack_environment_maps_the_stack_to_the_functions_settings(deployed: st
     env = stack_environment(deployed, region=REGION)
     assert env["DB_SECRET_ARN"].startswith("arn:aws:secretsmanager:") and env["TOSS_SECRET_ARN"]
     assert (env["APP_ENV"], env["EVENT_BUS_NAME"], env["DATABASE_URL"], env["TOSS_SECRET_KEY"]) == (
-        "prod",
+        "dev",
         "escrow-deployed",
         "",
         "",
     )
 
 
-def test_room_against_a_deployed_stack_reads_its_secrets(deployed: str, stack: Stack, rooms: Rooms) -> None:
+def test_a_stack_that_created_its_database_names_it_in_its_outputs() -> None:
+    """CreateDatabase=true: DbSecretArn and DbHost are empty; the outputs name the secret and the proxy."""
+    from escrow.ops.environment import StackError, stack_environment
+
+    template = {
+        "Parameters": {
+            **{name: {"Type": "String", "Default": ""} for name in ("DbSecretArn", "DbHost", "TossSecretArn")},
+            "Secret": {"Type": "String"},
+            "Proxy": {"Type": "String"},
+        },
+        "Conditions": {"HasSecret": {"Fn::Not": [{"Fn::Equals": [{"Ref": "Secret"}, ""]}]}},
+        "Resources": {"Queue": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {
+            "DatabaseSecretArn": {"Condition": "HasSecret", "Value": {"Ref": "Secret"}},
+            "DatabaseProxyEndpoint": {"Condition": "HasSecret", "Value": {"Ref": "Proxy"}},
+        },
+    }
+    tag = uuid.uuid4().hex[:8]
+    with mock_aws():
+        cloudformation = boto3.client("cloudformation", region_name=REGION)
+        for name, secret in ((f"created-{tag}", "arn:db"), (f"broken-{tag}", "")):
+            cloudformation.create_stack(
+                StackName=name,
+                TemplateBody=json.dumps(template),
+                Parameters=[
+                    {"ParameterKey": "TossSecretArn", "ParameterValue": "arn:toss"},
+                    {"ParameterKey": "Secret", "ParameterValue": secret},
+                    {"ParameterKey": "Proxy", "ParameterValue": "proxy.example"},
+                ],
+            )
+        env = stack_environment(f"created-{tag}", region=REGION)
+        assert (env["DB_SECRET_ARN"], env["DB_HOST"], env["TOSS_SECRET_ARN"]) == ("arn:db", "proxy.example", "arn:toss")
+        with pytest.raises(StackError, match="no database secret"):
+            stack_environment(f"broken-{tag}", region=REGION)
+
+
+def test_room_against_a_deployed_stack_reads_its_secrets(
+    deployed: str, stack: Stack, rooms: Rooms, monkeypatch
+) -> None:
     from typer.testing import CliRunner
 
     from escrow.config import get_settings
     from escrow.ops.cli import app
 
+    # A deployed stage requires TLS to the database and the test MariaDB has none: the operator says so (a dev
+    # stack; prod refuses DB_TLS=disabled).
+    monkeypatch.setenv("DB_TLS", "disabled")
     room = rooms.paid(2)
     before = dict(os.environ)
     result = CliRunner().invoke(

@@ -22,7 +22,10 @@ STACK_PARAMETERS = {
     "Stage": "APP_ENV",
 }
 STACK_OUTPUTS = {"EventBusName": "EVENT_BUS_NAME"}
-REQUIRED_PARAMETERS = ("DbSecretArn", "TossSecretArn")
+# A stack that created its database (CreateDatabase=true) names the database's secret and the RDS Proxy endpoint
+# in its outputs, and leaves DbSecretArn and DbHost empty.
+CREATED_DATABASE_OUTPUTS = {"DatabaseSecretArn": "DB_SECRET_ARN", "DatabaseProxyEndpoint": "DB_HOST"}
+REQUIRED_PARAMETERS = ("TossSecretArn",)
 
 
 class StackError(Exception):
@@ -62,6 +65,11 @@ def stack_environment(stack_name: str, *, region: str | None = None, client: Any
     for name, variable in STACK_OUTPUTS.items():
         if outputs.get(name):
             env[variable] = outputs[name]
+    for name, variable in CREATED_DATABASE_OUTPUTS.items():
+        if outputs.get(name) and not env.get(variable):
+            env[variable] = outputs[name]
+    if not env.get("DB_SECRET_ARN"):
+        raise StackError(f"stack {stack_name!r} names no database secret (DbSecretArn or the DatabaseSecretArn output)")
     if region:
         env["AWS_DEFAULT_REGION"] = region
     return env
