@@ -4,14 +4,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
-STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: setup run test lint typecheck sam-check iac-lint template-resources smoke bench audit chaos migrate seed clean
 
-$(STAMP): requirements-dev.txt layers/common/requirements.txt
+$(STAMP): requirements-dev.txt layers/common/requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@# The project itself, editable and without dependencies: the `escrow-ops` console script.
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
