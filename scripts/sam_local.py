@@ -22,7 +22,8 @@ Then two phases, each on a freshly migrated and seeded database and a fresh sand
   - start-api: the README walkthrough over HTTP against ``sam local start-api``; the sandbox sends its real
     webhooks to that API, and each delivery's answer is checked too.
 
-Every call has an expected status; any other answer makes the run exit 1. The table lists function, event,
+Every call has an expected status and, where it matters, expected fields (the state reached, the money settled:
+30,000 KRW gross, 900 fee, 29,100 net); any other answer makes the run exit 1. The table lists function, event,
 expected and actual status, the wall time of the call and (for invoke) the duration Lambda's emulator reported.
 Cleanup: start-api is stopped, Lambda containers this run left are removed (label sam.cli.container.type=lambda),
 the forwarder and the sandbox are stopped. dockerd keeps running for the next run (engine script ``down`` stops it).
@@ -431,10 +432,11 @@ class Row:
     ms: float
     lambda_ms: str = ""
     note: str = ""
+    unmet: str = ""  # a field of the answer that is not what it must be
 
     @property
     def ok(self) -> bool:
-        return self.got == self.expected
+        return self.got == self.expected and not self.unmet
 
 
 @dataclass
@@ -453,12 +455,23 @@ class Report:
     def add(self, row: Row) -> None:
         self.rows.append(row)
         mark = "ok " if row.ok else "BAD"
-        say(f"{mark} {row.phase:9} {row.function:16} {row.event:36} {row.got:>5} (expected {row.expected}) {row.note}")
+        says = f"{row.note} {'(UNEXPECTED ' + row.unmet + ')' if row.unmet else ''}"
+        say(f"{mark} {row.phase:9} {row.function:16} {row.event:36} {row.got:>5} (expected {row.expected}) {says}")
 
     def table(self) -> str:
         head = ("#", "phase", "function", "event", "expected", "status", "ms", "lambda ms", "note")
         lines = [
-            (str(i), r.phase, r.function, r.event, r.expected, r.got, f"{r.ms:.0f}", r.lambda_ms, r.note)
+            (
+                str(i),
+                r.phase,
+                r.function,
+                r.event,
+                r.expected,
+                r.got,
+                f"{r.ms:.0f}",
+                r.lambda_ms,
+                f"UNEXPECTED: {r.unmet}" if r.unmet else r.note,
+            )
             for i, r in enumerate(self.rows, 1)
         ]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=False)]
@@ -479,6 +492,17 @@ def body_of(result: Any) -> Any:
         with contextlib.suppress(ValueError):
             return json.loads(result["body"])
     return result if not isinstance(result, dict) else result.get("body", result)
+
+
+def unmet(body: Any, want: dict[str, Any] | None) -> str:
+    """The first field of the answer (a dotted path) that differs from what the step must produce, else ''."""
+    for path, value in (want or {}).items():
+        actual: Any = body
+        for part in path.split("."):
+            actual = actual.get(part) if isinstance(actual, dict) else None
+        if actual != value:
+            return f"{path} is {actual!r}, not {value!r}"
+    return ""
 
 
 def note(body: Any) -> str:
@@ -585,38 +609,50 @@ def kst_now() -> str:
 def invoke_phase(invoke: Invoker, settings: Settings, sandbox: Sandbox, report: Report) -> None:
     used: set[str] = set()
 
-    def step(event_file: str, expected: str, event: dict[str, Any]) -> Any:
+    def step(event_file: str, expected: str, event: dict[str, Any], want: dict[str, Any] | None = None) -> Any:
         used.add(event_file)
         function, answer = invoke(event_file, event)
         row = Row("invoke", function, event_file, expected, answer.status, answer.ms, answer.lambda_ms)
         row.note = note(answer.body)
+        row.unmet = unmet(answer.body, want) if answer.status == expected else ""
         report.add(row)
         if not row.ok:
             tail = "\n".join(answer.log.splitlines()[-15:])
-            raise Failed(f"{event_file}: {answer.status}, expected {expected}: {answer.body!r}\n{tail}")
+            raise Failed(f"{event_file}: {answer.status} {row.unmet}, expected {expected}: {answer.body!r}\n{tail}")
         return answer.body
 
     owner, admin = settings.token("user_1"), settings.token("ops", admin=True)
     payer2, payer3 = settings.token("user_2"), settings.token("user_3")
 
     # Round 1: the store's payout account, a request, both participants pay, release, the payout completes.
-    store = step("store_register.json", "201", refreshed(load_event("store_register.json"), token=admin))
+    store = step(
+        "store_register.json",
+        "201",
+        refreshed(load_event("store_register.json"), token=admin),
+        {"seller_status": "APPROVAL_REQUIRED"},
+    )
     seller_id = store["seller_id"]
     sandbox.call("POST", f"/sandbox/sellers/{seller_id}/status", {"status": "APPROVED"})  # KYC done at Toss
-    created = step("request_create.json", "201", refreshed(load_event("request_create.json"), token=owner))
+    pending, paid = {"status": "pending"}, {"payment_status": "completed"}
+    created = step("request_create.json", "201", refreshed(load_event("request_create.json"), token=owner), pending)
     request_id = created["payment_request_id"]
-    step("status.json", "200", refreshed(load_event("status.json"), token=payer2))
+    step(
+        "status.json",
+        "200",
+        refreshed(load_event("status.json"), token=payer2),
+        {"payment_request.status": "pending", "payment_request.paid_count": 0},
+    )
 
-    prepared = step("prepare.json", "200", refreshed(load_event("prepare.json"), token=payer2))
+    prepared = step("prepare.json", "200", refreshed(load_event("prepare.json"), token=payer2), {"amount": 15000})
     key2 = sandbox.pay(prepared["orderId"], prepared["amount"])
     initiate = load_event("initiate.json")
     body = {**event_body(initiate), "orderId": prepared["orderId"], "paymentKey": key2}
-    step("initiate.json", "200", refreshed(initiate, token=payer2, body=body))
+    step("initiate.json", "200", refreshed(initiate, token=payer2, body=body), paid)
 
     confirm = load_event("confirm.json")  # user_3 pays with an orderId of the client's own (bound on first use)
     body = event_body(confirm)
     key3 = sandbox.pay(body["orderId"], body["amount"])
-    step("confirm.json", "200", refreshed(confirm, token=payer3, body={**body, "paymentKey": key3}))
+    step("confirm.json", "200", refreshed(confirm, token=payer3, body={**body, "paymentKey": key3}), paid)
 
     hook = load_event("webhook_payment_status_changed.json")  # unsigned: a trigger to fetch the payment from Toss
     payload = event_body(hook)
@@ -628,9 +664,16 @@ def invoke_phase(invoke: Invoker, settings: Settings, sandbox: Sandbox, report: 
             "tosspayments-webhook-transmission-time": kst_now(),
         }
     )
-    step("webhook_payment_status_changed.json", "200", hook)
+    step("webhook_payment_status_changed.json", "200", hook, {"status": "processed"})
 
-    released = step("release.json", "200", refreshed(load_event("release.json"), token=owner))
+    # Both shares of 15,000 KRW, a 3% platform fee (PLATFORM_FEE_BPS 300), the net paid out to the store.
+    money = {"settlement.gross_amount": 30000, "settlement.platform_fee": 900, "settlement.net_amount": 29100}
+    released = step(
+        "release.json",
+        "200",
+        refreshed(load_event("release.json"), token=owner),
+        {**money, "settlement.payout_status": "in_progress"},
+    )
     settlement = released["settlement"]
     sandbox.call("POST", f"/sandbox/payouts/{settlement['payout_id']}/complete", {"status": "COMPLETED"})
 
@@ -656,7 +699,7 @@ def invoke_phase(invoke: Invoker, settings: Settings, sandbox: Sandbox, report: 
             "tosspayments-webhook-signature": settings.sign_webhook(hook["body"], sent),
         }
     )
-    step("webhook_payout_changed.json", "200", hook)
+    step("webhook_payout_changed.json", "200", hook, {"status": "processed"})
 
     schedule = load_event("schedule.json")
     schedule["scheduled_time"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -664,15 +707,21 @@ def invoke_phase(invoke: Invoker, settings: Settings, sandbox: Sandbox, report: 
 
     # Round 2: a new request in the same room (the released one no longer holds it); user_2 pays, asks for the
     # money back, and the owner cancels the whole request.
-    step("request_create.json", "201", refreshed(load_event("request_create.json"), token=owner))
-    prepared = step("prepare.json", "200", refreshed(load_event("prepare.json"), token=payer2))
+    step("request_create.json", "201", refreshed(load_event("request_create.json"), token=owner), pending)
+    prepared = step("prepare.json", "200", refreshed(load_event("prepare.json"), token=payer2), {"amount": 15000})
     key2 = sandbox.pay(prepared["orderId"], prepared["amount"])
     initiate = load_event("initiate.json")
     body = {**event_body(initiate), "orderId": prepared["orderId"], "paymentKey": key2}
-    step("initiate.json", "200", refreshed(initiate, token=payer2, body=body))
+    step("initiate.json", "200", refreshed(initiate, token=payer2, body=body), paid)
     cancel = load_event("cancel.json")
-    step("cancel.json", "200", refreshed(cancel, token=payer2, body={**event_body(cancel), "paymentKey": key2}))
-    step("cancel_room.json", "200", refreshed(load_event("cancel_room.json"), token=owner))
+    body = {**event_body(cancel), "paymentKey": key2}
+    step("cancel.json", "200", refreshed(cancel, token=payer2, body=body), {"refund_status": "refunded"})
+    step(
+        "cancel_room.json",
+        "200",
+        refreshed(load_event("cancel_room.json"), token=owner),
+        {"success": True, "payment_request_status": "cancelled"},
+    )
 
     missing = sorted(p.name for p in EVENTS.glob("*.json") if p.name not in used)
     if missing:
@@ -683,7 +732,16 @@ def invoke_phase(invoke: Invoker, settings: Settings, sandbox: Sandbox, report: 
 
 
 def api_phase(api: str, settings: Settings, sandbox: Sandbox, template: dict[str, Any], report: Report) -> None:
-    def call(method: str, path: str, user: str, expected: str, body: Any = None, *, admin: bool = False) -> Any:
+    def call(
+        method: str,
+        path: str,
+        user: str,
+        expected: str,
+        body: Any = None,
+        want: dict[str, Any] | None = None,
+        *,
+        admin: bool = False,
+    ) -> Any:
         route = f"{method} {path}"
         for param in re.findall(r"/(\d+)(?=/|$)", path):
             route = route.replace(f"/{param}", "/{chatRoomId}")
@@ -698,9 +756,10 @@ def api_phase(api: str, settings: Settings, sandbox: Sandbox, template: dict[str
             payload = answer.text[:200]
         got = str(answer.status_code)
         row = Row("start-api", function, f"{method} {path} ({user})", expected, got, ms, note=note(payload))
+        row.unmet = unmet(payload, want) if got == expected else ""
         report.add(row)
         if not row.ok:
-            raise Failed(f"{method} {path}: {got}, expected {expected}: {payload!r}")
+            raise Failed(f"{method} {path}: {got} {row.unmet}, expected {expected}: {payload!r}")
         return payload
 
     store = {
@@ -713,23 +772,29 @@ def api_phase(api: str, settings: Settings, sandbox: Sandbox, template: dict[str
         "email": "owner@example.com",
         "phone": "01012345678",
     }
-    seller = call("POST", "/api/v1/admin/stores", "ops", "201", store, admin=True)["seller_id"]
+    seller = call(
+        "POST", "/api/v1/admin/stores", "ops", "201", store, {"seller_status": "APPROVAL_REQUIRED"}, admin=True
+    )["seller_id"]
     request = {"chat_room_id": 123, "store_id": "store_123", "amount": 15000, "message": "예약금 요청합니다."}
-    call("POST", "/api/v1/payment/request", "user_1", "201", request)
-    call("GET", "/api/v1/payment/status/123", "user_3", "200")
+    call("POST", "/api/v1/payment/request", "user_1", "201", request, {"status": "pending"})
+    status = "/api/v1/payment/status/123"
+    call("GET", status, "user_3", "200", want={"payment_request.status": "pending", "payment_request.paid_count": 0})
     keys = {}
     for payer in ("user_2", "user_3"):
-        order = call("POST", "/api/v1/payment/prepare", payer, "200", {"chat_room_id": 123})
+        order = call("POST", "/api/v1/payment/prepare", payer, "200", {"chat_room_id": 123}, {"amount": 15000})
         keys[payer] = sandbox.pay(order["orderId"], order["amount"])
         pay = {"chat_room_id": 123, "amount": order["amount"], "paymentKey": keys[payer], "orderId": order["orderId"]}
-        call("POST", "/api/v1/payment/initiate", payer, "200", {**pay, "payment_method": "card"})
-    call("GET", "/api/v1/payment/status/123", "user_3", "200")
+        pay["payment_method"] = "card"
+        call("POST", "/api/v1/payment/initiate", payer, "200", pay, {"payment_status": "completed"})
+    call("GET", status, "user_3", "200", want={"payment_request.status": "completed", "payment_request.paid_count": 2})
     sandbox.call("POST", f"/sandbox/sellers/{seller}/status", {"status": "APPROVED"})  # sends seller.changed
-    released = call("POST", "/api/v1/payment/release", "user_1", "200", {"chat_room_id": 123})
+    money = {"settlement.gross_amount": 30000, "settlement.platform_fee": 900, "settlement.net_amount": 29100}
+    release = {"chat_room_id": 123}
+    released = call("POST", "/api/v1/payment/release", "user_1", "200", release, money)
     sandbox.call("POST", f"/sandbox/payouts/{released['settlement']['payout_id']}/complete", {"status": "COMPLETED"})
     # Released money is not refunded any more: the README's cancel, after release, is refused.
     cancel = {"paymentKey": keys["user_2"], "cancelReason": "예약 취소되었습니다."}
-    call("POST", "/api/v1/payment/cancel", "user_2", "409", cancel)
+    call("POST", "/api/v1/payment/cancel", "user_2", "409", cancel, {"error.code": "ALREADY_RELEASED"})
 
     # Every webhook the sandbox sent (payments DONE, seller.changed, payout.changed) must have been answered 200.
     webhook_function = function_for(template, {"routeKey": f"POST {WEBHOOK_PATH}"})
