@@ -192,6 +192,8 @@ def start_sandbox(latency_ms: float = 0) -> Any:
     GIL and a good part of a CPU. Nothing the benchmarks do depends on it."""
     from toss_sandbox import start_sandbox as start
 
+    # Toss's balances as they are: the payout job sends only what GET /v2/balances covers. The seeded paid shares
+    # were charged long before they fell due, so their sales have settled (Seeder._sandbox_payment).
     sb = start(host="127.0.0.1", port=0)
     sb.core.tick = lambda: None
     if latency_ms:
@@ -302,6 +304,9 @@ class Seeder:
                 record.approve_no = core.ids.approve_no()
                 record.last_transaction_key = core.ids.transaction_key()
                 core.store.approved_payment_keys.add(key)
+                # Charged long before its request fell due: Toss's settlement cycle has passed, the sale is available.
+                settled = now - timedelta(seconds=core.settings.settlement_delay_seconds + 1)
+                core.balances.record_sale(key, self.amount, settled)
             core.store.payments[key] = record
             core.store.payment_by_order[order_id] = key
         return record

@@ -151,6 +151,7 @@ def test_a_room_is_paid_released_and_the_store_is_paid_out(as_user, toss, make_r
     again = as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
     assert again.status_code == 409 and again.json()["error"]["code"] == "ALREADY_RELEASED"
 
+    toss.settle_sales()  # Toss's settlement cycle: the card sales become payable
     report = schedule(jobs=["payouts"])
     assert report["payouts"]["payouts_requested"] == 1
     settlement = settlement_of(as_user, room, room.members[0])  # any member sees it
@@ -198,6 +199,7 @@ def test_a_payout_waits_until_the_seller_is_approved(as_user, toss, make_room, s
     # Toss approves the seller: seller.changed ends the wait, and the next run pays out.
     toss.control(f"sellers/{store['seller_id']}/status", {"status": "APPROVED"})
     eventually(lambda: settlement_of(as_user, room)["payout_waiting_for"] == "schedule")
+    toss.settle_sales()
     report = schedule(jobs=["payouts"])
     assert report["payouts"]["payouts_requested"] >= 1
     status = rows(sql, "SELECT payout_status FROM payment_settlements WHERE payment_request_id = %s", request_id)
@@ -371,6 +373,7 @@ def test_forged_stale_and_replayed_webhooks_change_nothing(as_user, toss, make_r
     room, request_id, _ = funded_room(as_user, toss, make_room, n=1)
     register_store(as_user, room, approve_with=toss)
     assert as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id}).status_code == 200
+    toss.settle_sales()
     schedule(jobs=["payouts"])
     settlement = settlement_of(as_user, room)
     hook = f"{api}/api/v1/payment/webhook"
@@ -439,6 +442,7 @@ def test_two_scheduled_runs_at_once_release_nothing_twice(as_user, toss, make_ro
         register_store(as_user, room, approve_with=toss)
         rooms.append(request_id)
     eventually(lambda: datetime.now(UTC) > release_at + timedelta(milliseconds=200), timeout=10)
+    toss.settle_sales()
     with ThreadPoolExecutor(2) as pool:
         reports = list(pool.map(lambda _: schedule(jobs=["release", "payouts"]), range(2)))
     assert sum(r["release"]["released"] for r in reports) >= 3

@@ -28,12 +28,17 @@ NET = 15000 - 450  # one share of 15,000 KRW, 3 % platform fee
 
 @contextlib.contextmanager
 def toss_balance(toss: Any, available: int) -> Iterator[None]:
-    """Toss's available payout balance set to `available` for the block (the sandbox's control), then restored."""
+    """Toss's available payout balance set to `available` for the block (the sandbox's control), and sales made in it
+    settling only in a year (so that the test alone decides what is available); restored afterwards."""
     before = requests.get(f"{toss.url}/sandbox/balance", timeout=5).json()
+    delay = requests.get(f"{toss.url}/sandbox/config", timeout=5).json()["settlement_delay_seconds"]
+    toss.control("config", {"settlement_delay_seconds": 365 * 24 * 3600.0})
+    toss.settle_sales()  # sales made before the block settle now, not into the balance the block sets
     toss.control("balance", {"available": available})
     try:
         yield
     finally:
+        toss.control("config", {"settlement_delay_seconds": delay})
         toss.control("balance", {"available": before["availableAmount"]["value"]})
 
 
@@ -49,6 +54,7 @@ def released(as_user: Any, toss: Any, make_room: Any) -> tuple[Any, int]:
     r = as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
     assert r.status_code == 200, r.text
     assert r.json()["settlement"]["payout_status"] == "scheduled"
+    toss.settle_sales()  # Toss's settlement cycle: the room's card sales become payable
     return room, request_id
 
 
@@ -200,8 +206,7 @@ def test_a_refusal_we_do_not_know_is_retried_with_a_growing_back_off_and_counted
 def test_a_refusal_only_a_person_can_fix_fails_saying_what_to_do_and_the_operator_retries_it(
     as_user, toss, make_room, sql, schedule, capsys
 ):
-    from escrow import db
-    from escrow.repositories import settlements as settlements_repo
+    from escrow.services import operator
 
     drained(schedule, toss)
     room, request_id = released(as_user, toss, make_room)
@@ -235,10 +240,11 @@ def test_a_refusal_only_a_person_can_fix_fails_saying_what_to_do_and_the_operato
     update = toss.calls(f"/v2/sellers/{seller_id}", "POST")[-1]
     assert update["body"]["account"] == {"bankCode": "081", "accountNumber": "99988877766", "holderName": "홍길동"}
 
-    # The operator retries the payout (what escrow.ops retry-payout does): failed -> scheduled, a checked transition.
-    with db.transaction() as tx:
-        s = settlements_repo.lock(tx, settlement_row(sql, request_id)["id"])
-        settlements_repo.reschedule_failed(tx, s["id"], s["payout_status"], ref_payout_id=None, note="account fixed")
+    # The operator retries the payout (escrow.ops retry-payout): failed -> scheduled, a checked transition. Toss made
+    # no payout for it, so its refPayoutId stays.
+    row = settlement_row(sql, request_id)
+    retried = operator.retry_payout(row["id"], operator="lee.ops", reason="the store's account was corrected")
+    assert retried["after"]["ref_payout_id"] == row["ref_payout_id"]
     schedule(jobs=["payouts"])
     row = settlement_row(sql, request_id)
     assert (row["payout_status"], row["payout_attempts"]) == ("in_progress", 2)
@@ -247,8 +253,8 @@ def test_a_refusal_only_a_person_can_fix_fails_saying_what_to_do_and_the_operato
 
 
 def test_a_payout_toss_failed_is_retried_under_a_new_ref_payout_id(as_user, toss, make_room, sql, schedule):
-    from escrow import db
     from escrow.repositories import settlements as settlements_repo
+    from escrow.services import operator
 
     drained(schedule, toss)
     room, request_id = released(as_user, toss, make_room)
@@ -261,10 +267,10 @@ def test_a_payout_toss_failed_is_retried_under_a_new_ref_payout_id(as_user, toss
     eventually(lambda: settlement_row(sql, request_id)["payout_status"] == "failed")
     assert settlement_of(as_user, room)["payout_error_code"] == "INVALID_ACCOUNT"
 
-    with db.transaction() as tx:
-        s = settlements_repo.lock(tx, first["id"])
-        new_ref = settlements_repo.retry_ref_payout_id(request_id, s["payout_attempts"] + 1)
-        settlements_repo.reschedule_failed(tx, s["id"], s["payout_status"], ref_payout_id=new_ref, note="retried")
+    # The operator retries it (escrow.ops retry-payout): Toss says FAILED, so it goes under a new refPayoutId.
+    retried = operator.retry_payout(first["id"], operator="lee.ops", reason="the store's account was corrected")
+    new_ref = settlements_repo.retry_ref_payout_id(request_id, first["payout_attempts"] + 1)
+    assert retried["toss_payout_status"] == "FAILED" and retried["after"]["ref_payout_id"] == new_ref
     schedule(jobs=["payouts"])
     again = settlement_row(sql, request_id)
     assert again["payout_status"] == "in_progress" and again["ref_payout_id"] == new_ref != first["ref_payout_id"]
@@ -334,7 +340,8 @@ def test_a_payout_toss_made_before_its_5xx_answer_is_recorded_not_sent_again(
         idempotency_key=f"made-by-the-lost-attempt-{row['id']}",
     )[0]
     toss.faults(failure_code="FAILED_INTERNAL_SYSTEM_PROCESSING", count=1, paths=["/v2/payouts"])
-    schedule(jobs=["payouts"])
+    with toss_balance(toss, 1_000_000_000):  # the earlier payout took its money: this test is not about that
+        schedule(jobs=["payouts"])
     after = settlement_row(sql, request_id)
     assert (after["payout_status"], after["payout_id"]) == ("in_progress", made["id"])
     assert len([c for c in payout_posts(toss, row["ref_payout_id"]) if c["status"] == 200]) == 1  # only Toss's own
@@ -361,7 +368,8 @@ def test_a_payout_refused_as_duplicated_is_found_by_its_ref_and_settled(as_user,
         ],
         idempotency_key=f"an-earlier-attempt-{row['id']}",
     )[0]
-    schedule(jobs=["payouts"])
+    with toss_balance(toss, 1_000_000_000):  # the earlier payout took its money: this test is not about that
+        schedule(jobs=["payouts"])
     refused = payout_posts(toss, row["ref_payout_id"])[-1]
     assert refused["code"] == "DUPLICATED_REF_PAYOUT_ID"
     after = settlement_row(sql, request_id)
@@ -515,7 +523,8 @@ def test_a_payout_under_our_ref_to_another_seller_is_not_taken_for_ours(as_user,
         ],
         idempotency_key=f"someone-elses-{row['id']}",
     )
-    schedule(jobs=["payouts"])
+    with toss_balance(toss, 1_000_000_000):  # the earlier payout took its money: this test is not about that
+        schedule(jobs=["payouts"])
     view = settlement_of(as_user, room)
     assert (view["payout_status"], view["payout_error_code"], view["payout_id"]) == (
         "failed",
@@ -523,3 +532,38 @@ def test_a_payout_under_our_ref_to_another_seller_is_not_taken_for_ours(as_user,
         None,
     )
     assert "TOSS_ID_PREFIX" in view["payout_error_message"]
+
+
+# --- answer shapes -----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sandbox_setting(toss: Any, name: str, value: Any) -> Iterator[None]:
+    before = requests.get(f"{toss.url}/sandbox/config", timeout=5).json()[name]
+    toss.control("config", {name: value})
+    try:
+        yield
+    finally:
+        toss.control("config", {name: before})
+
+
+def test_a_v2_refusal_in_the_v1_shape_is_read_by_its_code(as_user, toss, make_room, sql, schedule):
+    drained(schedule, toss)
+    room, _, _ = funded_room(as_user, toss, make_room, n=1)
+    register_store(as_user, room)  # not approved: Toss refuses the payout
+    assert as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id}).status_code == 200
+    toss.settle_sales()
+    with sandbox_setting(toss, "v2_error_shape", "v1"):
+        schedule(jobs=["payouts"])
+    view = settlement_of(as_user, room)
+    assert (view["payout_status"], view["payout_waiting_for"]) == ("scheduled", "seller")
+    assert view["payout_error_code"] == "FORBIDDEN_SELLER_PAYOUT"  # not UNKNOWN_ERROR retried forever
+
+
+def test_a_payout_answer_whose_entity_body_is_a_list_is_recorded(as_user, toss, make_room, sql, schedule):
+    drained(schedule, toss)
+    _, request_id = released(as_user, toss, make_room)
+    with sandbox_setting(toss, "payout_entity_body", "list"):
+        schedule(jobs=["payouts"])
+    row = settlement_row(sql, request_id)
+    assert row["payout_status"] == "in_progress" and row["payout_id"]

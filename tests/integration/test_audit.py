@@ -25,13 +25,25 @@ SECRET_KEY = "test_sk_zXLkKEypNArWmo50nX3lmeaxYG5R"
 AMOUNT = 15000
 
 
+SETTLEMENT_SECONDS = 0.5  # the sandbox's settlement cycle (Toss's is days)
+
+
 @pytest.fixture(scope="module")
 def sandbox(database_url: str) -> Iterator[Any]:
     from escrow.config import reset_settings
     from escrow.toss.client import reset_toss_client
     from toss_sandbox import DEFAULT_SECURITY_KEY, start_sandbox
 
-    sb = start_sandbox(host="127.0.0.1", port=0)
+    # Toss's balances as they are, the settlement cycle compressed to SETTLEMENT_SECONDS: release() waits for it
+    # before the payout job runs.
+    # COMPAT (issue 8): the client retries a refund with the same key after a 5xx answer, which Toss (per its
+    # English docs) replays; remove idempotency_bind_5xx=False when a retry after an answer uses a new key.
+    sb = start_sandbox(
+        host="127.0.0.1",
+        port=0,
+        settlement_delay_seconds=SETTLEMENT_SECONDS,
+        idempotency_bind_5xx=False,
+    )
     previous = {k: os.environ.get(k) for k in ENV}
     os.environ.update(
         {
@@ -147,6 +159,15 @@ def release(sandbox: Any, room: Any) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     result = release_room(who(room.owner), room.chat_room_id)
     assert result["settlement"]["payout_status"] == "scheduled", result
+
+    def settled() -> bool:  # Toss's settlement cycle: the room's sales become the available payout balance
+        sales = requests.get(f"{sandbox.url}/sandbox/sales", timeout=5).json()["items"]
+        return all(s["state"] == "available" for s in sales)
+
+    deadline = time.monotonic() + 10
+    while not settled():
+        assert time.monotonic() < deadline, "the sandbox's sales did not settle"
+        time.sleep(0.05)
     payouts_due(1000)
     result["settlement"] = settlement_view(result["settlement"]["settlement_id"])
     assert result["settlement"]["payout_status"] == "in_progress", result

@@ -41,6 +41,7 @@ NET = AMOUNT - AMOUNT * 300 // 10_000  # one participant per room, 3 % platform 
 def sandbox() -> Iterator[Any]:
     from toss_sandbox import start_sandbox
 
+    # Sales become payable after the settlement cycle (2 days of sandbox time): release_all moves the clock on.
     sb = start_sandbox(host="127.0.0.1", port=0)
     yield sb
     sb.stop()
@@ -170,6 +171,10 @@ def funded_rooms(sql: Any, sandbox: Any, toss: TossClient, store_ids: list[str],
         )
         assert confirmed["payment_status"] == "completed"
         request_ids.append(opened["payment_request_id"])
+    # Toss's settlement cycle passes: the card sales become the available payout balance.
+    requests.post(
+        f"{sandbox.url}/sandbox/clock", json={"advance_seconds": 2 * 24 * 3600 + 1}, timeout=5
+    ).raise_for_status()
     return request_ids
 
 

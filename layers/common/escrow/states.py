@@ -265,10 +265,8 @@ PAYOUT = Machine(
         # arrive, so a late REQUESTED after IN_PROGRESS is written (the next poll or webhook corrects it).
         PayoutStatus.IN_PROGRESS: {*_TOSS_HOLDS_IT},
         PayoutStatus.COMPLETED: set(),
-        # failed -> scheduled: an operator retries it after the store's account was fixed (escrow.ops retry-payout,
-        # settlements_repo.reschedule_failed): a new attempt, so a new Idempotency-Key, and a new refPayoutId when
-        # Toss had created a payout under the old one.
-        PayoutStatus.FAILED: {PayoutStatus.SCHEDULED},
+        # A failed payout is final here; only an operator sends it back to the schedule (OPERATOR_PAYOUT below).
+        PayoutStatus.FAILED: set(),
         PayoutStatus.CANCELED: set(),
     },
 )
@@ -399,3 +397,20 @@ def check_seller_registration(current: str | None, new: str) -> None:
         SELLER_REGISTRATION.check_initial(new)
     else:
         SELLER_REGISTRATION.check(current, new)
+
+
+# --- what an operator may do by hand (escrow.ops through services/operator.py) --------------------------------
+
+# A failed payout goes back to the schedule (retry-payout). Not a move of PAYOUT: a payout Toss failed is final for
+# the schedule and for Toss's webhooks; only a person, after fixing the cause (the store's account: registering the
+# store again updates its Toss seller), decides to pay it again: a new attempt, so a new Idempotency-Key, and a new
+# refPayoutId when Toss had made a payout under the old one (settlements_repo.reschedule_by_operator).
+OPERATOR_PAYOUT = Machine(
+    "a payout (by an operator)",
+    initial=set(),
+    transitions={PayoutStatus.FAILED: {PayoutStatus.SCHEDULED}},
+)
+
+
+def check_operator_payout(current: str, new: str) -> None:
+    OPERATOR_PAYOUT.check(current, new)

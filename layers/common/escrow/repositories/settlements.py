@@ -9,7 +9,7 @@ from typing import Any
 
 from escrow.db import Row, Tx
 from escrow.repositories._sql import assignments, in_order, marks, rows
-from escrow.states import PAYOUT, PAYOUT_AT_TOSS, PayoutStatus, PayoutWaitingFor
+from escrow.states import OPERATOR_PAYOUT, PAYOUT, PAYOUT_AT_TOSS, PayoutStatus, PayoutWaitingFor
 from escrow.toss.ids import toss_name
 
 _COLUMNS = (
@@ -377,28 +377,6 @@ def seller_became_payable(tx: Tx, seller_id: str | None) -> int:
     )
 
 
-def reschedule_failed(tx: Tx, settlement_id: int, current: str, *, ref_payout_id: str | None, note: str) -> None:
-    """An operator retries a failed payout (after the store's account was fixed): failed -> scheduled, a checked
-    transition. The next run sends it as a new attempt (payout_attempts + 1: a new Idempotency-Key); `ref_payout_id`
-    is a new refPayoutId when Toss had created a payout under the old one (retry_ref_payout_id), else None."""
-    PAYOUT.check(current, PayoutStatus.SCHEDULED)
-    tx.execute(
-        "UPDATE payment_settlements SET payout_status = %s, payout_waiting_for = %s, "
-        "ref_payout_id = COALESCE(%s, ref_payout_id), payout_id = IF(%s IS NULL, payout_id, NULL), "
-        "payout_error_code = NULL, payout_error_message = %s, payout_refusals = 0, payout_next_attempt_at = NULL, "
-        "payout_lease_until = NULL WHERE id = %s AND payout_status = %s",
-        (
-            PayoutStatus.SCHEDULED,
-            PayoutWaitingFor.SCHEDULE,
-            ref_payout_id,
-            ref_payout_id,
-            note[:512],
-            settlement_id,
-            current,
-        ),
-    )
-
-
 # --- polling -------------------------------------------------------------------------------------------------
 
 
@@ -429,3 +407,20 @@ def poll_later(tx: Tx, settlement_id: int, poll_at: datetime | None) -> None:
         f"UPDATE payment_settlements SET payout_lease_until = %s WHERE id = %s AND payout_status IN ({marks(at_toss)})",
         (poll_at, settlement_id, *at_toss),
     )
+
+
+def reschedule_by_operator(tx: Tx, settlement_id: int, current: str, **fields: Any) -> None:
+    """An operator sends a failed payout back to the schedule (escrow.ops retry-payout, services/operator.py):
+    checked against the operator's machine, not PAYOUT, where a failed payout is final. The next run sends it as a new
+    attempt (payout_attempts + 1: a new Idempotency-Key) with no back-off; `fields` may carry a new refPayoutId
+    (retry_ref_payout_id) when Toss had made a payout under the old one."""
+    OPERATOR_PAYOUT.check(current, PayoutStatus.SCHEDULED)
+    fields = {
+        "payout_waiting_for": PayoutWaitingFor.SCHEDULE,
+        "payout_refusals": 0,
+        "payout_next_attempt_at": None,
+        **fields,
+    }
+    extra = assignments(fields)
+    sql = f"UPDATE payment_settlements SET payout_status = %s, {extra} WHERE id = %s"
+    tx.execute(sql, (PayoutStatus.SCHEDULED, *fields.values(), settlement_id))

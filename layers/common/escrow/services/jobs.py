@@ -66,6 +66,9 @@ def expire_overdue(
                 closed_by="schedule",
                 close_reason="deadline passed before every participant paid",
             )
+            targets = refund_service.queue_refunds(
+                tx, request["id"], actor="schedule", reason="기한 내 전원 결제되지 않아 자동 환불", tag="expiry"
+            )
             outbox_repo.add(
                 tx,
                 event_type="RequestExpired",
@@ -75,10 +78,10 @@ def expire_overdue(
                     "payment_request_id": request["id"],
                     "chat_room_id": request["chat_room_id"],
                     "store_id": request["store_id"],
+                    "amount_per_participant": request["amount"],
+                    "participant_count": request["participant_count"],
+                    "refund_amount": sum(t["remaining"] for t in targets),
                 },
-            )
-            targets = refund_service.queue_refunds(
-                tx, request["id"], actor="schedule", reason="기한 내 전원 결제되지 않아 자동 환불", tag="expiry"
             )
         expired += 1
         refunds += len(refund_service.refund_queued(targets, toss=toss))

@@ -275,9 +275,12 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
                 dedupe_key=f"PaymentRefunded:{share['id']}:{refunded_total}",
                 payload={
                     "payment_request_id": request["id"],
+                    "chat_room_id": request["chat_room_id"],
                     "payer_id": share["payer_id"],
                     "paymentKey": payment.payment_key,
+                    "paid_amount": share["paid_amount"],
                     "refunded_amount": refunded_total,
+                    "held_amount": max(share["paid_amount"] - refunded_total, 0),
                     "refund_status": target,
                 },
             )
@@ -317,6 +320,7 @@ def cancel_request(
             closed_by=principal.user_id,
             close_reason=reason,
         )
+        targets = queue_refunds(tx, request["id"], actor=principal.user_id, reason=reason, tag="room-cancel")
         outbox_repo.add(
             tx,
             event_type="PaymentRequestCancelled",
@@ -325,11 +329,14 @@ def cancel_request(
             payload={
                 "payment_request_id": request["id"],
                 "chat_room_id": chat_room_id,
+                "store_id": request["store_id"],
+                "amount_per_participant": request["amount"],
+                "participant_count": request["participant_count"],
+                "refund_amount": sum(t["remaining"] for t in targets),
                 "reason": reason,
                 "cancelled_by": principal.user_id,
             },
         )
-        targets = queue_refunds(tx, request["id"], actor=principal.user_id, reason=reason, tag="room-cancel")
     results = refund_queued(targets, toss=toss)
     return _summary(results)
 
