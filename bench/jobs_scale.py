@@ -171,7 +171,7 @@ def machine() -> dict[str, str]:
                 break
     mariadb = "unknown"
     with contextlib.suppress(Exception):
-        conn = connect(f"{MYSQL}/")
+        conn = connect(f"{MYSQL}/mysql")
         with conn.cursor() as cur:
             cur.execute("SELECT VERSION() AS v")
             mariadb = str(cur.fetchone()["v"])
