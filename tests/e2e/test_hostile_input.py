@@ -957,6 +957,10 @@ class DbProxy:
     def down_when(self, pattern: bytes) -> None:
         self._arm(pattern, "down")
 
+    def cut_after(self, pattern: bytes) -> None:
+        """The statement containing `pattern` reaches MariaDB (and is done), but its answer never comes back."""
+        self._arm(pattern, "cut_after")
+
     def _arm(self, pattern: bytes, action: str) -> None:
         self.triggered.clear()
         with self._lock:
@@ -1018,14 +1022,14 @@ class DbProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                if from_client and self._fire(data, pair):
+                if from_client and self._fire(data, pair, dst):
                     return
                 dst.sendall(data)
         except OSError:
             pass
         self._drop(pair)
 
-    def _fire(self, data: bytes, pair: tuple[socket.socket, socket.socket]) -> bool:
+    def _fire(self, data: bytes, pair: tuple[socket.socket, socket.socket], dst: socket.socket) -> bool:
         with self._lock:
             if self._trigger is None or self._trigger[0] not in data:
                 return False
@@ -1033,7 +1037,11 @@ class DbProxy:
             self._trigger = None
             if action == "down":
                 self._mode = "refuse"
-        if action == "down":
+        if action == "cut_after":
+            dst.sendall(data)
+            time.sleep(0.3)  # MariaDB has done it; its answer is dropped with the connection
+            self._drop(pair)
+        elif action == "down":
             self._kill_all()
         else:
             self._drop(pair)
@@ -1280,3 +1288,57 @@ def test_an_unreachable_database_is_a_503_everywhere_and_recovery_needs_no_resta
     )
     assert funded[0]["n"] == 1
     assert os.path.exists(f"/proc/{fragile.pid}")  # the same process throughout
+
+
+# --- issue 7, finding 8: a 503 after a commit never says that nothing changed --------------------------------
+
+
+def test_a_release_whose_commit_answer_is_lost_says_so_and_the_retry_gets_the_first_outcome(
+    fragile, toss, make_room, sql, no_webhooks
+):
+    room = make_room(1)
+    owner = fragile.client(room.owner)
+    r = owner.post(
+        "/api/v1/payment/request", {"chat_room_id": room.chat_room_id, "store_id": room.store_id, "amount": 15000}
+    )
+    request_id = r.json()["payment_request_id"]
+    paid, _ = _pay_through(fragile, toss, room, room.members[0])
+    assert paid.status_code == 200, paid.text
+    fragile.proxy.cut_after(b"COMMIT")  # MariaDB commits; the answer to COMMIT never arrives
+    r = owner.post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
+    if r.status_code == 503:
+        error = r.json()["error"]
+        assert "nothing was changed" not in error["message"] and error.get("outcome") == "unknown", r.text
+    else:
+        assert r.status_code == 200, r.text
+    assert _request_status(sql, request_id) == "released"
+    retry = owner.post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
+    body = retry.json()
+    if retry.status_code == 409:
+        body = body["error"]
+        assert body["code"] == "ALREADY_RELEASED"
+    else:
+        assert retry.status_code == 200, retry.text
+    assert [p["amount"] for p in body["released_payments"]] == [15000]
+    assert body["settlement"]["gross_amount"] == 15000
+
+
+def test_a_room_cancel_whose_commit_answer_is_lost_is_answered_by_the_retry(fragile, toss, make_room, sql, no_webhooks):
+    room = make_room(1)
+    owner = fragile.client(room.owner)
+    r = owner.post(
+        "/api/v1/payment/request", {"chat_room_id": room.chat_room_id, "store_id": room.store_id, "amount": 15000}
+    )
+    request_id = r.json()["payment_request_id"]
+    paid, body = _pay_through(fragile, toss, room, room.members[0])
+    assert paid.status_code == 200, paid.text
+    fragile.proxy.cut_after(b"COMMIT")
+    cancel = {"chat_room_id": room.chat_room_id, "cancelReason": "가게 사정"}
+    r = owner.post("/api/v1/payment/cancel", cancel)
+    if r.status_code == 503:
+        assert "nothing was changed" not in r.json()["error"]["message"], r.text
+    assert _request_status(sql, request_id) == "cancelled"
+    retry = owner.post("/api/v1/payment/cancel", cancel)
+    assert retry.status_code in (200, 202), retry.text
+    assert retry.json()["payment_request_status"] == "cancelled"
+    eventually(lambda: toss.payment(body["paymentKey"])["balanceAmount"] == 0 or None, timeout=20)
