@@ -1027,10 +1027,10 @@ def _payout_items(response: requests.Response) -> list[dict[str, Any]]:
 def settle(sandbox: Sandbox, inspector: Inspector) -> tuple[int, dict[str, int]]:
     """Run the schedule until nothing is in flight, every webhook delivered and every payout final (bounded)."""
     from escrow.clock import utcnow
-    from escrow.services import jobs, release
+    from escrow.services import jobs, payouts
 
     # Leases of payout answers lost during the run, and the first poll of a payout, are minutes away.
-    later = max(release.PAYOUT_LEASE, getattr(release, "PAYOUT_POLL_AFTER", timedelta(0))) + timedelta(seconds=1)
+    later = max(payouts.PAYOUT_LEASE, payouts.PAYOUT_POLL_AFTER) + timedelta(seconds=1)
 
     left: dict[str, int] = {}
     deadline = time.monotonic() + SETTLE_SECONDS

@@ -490,6 +490,7 @@ def worker(args: argparse.Namespace) -> int:
     if args.trace_memory:
         tracemalloc.start()
     from escrow.services import jobs
+    from escrow.services import payouts as payout_service
     from escrow.services import release as release_service
 
     steps: dict[str, float] = {}
@@ -510,7 +511,7 @@ def worker(args: argparse.Namespace) -> int:
         (jobs, "reconcile_cancels", "reconcile_cancels"),
         (jobs, "expire_overdue", "expire"),
         (release_service, "release_due", "release"),
-        (release_service, "payouts_due", "payouts"),
+        (payout_service, "payouts_due", "payouts"),
         (jobs, "publish_outbox", "publish"),
     ):
         setattr(module, name, timed(label, getattr(module, name)))

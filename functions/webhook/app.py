@@ -11,10 +11,21 @@ from escrow.services import webhooks as service
 app = Router()
 
 
+def _answer(outcome: service.Outcome) -> dict[str, Any]:
+    """What Toss is told: 200 stops its retries, 503 asks for the delivery again, 400/401 refuse it."""
+    result = outcome.result
+    if result in (service.Result.PROCESSED, service.Result.DUPLICATE, service.Result.IGNORED):
+        return json_response(200, {"status": result.value})
+    if result is service.Result.REJECTED:
+        return json_response(401, {"error": {"code": "WEBHOOK_NOT_VERIFIED", "message": outcome.reason}})
+    if result is service.Result.INVALID_JSON:
+        return json_response(400, {"error": {"code": "INVALID_JSON", "message": "the body is not a JSON object"}})
+    return json_response(503, {"error": {"code": "TRY_AGAIN", "message": "could not process the webhook now"}})
+
+
 @app.post("/api/v1/payment/webhook")
 def webhook(request: Request) -> dict[str, Any]:
-    answer = service.receive(request.headers, raw_body(request))
-    return json_response(answer.status, answer.body)
+    return _answer(service.receive(request.headers, raw_body(request)))
 
 
 lambda_handler = lambda_entry(app.resolve)
