@@ -852,6 +852,10 @@ def _run_stack(
         ).raise_for_status()
         rooms = plan_rooms(opts, rng)
         inspector.execute_many(
+            "INSERT INTO {db}.chat_rooms (chat_room_id, owner_id, updated_by) VALUES (%s, %s, 'chat-service')",
+            [(r.chat_room_id, r.owner) for r in rooms],
+        )
+        inspector.execute_many(
             "INSERT INTO {db}.chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s)",
             [(r.chat_room_id, r.owner, 1) for r in rooms] + [(r.chat_room_id, m, 0) for r in rooms for m in r.members],
         )

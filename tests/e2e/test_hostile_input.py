@@ -825,6 +825,11 @@ def test_payment_events_are_checked_with_toss_never_believed(as_user, toss, make
     assert toss.payment(refunded_key)["status"] == "CANCELED" and toss.payment(aborted_key)["status"] == "ABORTED"
 
 
+SHARE_OF_CHARGE = (
+    "SELECT p.status FROM payments p JOIN payment_charges c ON c.payment_id = p.id WHERE c.payment_key = %s"
+)
+
+
 def test_deposit_callbacks_need_the_payments_secret_and_toss_to_agree(as_user, toss, make_room, sql, api):
     hook = f"{api}/api/v1/payment/webhook"
     room = make_room(1)
@@ -837,7 +842,9 @@ def test_deposit_callbacks_need_the_payments_secret_and_toss_to_agree(as_user, t
         {"chat_room_id": room.chat_room_id, "amount": 15000, "paymentKey": key, "orderId": order["orderId"]},
     )
     assert r.status_code == 200 and r.json()["payment_status"] == "in_progress", r.text
-    secret = eventually(lambda: rows(sql, "SELECT secret FROM payments WHERE payment_key = %s", key)[0]["secret"])
+    secret = eventually(
+        lambda: rows(sql, "SELECT secret FROM payment_charges WHERE payment_key = %s", key)[0]["secret"]
+    )
     webhooks_settled(toss)
     before = fingerprint(sql)
 
@@ -864,11 +871,11 @@ def test_deposit_callbacks_need_the_payments_secret_and_toss_to_agree(as_user, t
     logged = finished_webhook_rows(sql, sent["transmissionId"])
     assert (logged[0]["verification"], logged[0]["outcome"]) == ("secret_mismatch", "rejected")
     assert fingerprint(sql) == before
-    assert rows(sql, "SELECT status FROM payments WHERE payment_key = %s", key)[0]["status"] == "in_progress"
+    assert rows(sql, SHARE_OF_CHARGE, key)[0]["status"] == "in_progress"
 
     # The real deposit: Toss's own callback completes it once; a replay of that delivery changes nothing more.
     toss.control(f"payments/{key}/deposit", {})
-    eventually(lambda: rows(sql, "SELECT status FROM payments WHERE payment_key = %s", key)[0]["status"] == "completed")
+    eventually(lambda: rows(sql, SHARE_OF_CHARGE, key)[0]["status"] == "completed")
     deposit = eventually(
         lambda: [
             w

@@ -63,8 +63,10 @@ from escrow.states import (
     HELD,
     ORDER_IN_FLIGHT,
     ORDER_TO_RECONCILE,
-    PAID,
     PaymentStatus,
+)
+from escrow.states import (
+    PAID_IN_FULL as PAID,
 )
 from escrow.toss import TossApiError, TossError
 

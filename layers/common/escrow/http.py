@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from escrow import db
-from escrow.errors import AppError, BadRequest, DatabaseUnavailable, PayloadTooLarge, ValidationFailed
+from escrow.errors import AppError, BadRequest, PayloadTooLarge, ValidationFailed
 from escrow.observability import logger
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class Router:
         except Exception as exc:  # noqa: BLE001 - the last line of defence: a clear 500, never a stack trace
             if db.is_connection_error(exc):
                 db.close()
-                return error_response(DatabaseUnavailable("the database is not reachable; nothing was changed"))
+                return error_response(db.unavailable())
             logger.exception("unhandled error")
             return json_response(500, {"error": {"code": "INTERNAL_ERROR", "message": "an internal error occurred"}})
 

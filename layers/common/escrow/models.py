@@ -16,9 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-MIN_AMOUNT = 100  # KRW; Toss refuses tiny card payments (BELOW_MINIMUM_AMOUNT)
-MAX_AMOUNT = 10_000_000  # KRW per participant; a deposit above this is a typo, not a booking
-MAX_PARTICIPANTS = 100
+from escrow.money import MAX_AMOUNT, MAX_PARTICIPANTS, MIN_AMOUNT
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
 ORDER_ID_PATTERN = r"^[A-Za-z0-9_-]{6,64}$"
@@ -107,6 +105,22 @@ class CancelBody(_Body):
 
 class ReleaseBody(_Body):
     chat_room_id: RoomId
+
+
+class ParticipantBody(_Body):
+    """A participant added to or removed from the room's open request (room owner only)."""
+
+    chat_room_id: RoomId
+    user_id: UserId
+    reason: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
+
+
+class RoomMembersBody(_Body):
+    """The chat service's membership of a room: its owner and its other members."""
+
+    owner_id: UserId
+    member_ids: Annotated[list[UserId], Field(max_length=1000)]
+    version: Annotated[StrictInt, Field(ge=0, le=2**62)] | None = None
 
 
 BANK_CODES = {

@@ -117,7 +117,9 @@ def reconcile_cancels(
     older_than: int | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
-    """Refunds whose answer was lost, or that were queued and not sent: ask Toss again with the same key.
+    """Refunds whose answer was lost, or that were queued and not sent: ask Toss again with the same key. Refunds
+    the schedule owes (a cancelled or expired request, a removed participant) that Toss refused for a reason that
+    passes: ask again once their back-off has run out, with a new key.
 
     A `requested` refund younger than the time its own worker may still spend on it (two Toss calls: the cancel and
     the lookup after no answer) is left to that worker, whatever `older_than` says: two workers on one refund at once
@@ -128,32 +130,29 @@ def reconcile_cancels(
     with db.reader() as tx:
         stale = cancels_repo.stale(tx, older_than, limit)
         clock = clock_repo.database_now(tx)
-        rows = []
-        for c in stale:
-            if c["status"] == CancelStatus.REQUESTED and (clock - c["updated_at"]).total_seconds() < in_flight:
-                continue
-            share = payments_repo.refund_view(tx, c["payment_id"])
-            if share:
-                rows.append((c, share))
+    rows = [
+        c
+        for c in stale
+        if not (c["status"] == CancelStatus.REQUESTED and (clock - c["updated_at"]).total_seconds() < in_flight)
+    ]
     done = failed = skipped = 0
-    for c, share in rows:
+    for c in rows:
         if deadline():
             break
         if not _claim_cancel(c):
             skipped += 1
             continue
         try:
-            refund_service.send_refund(
-                c["id"],
-                share["payment_key"],
-                c["reason"],
-                c["requested_amount"],
-                share["paid_amount"] - share["refunded_amount"],
-                toss=toss,
-            )
-            done += 1
+            if c["status"] == CancelStatus.FAILED:
+                refund_service.retry_refused(c["id"])
+            outcome = refund_service.send_refund(c["id"], toss=toss)
         except AppError as exc:
             logger.warning("refund still not settled", extra={"cancel_id": c["id"], "error_code": exc.code})
+            failed += 1
+            continue
+        if outcome.status == "done":
+            done += 1
+        else:
             failed += 1
     return {"refunds_retried": done, "refunds_unresolved": failed, "refunds_taken_by_another_run": skipped}
 

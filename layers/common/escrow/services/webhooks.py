@@ -20,7 +20,7 @@ from escrow import db
 from escrow.config import get_settings, toss_keys
 from escrow.errors import DatabaseUnavailable, NotFound
 from escrow.observability import count, logger
-from escrow.repositories import payments as payments_repo
+from escrow.repositories import charges as charges_repo
 from escrow.repositories import webhooks as webhooks_repo
 from escrow.services import payments as payment_service
 from escrow.services import payouts as payout_service
@@ -269,7 +269,7 @@ def _deposit_callback(
     if not isinstance(order_id, str) or not isinstance(secret, str):
         return _rejected(webhook_id, WebhookVerification.MALFORMED, "orderId and secret are required")
     with db.reader() as tx:
-        stored = payments_repo.secret_for_order(tx, order_id) or ""
+        stored = charges_repo.secret_for_order(tx, order_id) or ""
     if not stored or not hmac.compare_digest(stored.encode(), secret.encode()):
         return _rejected(webhook_id, WebhookVerification.SECRET_MISMATCH, "the secret does not match the payment's")
     fetched = (toss or get_toss_client()).get_payment_by_order(order_id, read_timeout=LOOKUP_READ_TIMEOUT)
