@@ -1260,8 +1260,10 @@ def _order_vs_toss(order: Row, charge: Row | None, share: Row, payment: Payment 
         if payment is None:
             return [finding("toss_order", "charged at Toss", toss_state, "a charge we recorded as to refund")]
         return []
-    # failed / superseded / issued, or in flight for too long: Toss must not hold money for it.
-    if _holds_money(payment) and (status not in ORDER_IN_FLIGHT or order["stale"]):
+    # failed / superseded / issued, or in flight for too long: Toss must not hold money for it, unless that money is
+    # a charge of the share (a deposit recorded while the order waited: the charge's own checks cover it).
+    charged = charge is not None and payment is not None and charge["payment_key"] == payment.payment_key
+    if _holds_money(payment) and (status not in ORDER_IN_FLIGHT or order["stale"]) and not charged:
         assert payment is not None
         return [
             finding(
