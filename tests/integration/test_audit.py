@@ -492,6 +492,26 @@ def test_a_refund_left_unknown_is_found_once_older_than_the_period(sandbox, make
     assert checks(run_audit(room)) == {"stale_cancel"}
 
 
+def test_a_refund_toss_made_whose_answer_was_lost_is_settling_until_the_period_ends(sandbox, make_room, sql):
+    room, request_id, paid = funded_room(sandbox, make_room, n=1)
+    payer = room.members[0]
+    key = paid[payer]["paymentKey"]
+    # Toss refunds, but the answer is lost, and so is the lookup after it: our rows do not know yet.
+    requests.post(
+        f"{sandbox.url}/sandbox/faults",
+        json={"lose_answer_rate": 1.0, "timeout_seconds": 3, "paths": [f"/v1/payments/{key}"]},
+        timeout=5,
+    )
+    assert refund(payer, key)["refund_status"] == "refund_pending"
+    requests.delete(f"{sandbox.url}/sandbox/faults", timeout=5)
+    assert request_status(sql, request_id) == "completed"  # until the refund is recorded
+    assert run_audit(room).findings == []  # Toss is ahead of a refund in flight: settling, not a finding
+
+    execute(sql, "UPDATE payment_cancels SET updated_at = NOW(3) - INTERVAL 1 HOUR WHERE payment_key = %s", key)
+    report = run_audit(room)
+    assert checks(report) == {"stale_cancel", "toss_payment", "toss_refund", "funding_at_toss"}, report.table()
+
+
 def test_two_overlapping_scheduled_runs_do_not_retry_one_refund_together(sandbox, make_room, sql):
     from escrow import db
     from escrow.repositories import cancels as cancels_repo

@@ -1286,7 +1286,7 @@ def _toss_checks(
     share: Row, charges: list[Row], orders: list[Row], cancels: list[Row], toss: _Toss
 ) -> tuple[list[Finding], int | None]:
     """The share's charges, refunds and orders against Toss. Returns the findings and what the share's held charges
-    hold at Toss (None when Toss could not be asked)."""
+    hold at Toss (None when Toss could not be asked, or a refund of the share is settling)."""
     out: list[Finding] = []
     period = toss.period
     toss_held: int | None = 0
@@ -1305,7 +1305,9 @@ def _toss_checks(
             out.append(_lookup_failed(share, "Toss payment", charge["order_id"], key, exc))
             toss_held = None
             continue
-        if charge["status"] == ChargeStatus.HELD and toss_held is not None:
+        if _settling(cancels, key):
+            toss_held = None
+        elif charge["status"] == ChargeStatus.HELD and toss_held is not None:
             toss_held += _held_at_toss(payment)
     by_order = {c["order_id"]: c for c in charges}
     at_toss: dict[str, tuple[Row, Payment]] = {}
@@ -1391,6 +1393,9 @@ def _funding_at_toss(request: Row, shares: list[Row], toss_held: dict[int, int |
         if fresh_request is None or fresh_request["status"] != RequestStatus.COMPLETED:
             return out
         charges = _read(audit_repo.charges_of_share, int(share["id"]), toss.period)
+        cancels = [r for c in charges for r in _read(audit_repo.cancels_of_charge, c["payment_key"], toss.period)]
+        if any(_settling(cancels, c["payment_key"]) for c in charges):
+            continue  # a refund in flight: the request unfunds once it is recorded
         try:
             payments = [toss.payment(c["payment_key"], fresh=True) for c in charges if c["status"] == ChargeStatus.HELD]
         except _LookupFailed:
