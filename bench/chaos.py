@@ -76,7 +76,7 @@ REPLAY_WAIT = 120  # seconds the last replays may wait for their first delivery
 # again by the schedule once its own worker's time is up (about 13 s here).
 RELEASE_TRIES = 12
 # Answers of a confirm that tell the payer the request closed (or they were removed) while they paid.
-CLOSED_WHILE_PAYING = ("REQUEST_CLOSED", "REQUEST_CLOSED_REFUNDED", "PARTICIPANT_REMOVED")
+CLOSED_WHILE_PAYING = ("REQUEST_CLOSED", "REQUEST_CLOSED_REFUNDED", "PARTICIPANT_REMOVED", "NOT_A_PARTICIPANT")
 AMOUNTS = (10_000, 15_000, 20_000, 30_000)
 KINDS = {  # flow kind -> weight
     "release": 18,
@@ -364,8 +364,8 @@ class Flows:
             )
             if prep.status == 409 and prep.code == "ALREADY_PAID":
                 return self._paid(room, payer)
-            if prep.status == 404:
-                return False  # the request was closed (cancelled or expired)
+            if prep.status == 404 or (prep.status == 403 and prep.code == "NOT_A_PARTICIPANT"):
+                return False  # the request was closed (cancelled or expired), or the payer removed from it
             if prep.status != 200:
                 self.unexpected(room, "prepare", prep)
                 time.sleep(0.5)
@@ -403,7 +403,7 @@ class Flows:
                 continue  # declined: pay again with a new order
             if answer.status == 409 and answer.code == "ALREADY_PAID":
                 return self._paid(room, payer)
-            if answer.status == 404 or (answer.status == 409 and answer.code in CLOSED_WHILE_PAYING):
+            if answer.status == 404 or (answer.status in (403, 409) and answer.code in CLOSED_WHILE_PAYING):
                 return False  # the request closed (or the payer was removed) while they paid: refunded if charged
             if answer.status in (0, 502, 503):
                 continue  # still unknown after our retries: the schedule settles it; prepare waits for that
@@ -664,26 +664,32 @@ class Flows:
         return self.release_or_cancel(room, f"member added {'before' if early else 'after'} the others paid, released")
 
     def _remove_participant_flow(self, room: Room) -> str:
-        """Everyone pays but one, who pays or not; the owner removes that one (refunded), the rest is funded without
+        """Everyone pays but one, who pays or not, or is paying right when the owner removes them; the owner removes
+        that one (what they paid is refunded, a charge landing after the removal too), the rest is funded without
         them, and the owner releases."""
         rng = room.rng
         victim = rng.choice(room.members)
-        victim_pays = rng.random() < 0.6
-        payers = [m for m in room.members if m != victim or victim_pays]
+        how = rng.choices(("paid", "unpaid", "paying"), (5, 3, 2))[0]
+        others = [m for m in room.members if m != victim]
+        payers = [*others, victim] if how == "paid" else list(others)
         rng.shuffle(payers)
         paid = [payer for payer in payers if self.pay(room, payer)]
-        if not self.remove_participant(room, victim):
+        if how == "paying":
+            self.figures.add("mixed_in", "removal while paying")
+            with ThreadPoolExecutor(1) as pool:
+                paying = pool.submit(self.pay, room, victim)
+                time.sleep(rng.uniform(0.0, 0.3))
+                removed = self.remove_participant(room, victim)
+                paying.result()
+        else:
+            removed = self.remove_participant(room, victim)
+        if not removed:
             self.cancel_request(room)
             return "removal refused: cancelled"
-        if any(m not in paid for m in room.members if m != victim):
+        if any(m not in paid for m in others):
             self.cancel_request(room)
             return "not everyone left could pay: cancelled"
-        done = (
-            "paid participant removed (refunded), released"
-            if victim in paid
-            else "unpaid participant removed, released"
-        )
-        return self.release_or_cancel(room, done)
+        return self.release_or_cancel(room, f"{how} participant removed, released")
 
 
 def released(answer: Answer) -> bool:
