@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup run test lint typecheck sam-check bench audit chaos migrate seed clean
+.PHONY: setup run test lint typecheck sam-check iac-lint template-resources smoke bench audit chaos migrate seed clean
 
 $(STAMP): requirements-dev.txt layers/common/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,15 +27,35 @@ run: setup
 	$(PY) -m local.run
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check layers functions local toss_sandbox tests bench
-	$(VENV)/bin/ruff format --check layers functions local toss_sandbox tests bench
+	$(VENV)/bin/ruff check layers functions local toss_sandbox tests bench scripts
+	$(VENV)/bin/ruff format --check layers functions local toss_sandbox tests bench scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy layers/common/escrow
 
 test: setup lint typecheck
 	bash scripts/sam-check.sh
+	bash scripts/iac-lint.sh
 	$(PY) -m pytest -n 2 tests
+
+sam-check:
+	bash scripts/sam-check.sh
+
+# cfn-lint (informational rules included) and checkov on template.yaml, plus the CloudFormation Rules' verdicts.
+iac-lint:
+	bash scripts/iac-lint.sh
+
+# The synthesized template's logical ids and types for both data tiers (SAM CLI's samtranslator).
+SAM_PY = $${SAM_VENV:-$$HOME/.cache/escrow-sam-venv}/bin/python
+template-resources:
+	@test -x "$(SAM_PY)" || bash scripts/sam-check.sh
+	@for create in true false; do "$(SAM_PY)" scripts/template_check.py resources CreateDatabase=$$create; done
+
+# The README walkthrough against a deployed stack: make smoke API=https://... TOKEN_CMD='...' [ARGS='--room 123 ...']
+smoke: $(STAMP)
+	@test -n "$(API)" || { echo "usage: make smoke API=https://<api-id>.execute-api.<region>.amazonaws.com TOKEN_CMD='<command that prints a JWT for the user id given as its last argument>' [ARGS=...]" >&2; exit 2; }
+	@test -n "$(TOKEN_CMD)" || { echo "TOKEN_CMD is required (e.g. TOKEN_CMD='$(PY) -m local.jwt' locally)" >&2; exit 2; }
+	$(PY) scripts/smoke.py --api "$(API)" --token-cmd "$(TOKEN_CMD)" $(ARGS)
 
 bench: setup
 	$(PY) -m bench

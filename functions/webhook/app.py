@@ -20,6 +20,10 @@ def _answer(outcome: service.Outcome) -> dict[str, Any]:
         return json_response(401, {"error": {"code": "WEBHOOK_NOT_VERIFIED", "message": outcome.reason}})
     if result is service.Result.INVALID_JSON:
         return json_response(400, {"error": {"code": "INVALID_JSON", "message": "the body is not a JSON object"}})
+    if result is service.Result.TOO_LARGE:
+        return json_response(413, {"error": {"code": "PAYLOAD_TOO_LARGE", "message": outcome.reason}})
+    if result is service.Result.THROTTLED:
+        return json_response(429, {"error": {"code": "TOO_MANY_DELIVERIES", "message": outcome.reason}})
     return json_response(503, {"error": {"code": "TRY_AGAIN", "message": "could not process the webhook now"}})
 
 

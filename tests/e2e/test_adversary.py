@@ -466,7 +466,7 @@ def test_unverifiable_webhooks_are_kept_as_metadata_only_and_cost_no_toss_call(a
         headers={"content-type": "application/json", "tosspayments-webhook-transmission-id": tid},
         timeout=30,
     )
-    assert r.status_code in (200, 400, 401), r.text
+    assert r.status_code in (200, 400, 401, 413), r.text
     assert len(toss.calls("/v1/payments/", "GET")) == before  # an unknown payment is never looked up
     logged = rows(sql, "SELECT raw_body, outcome FROM payment_webhooks WHERE transmission_id = %s", tid)
     assert len(logged) == 1 and len(logged[0]["raw_body"] or "") < 2048, logged
@@ -492,3 +492,42 @@ def test_seller_changed_bodies_are_stored_masked(as_user, toss, make_room, sql):
     for row in stored:
         assert "110123456789" not in row["raw_body"] and "01012345678" not in row["raw_body"]
         assert "홍길동" not in row["raw_body"]
+
+
+def test_the_webhook_log_is_kept_for_its_retention_time_only(api, sql, schedule):
+    tid_old, tid_new = "whtrans_old_" + uuid.uuid4().hex, "whtrans_new_" + uuid.uuid4().hex
+    with sql.cursor() as cur:
+        for tid, age in ((tid_old, 91), (tid_new, 1)):
+            cur.execute(
+                "INSERT INTO payment_webhooks (transmission_id, headers, verification, outcome, received_at) "
+                "VALUES (%s, '{}', 'unreadable', 'rejected', NOW(3) - INTERVAL %s DAY)",
+                (tid, age),
+            )
+    report = schedule(jobs=["webhook_retention"])
+    assert report["webhook_retention"]["webhooks_deleted"] >= 1
+    kept = {
+        r["transmission_id"]
+        for r in rows(
+            sql, "SELECT transmission_id FROM payment_webhooks WHERE transmission_id IN (%s, %s)", tid_old, tid_new
+        )
+    }
+    assert kept == {tid_new}
+
+
+def test_a_flood_of_deliveries_for_one_payment_is_throttled(as_user, toss, make_room, api):
+    room = make_room(1)
+    open_request(as_user, room)
+    _, body = pay(as_user, toss, room, room.members[0])
+    before = len(toss.calls(f"/v1/payments/{body['paymentKey']}", "GET"))
+    answers = []
+    for _ in range(12):
+        event = {"eventType": "PAYMENT_STATUS_CHANGED", "data": {"paymentKey": body["paymentKey"], "status": "DONE"}}
+        r = requests.post(
+            f"{api}/api/v1/payment/webhook",
+            json=event,
+            headers={"tosspayments-webhook-transmission-id": "whtrans_" + uuid.uuid4().hex},
+            timeout=30,
+        )
+        answers.append(r.status_code)
+    lookups = len(toss.calls(f"/v1/payments/{body['paymentKey']}", "GET")) - before
+    assert 429 in answers and lookups <= 5, (answers, lookups)

@@ -726,7 +726,7 @@ def test_signed_events_that_do_not_verify_are_logged_and_change_nothing(as_user,
             "tosspayments-webhook-transmission-time": (now + timedelta(seconds=1)).isoformat(timespec="seconds"),
         },
         "no transmission time": {k: v for k, v in fresh.items() if k != "tosspayments-webhook-transmission-time"},
-        "three hours old": signed_at(now - timedelta(hours=3)),
+        "nine days old (older than any retry of Toss's)": signed_at(now - timedelta(days=9)),
         "an hour in the future": signed_at(now + timedelta(hours=1)),
     }
     for name, headers in variants.items():
@@ -761,6 +761,14 @@ def test_signed_events_that_do_not_verify_are_logged_and_change_nothing(as_user,
     )
     replay = requests.post(hook, data=body, headers=fresh, timeout=10)
     assert replay.status_code == 200 and replay.json() == {"status": "duplicate"}
+    # Toss's own retry hours later, with the original transmission time (a resend from its dashboard): recognised,
+    # never refused as stale (a 401 there would make Toss retry for days, and seller.changed has no polling).
+    late = {
+        **signed_at(now - timedelta(hours=3)),
+        "tosspayments-webhook-transmission-id": fresh["tosspayments-webhook-transmission-id"],
+    }
+    late_answer = requests.post(hook, data=body, headers=late, timeout=10)
+    assert late_answer.status_code == 200 and late_answer.json() == {"status": "duplicate"}, late_answer.text
     again = {**signed_headers(body), "tosspayments-webhook-transmission-id": f"whtrans_{uuid.uuid4().hex}"}
     replay = requests.post(hook, data=body, headers=again, timeout=10)  # same eventId, new transmission
     assert replay.status_code == 200 and replay.json() == {"status": "duplicate"}
@@ -795,7 +803,8 @@ def test_payment_events_are_checked_with_toss_never_believed(as_user, toss, make
         assert logged[0]["verification"] == "fetched", logged  # what counts is what Toss says when asked
 
     crafted = [
-        ("unknown paymentKey", {"data": {"paymentKey": "tgen_20260101000000FAKE1", "status": "DONE"}}, 401),
+        # Not a payment of ours: not looked up at Toss, nothing kept, 200 (issue 7, finding 11).
+        ("unknown paymentKey", {"data": {"paymentKey": "tgen_20260101000000FAKE1", "status": "DONE"}}, 200),
         (
             "orderId only, claims DONE",
             {"data": {"orderId": order2["orderId"], "status": "DONE", "totalAmount": 15000}},
@@ -899,7 +908,8 @@ def test_webhook_bodies_that_are_not_events_are_logged_and_refused(api, sql):
     cases = [
         ("not JSON", b"eventType=PAYMENT_STATUS_CHANGED", 400),
         ("an array", b"[]", 400),
-        ("deeply nested", b"[" * 30_000 + b"]" * 30_000, 400),
+        ("deeply nested", b"[" * 30_000 + b"]" * 30_000, 413),  # larger than any Toss webhook
+        ("deeply nested, small", b"[" * 10_000 + b"]" * 10_000, 400),
         ("lone surrogate", b'{"eventType": "\\ud800", "eventId": "\\udfff"}', 400),
         ("unknown event", json.dumps({"eventType": "DROP TABLE payments; --"}).encode(), 200),
         ("no event type", b"{}", 200),

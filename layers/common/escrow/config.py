@@ -41,6 +41,10 @@ class Settings:
     db_connect_timeout: float = 3.0
     db_read_timeout: float = 10.0
     db_write_timeout: float = 10.0
+    # TLS to MySQL: "required" (verify the server's certificate against DB_CA_BUNDLE and its host name) or
+    # "disabled" (plain, local MariaDB). Empty = required everywhere but APP_ENV=local. See escrow.db.tls_context.
+    db_tls: str = ""
+    db_ca_bundle: str = ""  # empty = the bundle shipped in the layer (escrow/certs/rds-ca-bundle.pem)
 
     jwt_secret: str = ""
     jwt_secret_arn: str = ""
@@ -62,6 +66,9 @@ class Settings:
     toss_webhook_hmac_key_encoding: str = "hex"
 
     platform_fee_bps: int = 300
+    # Account numbers at rest (escrow.crypto): the template's KMS key; locally a development key (or this one).
+    accounts_kms_key_id: str = ""
+    accounts_local_key: str = ""
     event_bus_name: str = "escrow-local"
     outbox_publisher: str = "eventbridge"  # or "log": the local runner prints events instead of calling AWS
     reconcile_after_seconds: int = 60
@@ -72,6 +79,10 @@ class Settings:
             raise ValueError("JWT_ALGORITHM must be HS256 or RS256")
         if self.toss_webhook_hmac_key_encoding not in ("hex", "ascii"):
             raise ValueError("TOSS_WEBHOOK_HMAC_KEY_ENCODING must be hex or ascii")
+        if self.db_tls not in ("", "required", "disabled"):
+            raise ValueError("DB_TLS must be required or disabled")
+        if self.accounts_local_key and len(self.accounts_local_key) != 64:
+            raise ValueError("ACCOUNTS_LOCAL_KEY must be 64 hex characters")
         if self.outbox_publisher not in ("eventbridge", "log"):
             raise ValueError("OUTBOX_PUBLISHER must be eventbridge or log")
         # API Gateway gives up after 29 s; a confirm still running then would answer the client 503 while
@@ -89,6 +100,10 @@ class Settings:
     def is_local(self) -> bool:
         """Only an explicit local run may use the repository's public local keys."""
         return self.app_env == "local"
+
+    @property
+    def db_tls_required(self) -> bool:
+        return self.db_tls == "required" or (self.db_tls == "" and self.app_env != "local")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -128,14 +143,14 @@ def reset_settings() -> None:
     _generation += 1
 
 
-def _secret(arn: str, *, as_json: bool) -> object:
+def _secret(arn: str, *, as_json: bool, force_fetch: bool = False) -> object:
     """A secret from Secrets Manager through Powertools Parameters (cached for secrets_max_age_seconds)."""
     from aws_lambda_powertools.utilities import parameters  # imported only when a secret is really needed
 
     max_age = get_settings().secrets_max_age_seconds
     if as_json:
-        return parameters.get_secret(arn, max_age=max_age, transform="json")
-    return parameters.get_secret(arn, max_age=max_age)
+        return parameters.get_secret(arn, max_age=max_age, transform="json", force_fetch=force_fetch)
+    return parameters.get_secret(arn, max_age=max_age, force_fetch=force_fetch)
 
 
 @dataclass(frozen=True)
@@ -163,12 +178,13 @@ def parse_database_url(url: str) -> DatabaseParams:
     )
 
 
-def database_params() -> DatabaseParams:
+def database_params(*, refresh: bool = False) -> DatabaseParams:
+    """``refresh`` reads the DB secret again, past the cache (after a rotation the cached password is refused)."""
     settings = get_settings()
     if settings.database_url:
         params = parse_database_url(settings.database_url)
     elif settings.db_secret_arn:
-        secret = _secret(settings.db_secret_arn, as_json=True)
+        secret = _secret(settings.db_secret_arn, as_json=True, force_fetch=refresh)
         assert isinstance(secret, dict)
         params = DatabaseParams(
             host=str(secret.get("host", "")),

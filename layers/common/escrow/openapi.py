@@ -12,7 +12,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from escrow.models import CancelBody, ConfirmBody, CreatePaymentRequestBody, PrepareBody, RegisterStoreBody, ReleaseBody
+from escrow.models import (
+    CancelBody,
+    ConfirmBody,
+    CreatePaymentRequestBody,
+    ParticipantBody,
+    PrepareBody,
+    RegisterStoreBody,
+    ReleaseBody,
+    RoomMembersBody,
+)
 
 
 class ErrorBody(BaseModel):
@@ -39,9 +48,12 @@ class RequestSummary(BaseModel):
     chat_room_id: int
     store_id: str
     message: str | None
-    participant_count: int
-    paid_count: int
-    total_amount: int
+    owner_id: str | None = Field(description="the room's current owner (from the chat service)")
+    participant_count: int = Field(description="current participants (removed ones not counted)")
+    paid_count: int = Field(description="participants whose share is held in full (or released)")
+    total_amount: int = Field(description="amount x current participants")
+    held_amount: int = Field(description="what the current participants hold now")
+    funding_round: int = Field(description="how many times the request became fully funded")
     release_at: str | None
     expires_at: str | None
     completed_at: str | None
@@ -56,11 +68,51 @@ class ShareStatus(BaseModel):
     )
     paid_at: str | None
     refunded_amount: int
+    held_amount: int = Field(description="held now (paid - refunded); completed means held == payment_amount")
+    owed_amount: int = Field(description="what the participant pays to hold their share in full (pay again)")
+
+
+class RemovedParticipant(BaseModel):
+    payer_id: str
+    payment_status: str = Field(description="removed")
+    refunded_amount: int
+    held_amount: int = Field(description="0 once the refund of what they held is done")
+    removed_at: str | None
 
 
 class RoomStatus(BaseModel):
     payment_request: RequestSummary
     payments: list[ShareStatus]
+    removed_participants: list[RemovedParticipant]
+
+
+class ParticipantAdded(BaseModel):
+    payment_request_id: int
+    payer_id: str
+    payment_amount: int
+    payment_status: str = Field(description="pending")
+    participant_count: int
+    payment_request_status: str = Field(description="pending (a funded request waits for the new participant)")
+
+
+class ParticipantRemoved(BaseModel):
+    payment_request_id: int
+    payer_id: str
+    payment_status: str = Field(description="removed")
+    refund_status: str = Field(description="not_needed | refunded | refund_pending")
+    refunded_amount: int
+    refunds: list[dict[str, Any]]
+    participant_count: int
+    payment_request_status: str = Field(description="pending | completed (everyone left holds their share)")
+
+
+class RoomMembers(BaseModel):
+    chat_room_id: int
+    applied: bool = Field(description="false for an update older than the one applied (version)")
+    owner_id: str | None = None
+    member_ids: list[str] | None = None
+    owner_changed: bool | None = None
+    reason: str | None = None
 
 
 class PreparedOrder(BaseModel):
@@ -70,6 +122,8 @@ class PreparedOrder(BaseModel):
     chat_room_id: int
     payment_request_id: int
     customerKey: str  # noqa: N815
+    share_amount: int = Field(description="the share's whole amount")
+    held_amount: int = Field(description="what the share holds already (amount is what is owed now)")
 
 
 class Confirmed(BaseModel):
@@ -132,23 +186,30 @@ ERRORS = {
     400: "INVALID_JSON: the body is not JSON (or is nested too deep, or holds a lone UTF-16 surrogate)",
     401: "AUTH_REQUIRED, INVALID_TOKEN, TOKEN_EXPIRED",
     402: "PAYMENT_DECLINED (with toss_code)",
-    403: "NOT_ROOM_OWNER, NOT_ROOM_MEMBER, NOT_A_PARTICIPANT, NOT_ALLOWED_TO_CANCEL, ADMIN_ONLY",
-    404: "PAYMENT_REQUEST_NOT_FOUND, PAYMENT_NOT_FOUND, INVALID_CHAT_ROOM_ID",
+    403: "NOT_ROOM_OWNER, NOT_ROOM_MEMBER, NOT_A_PARTICIPANT, NOT_ALLOWED_TO_CANCEL, ADMIN_ONLY, SERVICE_ONLY",
+    404: "ROOM_NOT_FOUND (no membership from the chat service yet), PAYMENT_REQUEST_NOT_FOUND, PAYMENT_NOT_FOUND, "
+    "INVALID_CHAT_ROOM_ID, NOT_A_PARTICIPANT",
     409: "OPEN_REQUEST_EXISTS, ALREADY_PAID, PAYMENT_IN_PROGRESS, PAYMENT_OUTCOME_UNKNOWN, ORDER_ID_ALREADY_USED, "
     "PAYMENT_KEY_IN_USE, ALREADY_RELEASED, ALREADY_REFUNDED, NOT_REFUNDABLE, REFUND_IN_PROGRESS, "
     "REQUEST_NOT_FUNDED, NOT_RELEASABLE, STORE_ALREADY_REGISTERED, REFUND_REFUSED, INVALID_STATE_TRANSITION, "
-    "AMOUNT_MISMATCH_REFUNDED, REQUEST_CLOSED_REFUNDED, SELLER_REFUSED",
+    "AMOUNT_MISMATCH_REFUNDED, REQUEST_CLOSED_REFUNDED, SELLER_REFUSED, REQUEST_CLOSED, PAYMENT_REFUNDED, "
+    "PARTICIPANT_REMOVED, ORDER_OUTDATED, ALREADY_A_PARTICIPANT, LAST_PARTICIPANT",
     413: "PAYLOAD_TOO_LARGE: bodies are limited to 64 KiB",
     422: "VALIDATION_ERROR (with details), AMOUNT_MISMATCH, NOT_ROOM_MEMBERS, NO_PARTICIPANTS, UNKNOWN_STORE, "
-    "CANCEL_AMOUNT_TOO_LARGE, COMPANY_DETAILS_REQUIRED",
+    "CANCEL_AMOUNT_TOO_LARGE, COMPANY_DETAILS_REQUIRED, TOO_MANY_PARTICIPANTS, TOO_MANY_MEMBERS",
     502: "PAYMENT_OUTCOME_UNKNOWN, REFUND_OUTCOME_UNKNOWN: Toss gave no definite answer; settled automatically",
-    503: "DATABASE_UNAVAILABLE, DATABASE_BUSY, TOSS_UNAVAILABLE: nothing was changed, try again",
+    503: "DATABASE_UNAVAILABLE, DATABASE_BUSY, TOSS_UNAVAILABLE, SERVICE_NOT_CONFIGURED, AUTH_NOT_CONFIGURED: "
+    "nothing was changed, try again (with `outcome: unknown` when the change may have been saved: repeat the same "
+    "request to learn its outcome)",
 }
 # The webhook (no JWT) answers its own codes; Toss retries anything but a 200.
 WEBHOOK_ERRORS = {
     **ERRORS,
     400: "INVALID_JSON: the body is not a JSON object (logged, not processed)",
-    401: "WEBHOOK_NOT_VERIFIED: bad or missing signature, stale transmission time, secret mismatch, unknown payment",
+    401: "WEBHOOK_NOT_VERIFIED: bad or missing signature, transmission time older than Toss's retries, secret "
+    "mismatch, malformed ids",
+    413: "PAYLOAD_TOO_LARGE: larger than any Toss webhook (32 KiB)",
+    429: "TOO_MANY_DELIVERIES: too many deliveries for one payment just now; Toss delivers it again",
     503: "DATABASE_UNAVAILABLE, TRY_AGAIN: not processed now; Toss delivers it again",
 }
 
@@ -157,8 +218,13 @@ EXTRA_SUCCESS: dict[tuple[str, str], tuple[int, type[BaseModel], str]] = {
     ("post", "/api/v1/payment/cancel"): (
         202,
         RefundResult,
-        "a whole request was cancelled; some refunds are still pending at Toss (refund_status refund_pending) "
-        "and are settled automatically",
+        "a whole request was cancelled, or a refund asked, and some refunds are still pending at Toss "
+        "(refund_status refund_pending): settled automatically, do not ask again",
+    ),
+    ("post", "/api/v1/payment/participants/remove"): (
+        202,
+        ParticipantRemoved,
+        "removed; the refund of what they held is still pending at Toss and is settled automatically",
     ),
 }
 
@@ -171,7 +237,7 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, int, type[BaseModel], 
         CreatePaymentRequestBody,
         201,
         CreatedRequest,
-        [400, 401, 403, 409, 413, 422, 503],
+        [400, 401, 403, 404, 409, 413, 422, 503],
         True,
     ),
     (
@@ -182,6 +248,36 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, int, type[BaseModel], 
         200,
         RoomStatus,
         [401, 403, 404, 503],
+        True,
+    ),
+    (
+        "post",
+        "/api/v1/payment/participants/add",
+        "Add a room member to the open request (room owner)",
+        ParticipantBody,
+        201,
+        ParticipantAdded,
+        [400, 401, 403, 404, 409, 413, 422, 503],
+        True,
+    ),
+    (
+        "post",
+        "/api/v1/payment/participants/remove",
+        "Remove a participant from the open request; what they hold is refunded (room owner)",
+        ParticipantBody,
+        200,
+        ParticipantRemoved,
+        [400, 401, 403, 404, 409, 413, 422, 503],
+        True,
+    ),
+    (
+        "put",
+        "/api/v1/admin/rooms/{chatRoomId}/members",
+        "The room's membership, from the chat service (service or admin token)",
+        RoomMembersBody,
+        200,
+        RoomMembers,
+        [400, 401, 403, 404, 413, 422, 503],
         True,
     ),
     (
@@ -251,7 +347,7 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, int, type[BaseModel], 
         None,
         200,
         WebhookAck,
-        [400, 401, 413, 503],
+        [400, 401, 413, 429, 503],
         False,
     ),
 ]
@@ -294,7 +390,7 @@ def build() -> dict[str, Any]:
             op["security"] = []
         if body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(body)}}}
-        elif method == "post":
+        elif method in ("post", "put"):
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
         if "{chatRoomId}" in path:
             op["parameters"] = [

@@ -15,24 +15,23 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from escrow import db
 from escrow.clock import db_time, utcnow
 from escrow.config import get_settings
-from escrow.errors import AppError, Conflict, NotFound
+from escrow.errors import Conflict, NotFound
 from escrow.money import platform_fee
 from escrow.observability import count, logger
 from escrow.repositories import cancels as cancels_repo
 from escrow.repositories import charges as charges_repo
-from escrow.repositories import jobs as jobs_repo
 from escrow.repositories import ledger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
 from escrow.repositories import settlements as settlements_repo
-from escrow.services import payouts, rooms
+from escrow.services import isolation, payouts, rooms
 from escrow.states import HELD, PAYMENT, REQUEST, PaymentStatus, RequestStatus
 from escrow.toss.client import TossClient
 
@@ -278,9 +277,7 @@ def release_due(
     at = now()
     with db.reader() as tx:
         due = requests_repo.due_for_release(tx, db_time(at), limit)
-        waiting = jobs_repo.waiting(
-            tx, job="release", item_kind="request", item_ids=[str(i) for i in due], now=db_time(at)
-        )
+    waiting = isolation.waiting("release", "request", due, at)
     ids = [i for i in due if str(i) not in waiting]
     released = skipped = failed = 0
     for start in range(0, len(ids), RELEASE_CHUNK):
@@ -290,17 +287,17 @@ def release_due(
         try:
             plan = _release_chunk(chunk)
         except Exception as exc:
-            if isinstance(exc, AppError) and exc.status == 503:
-                raise  # the database is down: nothing to isolate, the run fails and Scheduler retries it
+            if isolation.infrastructure(exc):
+                raise
             logger.warning("a release chunk failed; releasing its requests one at a time", extra={"error": str(exc)})
             plan = ReleasePlan()
             for request_id in chunk:
                 try:
                     one = _release_chunk([request_id])
                 except Exception as one_exc:
-                    if isinstance(one_exc, AppError) and one_exc.status == 503:
+                    if isolation.infrastructure(one_exc):
                         raise
-                    set_aside("release", "request", request_id, one_exc)
+                    isolation.set_aside("release", "request", request_id, one_exc)
                     failed += 1
                     continue
                 plan.releases.extend(one.releases)
@@ -318,21 +315,3 @@ def _release_chunk(chunk: Sequence[int]) -> ReleasePlan:
         locked = requests_repo.lock_many_skip_locked(tx, chunk)
         plan, _ = _release_locked_many(tx, locked, actor="schedule")
     return plan
-
-
-def set_aside(job: str, kind: str, item_id: int | str, exc: BaseException) -> None:
-    """Record an item a scheduled job could not process (its error, without personal data: the exception's class and
-    message, which hold ids and numbers, not names or accounts) and when to try it again."""
-    error = f"{type(exc).__name__}: {exc}"[:500]
-    with db.transaction() as tx:
-        attempts = jobs_repo.attempts(tx, job=job, item_kind=kind, item_id=str(item_id))
-        jobs_repo.record(
-            tx,
-            job=job,
-            item_kind=kind,
-            item_id=str(item_id),
-            error=error,
-            retry_at=db_time(utcnow() + min(timedelta(minutes=5) * 2**attempts, timedelta(hours=12))),
-        )
-    logger.error("scheduled item set aside", extra={"job": job, "item": f"{kind}:{item_id}", "error": error[:200]})
-    count("JobItemsFailed")

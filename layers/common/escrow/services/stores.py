@@ -1,6 +1,8 @@
 """Store payout accounts (admin only): registered with Toss payouts v2 as a seller.
 
-Account numbers are stored for the payout but never logged and never returned whole.
+Account numbers are never logged and never returned whole. At rest they are sealed (escrow.crypto: a KMS data key
+per value, AES-GCM, bound to the store's row); registration sends the number to Toss from the request body, so only
+the payout path opens a stored one (payout_account_number), when a seller's account must be sent to Toss again.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from escrow import db
+from escrow import crypto, db
 from escrow.errors import Conflict, Forbidden, UpstreamUnavailable, ValidationFailed
 from escrow.observability import logger
 from escrow.repositories import stores as stores_repo
@@ -71,6 +73,14 @@ def register_store(principal: Principal, body: RegisterStoreBody, *, toss: TossC
     if not principal.is_admin:
         raise Forbidden("only an administrator can register a store's payout account", code="ADMIN_ONLY")
     seller_request = _seller_request(body)
+    # Sealed before anything else: a key service that cannot answer fails the registration before Toss is asked.
+    try:
+        account = crypto.seal(body.account_number, _account_context(body.store_id))
+    except crypto.AccountCryptoError as exc:
+        raise UpstreamUnavailable(
+            "the account number could not be encrypted now; nothing was registered, try again",
+            code="ENCRYPTION_UNAVAILABLE",
+        ) from exc
     with db.transaction() as tx:
         # Insert first (a no-op for a known store), then lock the row: locking a row that does not exist yet takes
         # a gap lock, and two registrations of different new stores then deadlock on each other's INSERT.
@@ -94,7 +104,8 @@ def register_store(principal: Principal, body: RegisterStoreBody, *, toss: TossC
             owner_id=body.owner_id,
             name=body.name,
             bank_code=body.bank_code,
-            account_number=body.account_number,
+            account=account,
+            account_last4=crypto.last4(body.account_number),
             holder_name=body.holder_name,
             business_type=body.business_type,
             seller_id=seller.get("id"),
@@ -113,6 +124,22 @@ def register_store(principal: Principal, body: RegisterStoreBody, *, toss: TossC
         "account_number_masked": mask_account(body.account_number),
         "holder_name": body.holder_name,
     }
+
+
+def _account_context(store_id: str) -> crypto.EncryptionContext:
+    return crypto.encryption_context("stores", "account_number", store_id)
+
+
+def payout_account_number(store_id: str) -> str | None:
+    """The store's payout account number in clear, for the payout path only (re-sending a seller's account to
+    Toss). No other caller: answers show ``account_number_masked``; the template grants kms:Decrypt on the
+    stores context to ReleaseFunction alone."""
+    with db.reader() as tx:
+        stored = stores_repo.sealed_account(tx, store_id)
+    if stored is None:
+        return None
+    sealed, _last4 = stored
+    return crypto.open_sealed(sealed, _account_context(store_id))
 
 
 def apply_seller_status(seller: dict[str, Any]) -> str:
