@@ -771,7 +771,7 @@ def test_a_refund_recorded_twice_or_larger_than_asked_is_found(sandbox, make_roo
 
 
 # Damage done with SQL to a funded room of two (`released`: after its release), and the checks that find it.
-# %(request)s is the request's id, %(first)s the first share's id, %(key)s its paymentKey.
+# %(request)s is the request's id, %(first)s the first share's id, %(key)s its paymentKey, %(order)s its orderId.
 DAMAGE = {
     "a share owing another amount": (
         False,
@@ -822,6 +822,14 @@ DAMAGE = {
         ],
         {"job_failure"},
     ),
+    "an order a scheduled job set aside": (
+        False,
+        [
+            "INSERT INTO job_failures (job, item_kind, item_id, error, next_attempt_at) VALUES ('reconcile_payments', "
+            "'order', %(order)s, 'KeyError: status', NOW(3) + INTERVAL 5 MINUTE)"
+        ],
+        {"job_failure"},
+    ),
 }
 
 
@@ -832,8 +840,8 @@ def test_damage_is_found_by_its_check(sandbox, make_room, sql, damage):
     if released:
         release(sandbox, room)
     assert run_audit(room).findings == []
-    first = one(sql, "SELECT id, payment_key FROM payments WHERE payer_id = %s", room.members[0])
-    values = {"request": request_id, "first": first["id"], "key": first["payment_key"]}
+    first = one(sql, "SELECT id, payment_key, order_id FROM payments WHERE payer_id = %s", room.members[0])
+    values = {"request": request_id, "first": first["id"], "key": first["payment_key"], "order": first["order_id"]}
     try:
         for statement in statements:
             with sql.cursor() as cur:
@@ -841,7 +849,7 @@ def test_damage_is_found_by_its_check(sandbox, make_room, sql, damage):
         report = run_audit(room)
         assert checks(report) == expected, report.table()
     finally:
-        execute(sql, "DELETE FROM job_failures WHERE item_id = %s", str(request_id))
+        execute(sql, "DELETE FROM job_failures WHERE item_id IN (%s, %s)", str(request_id), first["order_id"])
 
 
 def test_a_payment_toss_does_not_answer_for_is_reported_as_not_checked(sandbox, make_room):

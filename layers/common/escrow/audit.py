@@ -434,10 +434,11 @@ def audit(
 def _job_failures(request_ids: set[int], *, all_items: bool, report: AuditReport) -> list[Finding]:
     """Every item a scheduled job set aside is a finding (someone must look at its error). An audit of all rooms
     (any time window: the scheduled audit looks at a window) reports them all; an audit of a room or of given
-    requests, those of its requests."""
+    requests, those of its requests (a request set aside, or one of its orders or refunds)."""
     out = []
     for row in _read(audit_repo.job_failures):
-        request_id = int(row["item_id"]) if row["item_kind"] == "request" and str(row["item_id"]).isdigit() else None
+        rid = row["payment_request_id"]
+        request_id = None if rid is None else int(rid)
         if not all_items and request_id not in request_ids:
             continue
         report.checked["job_failures"] += 1

@@ -147,10 +147,16 @@ def orphan_settlements(tx: Tx) -> list[Row]:
 
 
 def job_failures(tx: Tx) -> list[Row]:
-    """Items a scheduled job set aside (their error, and when they are tried again)."""
+    """Items a scheduled job set aside (their error, and when they are tried again), with the request each is of
+    (`payment_request_id`: a request, an order or a refund; NULL for an item of another kind)."""
     return tx.all(
-        "SELECT job, item_kind, item_id, error, attempts, first_failed_at, last_failed_at, next_attempt_at "
-        "FROM job_failures ORDER BY first_failed_at, job, item_kind, item_id"
+        "SELECT f.job, f.item_kind, f.item_id, f.error, f.attempts, f.first_failed_at, f.last_failed_at, "
+        "f.next_attempt_at, CASE f.item_kind "
+        "WHEN 'request' THEN (SELECT r.id FROM payment_requests r WHERE r.id = f.item_id) "
+        "WHEN 'order' THEN (SELECT p.payment_request_id FROM payment_orders o JOIN payments p ON p.id = o.payment_id "
+        "WHERE o.order_id = f.item_id) "
+        "WHEN 'refund' THEN (SELECT c.payment_request_id FROM payment_cancels c WHERE c.id = f.item_id) "
+        "END AS payment_request_id FROM job_failures f ORDER BY f.first_failed_at, f.job, f.item_kind, f.item_id"
     )
 
 
