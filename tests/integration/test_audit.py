@@ -532,6 +532,9 @@ def test_two_overlapping_scheduled_runs_do_not_retry_one_refund_together(sandbox
     # Both runs read the refund as stale; only the first to claim it asks Toss again.
     assert jobs._claim_cancel(seen[0]) is True
     assert jobs._claim_cancel(seen[0]) is False
+    # The claim touched the row (updated_at = NOW(3)); a second later it is stale again for the next run. Without
+    # that second, a run in the same millisecond as the claim does not see it (this test failed that way).
+    execute(sql, "UPDATE payment_cancels SET updated_at = updated_at - INTERVAL 1 SECOND WHERE id = %s", seen[0]["id"])
     assert jobs.reconcile_cancels(older_than=0)["refunds_retried"] >= 1
     assert one(sql, "SELECT status FROM payment_cancels WHERE id = %s", seen[0]["id"])["status"] == "done"
     assert run_audit(room).findings == []
