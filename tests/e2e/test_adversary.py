@@ -377,6 +377,25 @@ def test_a_request_that_cannot_be_released_is_set_aside_and_the_others_are_relea
     assert state == {healthy.chat_room_id: "released", poison.chat_room_id: "completed"}
     failures = rows(sql, "SELECT job, item_id, error FROM job_failures WHERE job = 'release'")
     assert any("1264" in f["error"] or "Out of range" in f["error"] for f in failures), failures
+    # An operator repairs the rows; once its back-off is over the request is released, and no longer set aside.
+    with sql.cursor() as cur:
+        cur.execute(
+            "UPDATE payments p JOIN payment_requests r ON r.id = p.payment_request_id "
+            "SET p.amount = 15000, p.paid_amount = 15000, r.amount = 15000 WHERE r.chat_room_id = %s",
+            (poison.chat_room_id,),
+        )
+        cur.execute("UPDATE job_failures SET next_attempt_at = NOW(3) - INTERVAL 1 SECOND WHERE job = 'release'")
+    assert schedule(jobs=["release"])["release"]["released"] >= 1
+    assert (
+        rows(sql, "SELECT status FROM payment_requests WHERE chat_room_id = %s", poison.chat_room_id)[0]["status"]
+        == "released"
+    )
+    assert not rows(
+        sql,
+        "SELECT item_id FROM job_failures WHERE job = 'release' AND item_id = (SELECT id FROM payment_requests "
+        "WHERE chat_room_id = %s)",
+        poison.chat_room_id,
+    )
 
 
 # --- 9. absurd path parameters ------------------------------------------------------------------------------------

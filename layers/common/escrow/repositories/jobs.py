@@ -45,8 +45,14 @@ def waiting(tx: Tx, *, job: str, item_kind: str, item_ids: Sequence[str], now: d
     return {str(r["item_id"]) for r in rows}
 
 
-def clear(tx: Tx, *, job: str, item_kind: str, item_id: str) -> None:
-    tx.execute("DELETE FROM job_failures WHERE job = %s AND item_kind = %s AND item_id = %s", (job, item_kind, item_id))
+def clear(tx: Tx, *, job: str, item_kind: str, item_ids: Sequence[str]) -> int:
+    """Items that went through after all: no longer set aside."""
+    if not item_ids:
+        return 0
+    return tx.execute(
+        f"DELETE FROM job_failures WHERE job = %s AND item_kind = %s AND item_id IN ({marks(item_ids)})",
+        (job, item_kind, *item_ids),
+    )
 
 
 def open_failures(tx: Tx) -> list[dict[str, object]]:
@@ -54,3 +60,14 @@ def open_failures(tx: Tx) -> list[dict[str, object]]:
         "SELECT job, item_kind, item_id, error, attempts, last_failed_at, next_attempt_at FROM job_failures "
         "ORDER BY last_failed_at DESC LIMIT 500"
     )
+
+
+def set_aside(tx: Tx, *, job: str, item_kind: str, item_ids: Sequence[str]) -> set[str]:
+    """Which of these items have a failure row (due again or not)."""
+    if not item_ids:
+        return set()
+    rows = tx.all(
+        f"SELECT item_id FROM job_failures WHERE job = %s AND item_kind = %s AND item_id IN ({marks(item_ids)})",
+        (job, item_kind, *item_ids),
+    )
+    return {str(r["item_id"]) for r in rows}

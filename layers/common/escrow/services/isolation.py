@@ -40,3 +40,17 @@ def waiting(job: str, kind: str, item_ids: Sequence[int | str], now: datetime) -
 def infrastructure(exc: BaseException) -> bool:
     """A failure of the database itself (503): nothing to isolate; the run fails and the Scheduler retries it."""
     return isinstance(exc, AppError) and exc.status == 503 and exc.code.startswith("DATABASE")
+
+
+def cleared(job: str, kind: str, item_ids: Sequence[int | str], earlier: set[str]) -> None:
+    """Items set aside before (`earlier`: those a job retried) that went through now are no longer set aside."""
+    done = [str(i) for i in item_ids if str(i) in earlier]
+    if done:
+        with db.transaction() as tx:
+            jobs_repo.clear(tx, job=job, item_kind=kind, item_ids=done)
+
+
+def set_aside_before(job: str, kind: str, item_ids: Sequence[int | str]) -> set[str]:
+    """Which of these items were set aside earlier (and are due again now)."""
+    with db.reader() as tx:
+        return jobs_repo.set_aside(tx, job=job, item_kind=kind, item_ids=[str(i) for i in item_ids])

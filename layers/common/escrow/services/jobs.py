@@ -51,6 +51,7 @@ def expire_overdue(
     with db.reader() as tx:
         due = requests_repo.due_for_expiry(tx, db_time(now()), limit)
     waiting = isolation.waiting("expire", "request", due, now())
+    retried = isolation.set_aside_before("expire", "request", [i for i in due if str(i) not in waiting])
     expired = refunds = failed = 0
     for request_id in due:
         if deadline():
@@ -65,6 +66,7 @@ def expire_overdue(
             isolation.set_aside("expire", "request", request_id, exc)
             failed += 1
             continue
+        isolation.cleared("expire", "request", [request_id], retried)
         if targets is None:
             continue
         expired += 1

@@ -630,10 +630,32 @@ def _deposited(
 ) -> tuple[str, str | None]:
     """A virtual account's deposit (DEPOSIT_CALLBACK DONE, or a lookup): the charge is held from now on."""
     if request["status"] != RequestStatus.PENDING or share["status"] in (PaymentStatus.REMOVED, PaymentStatus.RELEASED):
+        # Deposited after the request closed or the payer was removed (the account could not be closed in time): the
+        # money is the payer's. It is held as the share's, and a refund of it is queued for the schedule in this
+        # same transaction (a refund that was only "to do" was kept for good: found by the audit's chaos run).
         charges_repo.set_status(tx, charge["payment_key"], charge["status"], ChargeStatus.HELD, toss_status="DONE")
         payments_repo.refresh_amounts(tx, share["id"])
+        if share["status"] in CONFIRMING:
+            fresh = payments_repo.lock(tx, share["id"])
+            assert fresh is not None
+            _back_from_confirming(
+                tx, fresh, failure_code="REQUEST_CLOSED", failure_message=_REFUND_REASONS["REQUEST_CLOSED"]
+            )
+        order = payments_repo.find_order(tx, payment.order_id)
+        if order is not None and order["status"] != OrderStatus.DONE:
+            payments_repo.set_order_status(tx, payment.order_id, order["status"], OrderStatus.DONE)
         _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason="deposit_after_close")
-        return "refund_pending", None  # the schedule refunds what a closed request or a removed payer holds
+        from escrow.services import refunds  # refunds imports this module
+
+        refunds.queue_refunds(
+            tx,
+            request["id"],
+            actor="system",
+            reason="요청 종료 후 입금되어 자동 환불",
+            tag="after-close",
+            payment_id=share["id"],
+        )
+        return "refund_pending", None
     charges_repo.set_status(
         tx,
         charge["payment_key"],

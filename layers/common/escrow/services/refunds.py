@@ -40,6 +40,7 @@ from escrow.states import (
     REFUND_RECORDABLE,
     CancelStatus,
     ChargeStatus,
+    OrderStatus,
     PaymentStatus,
     RequestStatus,
     share_status_for,
@@ -337,6 +338,11 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
         return None
     with db.transaction() as tx:
         request, share, charge = _lock(tx, found)
+        if charge["status"] == ChargeStatus.WAITING_FOR_DEPOSIT and payment.status == "CANCELED":
+            _account_closed(tx, share, charge, payment, cancel_id)
+            after = charges_repo.get(tx, found["payment_key"])
+            assert after is not None
+            return after
         rows = [r for r in cancels_repo.for_payment(tx, share["id"])]
         known = {r["transaction_key"] for r in rows if r["transaction_key"] is not None}
         new = [
@@ -392,6 +398,46 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
     assert after is not None
     logger.info("refunds recorded", extra={"payment_id": share["id"], "new": len(new)})
     return after
+
+
+def _account_closed(
+    tx: db.Tx, share: dict[str, Any], charge: dict[str, Any], payment: Payment, cancel_id: int | None
+) -> None:
+    """Toss cancelled a virtual account before any deposit: no money moved (no ledger entry), the charge is closed,
+    and the refund row that asked for it is done with nothing refunded."""
+    charges_repo.set_status(tx, charge["payment_key"], charge["status"], ChargeStatus.CANCELLED, toss_status="CANCELED")
+    entry = payment.cancels[-1] if payment.cancels else None
+    rows = cancels_repo.for_payment(tx, share["id"])
+    mine = next(
+        (
+            r
+            for r in rows
+            if r["payment_key"] == charge["payment_key"] and (r["id"] == cancel_id or r["status"] in CANCEL_IN_FLIGHT)
+        ),
+        None,
+    )
+    if mine is not None and mine["status"] != CancelStatus.DONE:
+        cancels_repo.set_status(
+            tx,
+            mine["id"],
+            mine["status"],
+            CancelStatus.DONE,
+            transaction_key=entry.transaction_key if entry else None,
+            cancel_amount=0,
+            canceled_at=db_time(utcnow()),
+            next_attempt_at=None,
+        )
+    order = payments_repo.find_order(tx, charge["order_id"])
+    if order is not None and order["status"] in (OrderStatus.IN_PROGRESS, OrderStatus.UNKNOWN):
+        payments_repo.set_order_status(
+            tx, charge["order_id"], order["status"], OrderStatus.FAILED, failure_code="VIRTUAL_ACCOUNT_CANCELLED"
+        )
+    fresh = payments_repo.lock(tx, share["id"])
+    assert fresh is not None
+    if fresh["status"] in CONFIRMING and fresh["order_id"] == charge["order_id"]:
+        held = int(fresh["paid_amount"]) - int(fresh["refunded_amount"])
+        target = share_status_for(held, int(fresh["amount"]), ever_paid=int(fresh["paid_amount"]) > 0)
+        payments_repo.set_status(tx, fresh["id"], fresh["status"], target, failure_code="VIRTUAL_ACCOUNT_CANCELLED")
 
 
 def _asked_for(row: dict[str, Any], amount: int) -> bool:
@@ -549,7 +595,12 @@ def queue_refunds(
     for share in shares:
         for charge in charges_repo.for_share(tx, share["id"]):
             balance = int(charge["amount"]) - int(charge["refunded_amount"])
-            if charge["status"] != ChargeStatus.HELD or balance <= 0 or charge["payment_key"] in busy:
+            # A virtual account still waiting for its deposit is closed too (Toss cancels it in full before any
+            # deposit), so that the payer cannot send money to a request that no longer takes it.
+            waiting = charge["status"] == ChargeStatus.WAITING_FOR_DEPOSIT
+            if (charge["status"] != ChargeStatus.HELD or balance <= 0) and not waiting:
+                continue
+            if charge["payment_key"] in busy:
                 continue
             key = f"{tag}:{request_id}:{charge['payment_key']}"[:128]
             existing = cancels_repo.find_by_key(tx, key)

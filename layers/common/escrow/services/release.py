@@ -279,6 +279,7 @@ def release_due(
         due = requests_repo.due_for_release(tx, db_time(at), limit)
     waiting = isolation.waiting("release", "request", due, at)
     ids = [i for i in due if str(i) not in waiting]
+    retried = isolation.set_aside_before("release", "request", ids)
     released = skipped = failed = 0
     for start in range(0, len(ids), RELEASE_CHUNK):
         if deadline():
@@ -307,6 +308,7 @@ def release_due(
                 logger.info("auto-release postponed", extra={"payment_request_id": request_id, "reason": code})
         released += len(plan.releases)
         skipped += len(chunk) - len(plan.releases)
+        isolation.cleared("release", "request", [r.request["id"] for r in plan.releases], retried)
     return {"released": released, "skipped": skipped + len(waiting), "settlements": released, "failed": failed}
 
 
