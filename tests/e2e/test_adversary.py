@@ -550,3 +550,30 @@ def test_a_flood_of_deliveries_for_one_payment_is_throttled(as_user, toss, make_
         answers.append(r.status_code)
     lookups = len(toss.calls(f"/v1/payments/{body['paymentKey']}", "GET")) - before
     assert 429 in answers and lookups <= 5, (answers, lookups)
+
+
+# --- issue 8 item 3: a 5xx answer and Idempotency-Keys, under both of Toss's possible behaviours -------------------
+
+
+@pytest.mark.parametrize("bind_5xx", [True, False], ids=["5xx-replayed-for-its-key", "5xx-not-bound"])
+def test_a_confirm_answered_with_a_5xx_is_settled_with_one_charge(as_user, toss, make_room, sql, bind_5xx):
+    toss.control("config", {"idempotency_bind_5xx": bind_5xx})
+    try:
+        room = make_room(1)
+        open_request(as_user, room)
+        order = prepare(as_user, room, room.members[0])
+        key = toss.widget(order["orderId"], order["amount"])
+        toss.faults(server_error_rate=1.0, count=1, paths=["/v1/payments/confirm"])
+        toss.faults(failure_code="FAILED_INTERNAL_SYSTEM_PROCESSING", count=1, paths=["/v1/payments/confirm"])
+        body = {"chat_room_id": room.chat_room_id, "amount": 15000, "paymentKey": key, "orderId": order["orderId"]}
+        r = as_user(room.members[0]).post("/api/v1/payment/initiate", body)
+        toss.clear_faults()
+        if r.status_code != 200:  # asked again by the app: it must not be stuck on the replayed 5xx
+            assert r.status_code == 502 and r.json()["error"]["code"] == "PAYMENT_OUTCOME_UNKNOWN", r.text
+            r = as_user(room.members[0]).post("/api/v1/payment/initiate", body)
+        assert r.status_code == 200 and r.json()["payment_status"] == "completed", r.text
+        approvals = [c for c in toss.calls("/v1/payments/confirm") if c["status"] == 200 and not c["replayed"]]
+        assert len([c for c in approvals if c["body"]["orderId"] == order["orderId"]]) == 1
+        assert toss.payment(key)["status"] == "DONE"
+    finally:
+        toss.control("config", {"idempotency_bind_5xx": True})

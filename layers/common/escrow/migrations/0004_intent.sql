@@ -57,8 +57,12 @@ FROM payments WHERE paid_amount > 0 AND payment_key IS NOT NULL AND order_id IS 
   AND status IN ('completed', 'partially_refunded', 'released', 'refunded');
 
 -- An order remembers the paymentKey it was tried with; only a charge binds a paymentKey for good.
+-- An order's confirm is asked again with a new Idempotency-Key only after a Toss answer with an error code (Toss
+-- replays the first answer for a key, errors included): `confirm_attempt` counts those keys, `refund_attempt` the
+-- keys of the cancel of a charge we must not keep.
 ALTER TABLE payment_orders DROP INDEX uq_payment_orders_payment_key, ADD KEY ix_payment_orders_payment_key (payment_key),
-    ADD COLUMN refund_attempt INT UNSIGNED NOT NULL DEFAULT 0 AFTER failure_message;
+    ADD COLUMN confirm_attempt INT UNSIGNED NOT NULL DEFAULT 0 AFTER failure_message,
+    ADD COLUMN refund_attempt INT UNSIGNED NOT NULL DEFAULT 0 AFTER confirm_attempt;
 
 -- The share's payment_key is its latest charge's; an attempt's key lives on its order.
 UPDATE payments SET payment_key = NULL WHERE status IN ('pending', 'in_progress', 'unknown', 'failed');

@@ -129,7 +129,7 @@ _COUNTED = (ChargeStatus.HELD, ChargeStatus.RELEASED, ChargeStatus.REFUNDED)
 def find_order(tx: Tx, order_id: str) -> Row | None:
     return tx.one(
         "SELECT o.order_id, o.payment_id, o.payer_id, o.amount, o.status, o.payment_key, o.failure_code, "
-        "o.failure_message, o.refund_attempt, p.payment_request_id "
+        "o.failure_message, o.confirm_attempt, o.refund_attempt, p.payment_request_id "
         "FROM payment_orders o JOIN payments p ON p.id = o.payment_id WHERE o.order_id = %s",
         (order_id,),
     )
@@ -171,6 +171,15 @@ def set_order_status(tx: Tx, order_id: str, current: str, new: OrderStatus, **fi
     tx.execute(sql, (new, *fields.values(), order_id))
 
 
+def bump_confirm_attempt(tx: Tx, order_id: str, seen: int) -> None:
+    """Toss answered this order's confirm with an error that leaves the outcome open (a 5xx): that answer is bound to
+    the key, so the next confirm of the order uses a new one."""
+    tx.execute(
+        "UPDATE payment_orders SET confirm_attempt = confirm_attempt + 1 WHERE order_id = %s AND confirm_attempt = %s",
+        (order_id, seen),
+    )
+
+
 def bump_refund_attempt(tx: Tx, order_id: str, seen: int) -> None:
     """Toss answered a cancel of this unexpected charge with an error: the next attempt uses a new key."""
     tx.execute(
@@ -192,7 +201,7 @@ def orders_to_reconcile(tx: Tx, older_than_seconds: int, limit: int) -> list[Row
     """Orders with no outcome yet, or a charge still to refund, untouched for this long (database clock)."""
     statuses = in_order(ORDER_TO_RECONCILE)
     return tx.all(
-        "SELECT order_id, payment_id, payment_key, amount, status FROM payment_orders "
+        "SELECT order_id, payment_id, payment_key, amount, status, confirm_attempt FROM payment_orders "
         f"WHERE status IN ({marks(statuses)}) "
         "AND updated_at < NOW(3) - INTERVAL %s SECOND ORDER BY updated_at LIMIT %s",
         (*statuses, older_than_seconds, limit),

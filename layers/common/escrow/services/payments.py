@@ -56,8 +56,10 @@ if TYPE_CHECKING:
 _IN_FLIGHT_RETRIES = 4
 
 
-def confirm_idempotency_key(order_id: str) -> str:
-    return f"confirm-{order_id}"
+def confirm_idempotency_key(order_id: str, attempt: int = 0) -> str:
+    """One key per attempt to confirm an order: the same key when no answer arrived (Toss answers it with the first
+    outcome), a new one after a Toss answer with an error code (which Toss replays for that key for 15 days)."""
+    return f"confirm-{order_id}" if attempt == 0 else f"confirm-{order_id}-{attempt}"
 
 
 def refund_idempotency_key(order_id: str, attempt: int = 0) -> str:
@@ -145,7 +147,7 @@ def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
 # --- confirm ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class Attempt:
     payment_id: int
     request_id: int
@@ -154,6 +156,7 @@ class Attempt:
     amount: int
     done: bool = False  # Toss already approved this confirm: answer without calling Toss
     answer: dict[str, Any] | None = None  # what to answer then, when it is not "completed"
+    key_attempt: int = 0  # which Idempotency-Key (see confirm_idempotency_key)
 
 
 def _replay(payer_id: str, body: ConfirmBody) -> Attempt | None:
@@ -229,7 +232,14 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                     and order["payment_key"] == body.paymentKey
                 ):
                     # A retry or a concurrent duplicate: Toss's Idempotency-Key makes it one charge.
-                    return Attempt(share["id"], request["id"], body.orderId, body.paymentKey, int(order["amount"]))
+                    return Attempt(
+                        share["id"],
+                        request["id"],
+                        body.orderId,
+                        body.paymentKey,
+                        int(order["amount"]),
+                        key_attempt=int(order["confirm_attempt"]),
+                    )
                 code = (
                     "PAYMENT_IN_PROGRESS" if share["status"] == PaymentStatus.IN_PROGRESS else "PAYMENT_OUTCOME_UNKNOWN"
                 )
@@ -302,7 +312,7 @@ class _Replayed(Exception):
 
 
 def _call_confirm(toss: TossClient, attempt: Attempt) -> Payment:
-    key = confirm_idempotency_key(attempt.order_id)
+    key = confirm_idempotency_key(attempt.order_id, attempt.key_attempt)
     for retry in range(_IN_FLIGHT_RETRIES + 1):
         try:
             return toss.confirm(attempt.payment_key, attempt.order_id, attempt.amount, idempotency_key=key)
@@ -310,8 +320,18 @@ def _call_confirm(toss: TossClient, attempt: Attempt) -> Payment:
             if exc.code == "IDEMPOTENT_REQUEST_PROCESSING" and retry < _IN_FLIGHT_RETRIES:
                 time.sleep(0.25 * (retry + 1))  # the first confirm with this key is still running at Toss
                 continue
+            if exc.outcome_unknown and exc.code != "IDEMPOTENT_REQUEST_PROCESSING":
+                # An answer (a 5xx, say) that leaves the outcome open: it is bound to this key, so asking again
+                # with it would only hear it again. The next confirm of this order uses a new key.
+                _next_confirm_key(attempt)
             raise
     raise AssertionError("unreachable")
+
+
+def _next_confirm_key(attempt: Attempt) -> None:
+    with db.transaction() as tx:
+        payments_repo.bump_confirm_attempt(tx, attempt.order_id, attempt.key_attempt)
+    attempt.key_attempt += 1
 
 
 def _look_up(toss: TossClient, attempt: Attempt) -> Payment | None:
@@ -788,7 +808,14 @@ def reconcile_order(order: dict[str, Any], *, toss: TossClient) -> str:
         if payment.balance_amount > 0:
             return refund_unexpected_charge(payment, "UNEXPECTED_CHARGE", toss=toss)
         return _mark_refunded(order["order_id"], payment, actor="reconcile", why="UNEXPECTED_CHARGE")
-    attempt = Attempt(order["payment_id"], 0, order["order_id"], order["payment_key"] or "", order["amount"])
+    attempt = Attempt(
+        order["payment_id"],
+        0,
+        order["order_id"],
+        order["payment_key"] or "",
+        order["amount"],
+        key_attempt=int(order["confirm_attempt"]),
+    )
     found = _look_up(toss, attempt) if order["payment_key"] else None
     if found is None:
         record_failure(order["order_id"], "NOT_FOUND_PAYMENT", "Toss has no payment for this order", actor="reconcile")
