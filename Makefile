@@ -4,14 +4,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
-STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup run test lint typecheck sam-check iac-lint template-resources smoke bench audit chaos migrate seed clean
+.PHONY: setup run test lint typecheck sam-check sam-local iac-lint template-resources smoke bench audit chaos migrate seed clean
 
-$(STAMP): requirements-dev.txt layers/common/requirements.txt
+$(STAMP): requirements-dev.txt layers/common/requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@# The project itself, editable and without dependencies: the `escrow-ops` console script.
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
@@ -33,10 +35,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy layers/common/escrow
 
+# The real `sam local invoke` / `sam local start-api` on every event and the README walkthrough (needs Docker;
+# scripts/sam-local-engine.sh installs and starts it as root). README: "Running locally with SAM".
+sam-local: setup
+	$(PY) scripts/sam_local.py
+
+# `make sam-local` runs when Docker can run here; otherwise one line says why not (exit code 3 of `check`).
 test: setup lint typecheck
 	bash scripts/sam-check.sh
 	bash scripts/iac-lint.sh
 	$(PY) -m pytest -n 2 tests
+	@bash scripts/sam-local-engine.sh check; status=$$?; \
+	  if [ $$status -eq 0 ]; then $(PY) scripts/sam_local.py; elif [ $$status -ne 3 ]; then exit $$status; fi
 
 sam-check:
 	bash scripts/sam-check.sh

@@ -289,6 +289,9 @@ class LocalApi:
         self.pool = WorkerPool(workers)
         self.base_dir = Path(base_dir) if base_dir else REPO_ROOT
         self.integration_timeout = integration_timeout
+        from local.demo import DemoSite  # the reference chat client under /demo/ (local only)
+
+        self.demo = DemoSite()
 
     def handle(
         self,
@@ -302,6 +305,9 @@ class LocalApi:
         raw_path, _, raw_query = target.partition("?")
         raw_path = raw_path or "/"
         request_id = new_request_id()
+        demo = self.demo.handle(method, raw_path, raw_query, body)
+        if demo is not None:
+            return HttpResponse(*demo)
         if method.upper() == "GET" and raw_path == "/openapi.json":
             spec_file = self.base_dir / "openapi.json"
             if spec_file.is_file():

@@ -410,3 +410,18 @@ def check_cancel(current: str, new: str) -> None:
 
 def check_payout(current: str, new: str) -> None:
     PAYOUT.check(current, new)
+
+
+# --- what an operator may do by hand (escrow.ops through services/operator.py) --------------------------------
+
+# A failed payout goes back to the schedule (retry-payout). Not a move of PAYOUT: a payout Toss failed is final for
+# the schedule and for Toss's webhooks; only a person, after fixing the cause, decides to pay it again.
+OPERATOR_PAYOUT = Machine(
+    "a payout (by an operator)",
+    initial=set(),
+    transitions={PayoutStatus.FAILED: {PayoutStatus.SCHEDULED}},
+)
+
+
+def check_operator_payout(current: str, new: str) -> None:
+    OPERATOR_PAYOUT.check(current, new)

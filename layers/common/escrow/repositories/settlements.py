@@ -9,7 +9,7 @@ from typing import Any
 
 from escrow.db import Row, Tx
 from escrow.repositories._sql import assignments, in_order, marks, rows
-from escrow.states import PAYOUT, PAYOUT_AT_TOSS, PAYOUT_DUE, PayoutStatus
+from escrow.states import OPERATOR_PAYOUT, PAYOUT, PAYOUT_AT_TOSS, PAYOUT_DUE, PayoutStatus
 
 _COLUMNS = (
     "s.id, s.payment_request_id, s.store_id, s.gross_amount, s.fee_bps, s.platform_fee, s.net_amount, "
@@ -301,3 +301,12 @@ def poll_later(tx: Tx, settlement_id: int, poll_at: datetime | None) -> None:
         f"UPDATE payment_settlements SET payout_lease_until = %s WHERE id = %s AND payout_status IN ({marks(at_toss)})",
         (poll_at, settlement_id, *at_toss),
     )
+
+
+def reschedule_by_operator(tx: Tx, settlement_id: int, current: str, **fields: Any) -> None:
+    """An operator sends a failed payout back to the schedule (escrow.ops retry-payout, services/operator.py):
+    checked against the operator's machine, not PAYOUT, where a failed payout is final."""
+    OPERATOR_PAYOUT.check(current, PayoutStatus.SCHEDULED)
+    extra = assignments(fields)
+    sql = f"UPDATE payment_settlements SET payout_status = %s{', ' + extra if extra else ''} WHERE id = %s"
+    tx.execute(sql, (PayoutStatus.SCHEDULED, *fields.values(), settlement_id))

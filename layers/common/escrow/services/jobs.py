@@ -89,6 +89,9 @@ def _expire_one(request_id: int, at: datetime) -> list[dict[str, Any]] | None:
             closed_by="schedule",
             close_reason="deadline passed before every participant paid",
         )
+        targets = refund_service.queue_refunds(
+            tx, request["id"], actor="schedule", reason="기한 내 전원 결제되지 않아 자동 환불", tag="expiry"
+        )
         outbox_repo.add(
             tx,
             event_type="RequestExpired",
@@ -98,11 +101,12 @@ def _expire_one(request_id: int, at: datetime) -> list[dict[str, Any]] | None:
                 "payment_request_id": request["id"],
                 "chat_room_id": request["chat_room_id"],
                 "store_id": request["store_id"],
+                "amount_per_participant": request["amount"],
+                "participant_count": request["participant_count"],
+                "refund_amount": sum(t["remaining"] for t in targets),
             },
         )
-        return refund_service.queue_refunds(
-            tx, request["id"], actor="schedule", reason="기한 내 전원 결제되지 않아 자동 환불", tag="expiry"
-        )
+        return targets
 
 
 def reconcile_payments(

@@ -480,7 +480,9 @@ def _record_charge_refunds(
             "chat_room_id": request["chat_room_id"],
             "payer_id": share["payer_id"],
             "paymentKey": payment.payment_key,
+            "paid_amount": int(fresh["paid_amount"]),
             "refunded_amount": refunded,
+            "held_amount": int(fresh["paid_amount"]) - int(fresh["refunded_amount"]),
             "refund_status": "refunded" if fully else "partially_refunded",
         },
     )
@@ -521,8 +523,8 @@ def cancel_request(
             ]
         else:
             cancelled_id = None
-            _close_cancelled(tx, request, principal, reason)
             targets = queue_refunds(tx, request["id"], actor=principal.user_id, reason=reason, tag="room-cancel")
+            _close_cancelled(tx, request, principal, reason, refund_amount=sum(t["remaining"] for t in targets))
     results = refund_queued(targets, toss=toss)
     if cancelled_id is None:
         return _summary(results)
@@ -530,7 +532,9 @@ def cancel_request(
         return {**cancelled_summary(tx, cancelled_id), "already_cancelled": True}
 
 
-def _close_cancelled(tx: db.Tx, request: dict[str, Any], principal: Principal, reason: str) -> None:
+def _close_cancelled(
+    tx: db.Tx, request: dict[str, Any], principal: Principal, reason: str, *, refund_amount: int
+) -> None:
     requests_repo.set_status(
         tx,
         request["id"],
@@ -548,6 +552,10 @@ def _close_cancelled(tx: db.Tx, request: dict[str, Any], principal: Principal, r
         payload={
             "payment_request_id": request["id"],
             "chat_room_id": request["chat_room_id"],
+            "store_id": request["store_id"],
+            "amount_per_participant": request["amount"],
+            "participant_count": request["participant_count"],
+            "refund_amount": refund_amount,
             "reason": reason,
             "cancelled_by": principal.user_id,
         },
@@ -618,7 +626,9 @@ def queue_refunds(
                     amount=None,
                 )
             )
-            targets.append({"cancel_id": cancel_id, "payment_key": charge["payment_key"]})
+            targets.append(
+                {"cancel_id": cancel_id, "payment_key": charge["payment_key"], "remaining": 0 if waiting else balance}
+            )
     return targets
 
 
