@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup run test lint typecheck sam-check bench audit chaos migrate seed clean
+.PHONY: setup run test lint typecheck sam-check bench audit chaos migrate seed openapi clean
 
 $(STAMP): requirements-dev.txt layers/common/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ typecheck: $(STAMP)
 test: setup lint typecheck
 	bash scripts/sam-check.sh
 	$(PY) -m pytest -n 2 tests
+
+# openapi.json is generated from the functions' Powertools resolvers; a test fails when it is stale.
+openapi: $(STAMP)
+	$(PY) -m local.openapi > openapi.json
 
 bench: setup
 	$(PY) -m bench
