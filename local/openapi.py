@@ -88,7 +88,8 @@ def build() -> dict[str, Any]:
     dangling = sorted({ref for ref in re.findall(r'"#/components/schemas/([^"]+)"', text) if ref not in schemas})
     if unused or dangling:
         raise AssertionError(f"schemas nothing refers to: {unused}; references to no schema: {dangling}")
-    return _integral(document)
+    integral: dict[str, Any] = _integral(document)
+    return integral
 
 
 def _integral(node: Any) -> Any:

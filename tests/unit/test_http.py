@@ -145,7 +145,9 @@ def test_first_requests_from_many_threads_at_once_each_get_their_own_answer():
         t.start()
     for t in threads:
         t.join()
-    assert answers == {n: (200, {"n": n, "user": f"user{n}", "raw": len(json.dumps({"n": n}))}) for n in range(100, 116)}
+    assert answers == {
+        n: (200, {"n": n, "user": f"user{n}", "raw": len(json.dumps({"n": n}))}) for n in range(100, 116)
+    }
 
 
 def test_an_unauthenticated_resolver_takes_requests_without_a_token():

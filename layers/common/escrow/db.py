@@ -58,7 +58,8 @@ class _Connection(pymysql.connections.Connection):
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
-        return super()._create_ssl_ctx(sslp)  # type: ignore[misc]
+        context: ssl.SSLContext = super()._create_ssl_ctx(sslp)  # type: ignore[misc]
+        return context
 
 
 def _connect() -> pymysql.connections.Connection:

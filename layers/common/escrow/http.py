@@ -69,6 +69,9 @@ class _JsonBodies(OpenAPIRequestValidationMiddleware):
     JSON as a form; the API has only ever taken JSON). Powertools would parse a form or multipart body instead, and
     a multipart content-type without a boundary made it raise a plain ValueError: a 500."""
 
+    def __init__(self) -> None:  # (the parent's own __init__ sets nothing, and is untyped)
+        pass
+
     def _get_body(self, app: Any) -> Any:
         return self._parse_json_data(app)
 
@@ -103,7 +106,8 @@ class EscrowResolver(APIGatewayHttpResolver):
 
     @property  # type: ignore[override]
     def current_event(self) -> APIGatewayProxyEventV2:
-        return self._local.event
+        event: APIGatewayProxyEventV2 = self._local.event
+        return event
 
     @current_event.setter
     def current_event(self, value: APIGatewayProxyEventV2) -> None:
@@ -121,7 +125,8 @@ class EscrowResolver(APIGatewayHttpResolver):
     def context(self) -> dict[str, Any]:
         if not hasattr(self._local, "context"):
             self._local.context = {}
-        return self._local.context
+        context: dict[str, Any] = self._local.context
+        return context
 
     @context.setter
     def context(self, value: dict[str, Any]) -> None:
@@ -131,7 +136,8 @@ class EscrowResolver(APIGatewayHttpResolver):
     def processed_stack_frames(self) -> list[str]:
         if not hasattr(self._local, "frames"):
             self._local.frames = []
-        return self._local.frames
+        frames: list[str] = self._local.frames
+        return frames
 
     @processed_stack_frames.setter
     def processed_stack_frames(self, value: list[str]) -> None:
@@ -146,7 +152,8 @@ class EscrowResolver(APIGatewayHttpResolver):
     @property
     def raw_body(self) -> bytes:
         """The request body exactly as the client sent it (at most MAX_BODY_BYTES)."""
-        return self._local.raw_body
+        raw: bytes = self._local.raw_body
+        return raw
 
     # --- resolution ----------------------------------------------------------------------------------------------
 
