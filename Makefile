@@ -4,14 +4,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
-STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup run test lint typecheck sam-check bench audit chaos migrate seed openapi clean
+.PHONY: setup run test lint typecheck sam-check sam-local iac-lint template-resources smoke bench audit chaos migrate seed openapi clean
 
-$(STAMP): requirements-dev.txt layers/common/requirements.txt
+$(STAMP): requirements-dev.txt layers/common/requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@# The project itself, editable and without dependencies: the `escrow-ops` console script.
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
@@ -27,15 +29,43 @@ run: setup
 	$(PY) -m local.run
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check layers functions local toss_sandbox tests bench
-	$(VENV)/bin/ruff format --check layers functions local toss_sandbox tests bench
+	$(VENV)/bin/ruff check layers functions local toss_sandbox tests bench scripts
+	$(VENV)/bin/ruff format --check layers functions local toss_sandbox tests bench scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy layers/common/escrow
 
+# The real `sam local invoke` / `sam local start-api` on every event and the README walkthrough (needs Docker;
+# scripts/sam-local-engine.sh installs and starts it as root). README: "Running locally with SAM".
+sam-local: setup
+	$(PY) scripts/sam_local.py
+
+# `make sam-local` runs when Docker can run here; otherwise one line says why not (exit code 3 of `check`).
 test: setup lint typecheck
 	bash scripts/sam-check.sh
+	bash scripts/iac-lint.sh
 	$(PY) -m pytest -n 2 tests
+	@bash scripts/sam-local-engine.sh check; status=$$?; \
+	  if [ $$status -eq 0 ]; then $(PY) scripts/sam_local.py; elif [ $$status -ne 3 ]; then exit $$status; fi
+
+sam-check:
+	bash scripts/sam-check.sh
+
+# cfn-lint (informational rules included) and checkov on template.yaml, plus the CloudFormation Rules' verdicts.
+iac-lint:
+	bash scripts/iac-lint.sh
+
+# The synthesized template's logical ids and types for both data tiers (SAM CLI's samtranslator).
+SAM_PY = $${SAM_VENV:-$$HOME/.cache/escrow-sam-venv}/bin/python
+template-resources:
+	@test -x "$(SAM_PY)" || bash scripts/sam-check.sh
+	@for create in true false; do "$(SAM_PY)" scripts/template_check.py resources CreateDatabase=$$create; done
+
+# The README walkthrough against a deployed stack: make smoke API=https://... TOKEN_CMD='...' [ARGS='--room 123 ...']
+smoke: $(STAMP)
+	@test -n "$(API)" || { echo "usage: make smoke API=https://<api-id>.execute-api.<region>.amazonaws.com TOKEN_CMD='<command that prints a JWT for the user id given as its last argument>' [ARGS=...]" >&2; exit 2; }
+	@test -n "$(TOKEN_CMD)" || { echo "TOKEN_CMD is required (e.g. TOKEN_CMD='$(PY) -m local.jwt' locally)" >&2; exit 2; }
+	$(PY) scripts/smoke.py --api "$(API)" --token-cmd "$(TOKEN_CMD)" $(ARGS)
 
 # openapi.json is generated from the functions' Powertools resolvers; a test fails when it is stale.
 openapi: $(STAMP)

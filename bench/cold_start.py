@@ -10,10 +10,11 @@ Which request each function's row times (none calls Toss; the happy paths that d
 - release: `POST /api/v1/payment/release` of a room not fully paid yet (409 REQUEST_NOT_FUNDED, locks taken);
 - webhook: `POST /api/v1/payment/webhook` with an event type we ignore (200: the delivery is logged in MariaDB).
 
-Modes: **local** (secrets in environment variables, as `make run`); **deployed** (APP_ENV=prod, the JWT, database
+Modes: **local** (secrets in environment variables, as `make run`); **deployed** (APP_ENV=dev, the JWT, database
 and Toss secrets from the AWS Parameters and Secrets Lambda Extension, played by local.secrets_extension in its own
 process, backed by moto: the extension's first GetSecretValue calls, without network latency unless
-`--secrets-latency-ms` adds some).
+`--secrets-latency-ms` adds some; the bench's MariaDB has no TLS, so the TLS handshake a deployed function makes
+with RDS Proxy is not in the figures).
 `--no-bytecode` adds local mode without precompiled bytecode (what an uncompiled layer costs on Lambda, where /opt is
 read-only). `--instructions` also runs each probe once under valgrind's callgrind and gives its instruction count
 and ratio: on a machine shared with other work, times move with the load, instruction counts do not. A second
@@ -328,7 +329,9 @@ def secrets_extension(url: str, latency_ms: float = 0.0) -> Any:
 def deployed_env(env: dict[str, str], port: int, arns: dict[str, str]) -> dict[str, str]:
     return {
         **env,
-        "APP_ENV": "prod",
+        "APP_ENV": "dev",  # a deployed stage (no local defaults for keys)
+        "DB_TLS": "disabled",  # the bench's MariaDB has no TLS; deployed, the TLS handshake comes on top
+        "AWS_LAMBDA_FUNCTION_NAME": "bench",  # on Lambda: secrets from the extension
         "DB_SECRET_ARN": arns["escrow/db"],
         "JWT_SECRET_ARN": arns["escrow/jwt"],
         "TOSS_SECRET_ARN": arns["escrow/toss"],

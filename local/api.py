@@ -303,6 +303,9 @@ class LocalApi:
         self.pool = WorkerPool(workers)
         self.base_dir = Path(base_dir) if base_dir else REPO_ROOT
         self.integration_timeout = integration_timeout
+        from local.demo import DemoSite  # the reference chat client under /demo/ (local only)
+
+        self.demo = DemoSite()
 
     def handle(
         self,
@@ -316,6 +319,9 @@ class LocalApi:
         raw_path, _, raw_query = target.partition("?")
         raw_path = raw_path or "/"
         request_id = new_request_id()
+        demo = self.demo.handle(method, raw_path, raw_query, body)
+        if demo is not None:
+            return HttpResponse(*demo)
         if method.upper() == "GET" and raw_path in ("/openapi.json", SWAGGER_PATH):
             docs = self._docs(raw_path, raw_query, dict((k.lower(), v) for k, v in header_items).get("host"))
             if docs is not None:

@@ -4,6 +4,11 @@
 3. starts the Toss sandbox (127.0.0.1:4010, webhooks to the local API), 4. starts the local HTTP API
 (127.0.0.1:3000), 5. starts the scheduler (ReleaseFunction with events/schedule.json), then runs until
 Ctrl-C or SIGTERM. Needs a MySQL/MariaDB at DATABASE_URL (default mysql://root:@127.0.0.1:3306/escrow).
+
+The outbox is published to a local EventBridge bus (local/eventbus.py) that delivers the chat service's
+notifications, as the template's rule and API destination do when deployed, to CHAT_WEBHOOK_URL (or
+--chat-webhook-url), else to the reference chat client's feed (/demo/chat on the local API); --no-chat prints the
+events to the log only.
 """
 
 from __future__ import annotations
@@ -61,6 +66,24 @@ def run_step(title: str, module: str, env: dict[str, str]) -> bool:
     return True
 
 
+def start_chat_notifications(host: str, url: str, dlq: str | None) -> Any:
+    """The local EventBridge bus with the template's notification rule, delivering to `url`."""
+    from local.eventbus import LocalEventBus, api_destination_rules
+
+    rules = api_destination_rules(url, api_key=os.environ.get("CHAT_WEBHOOK_API_KEY") or None)
+    if not rules:
+        raise OSError("template.yaml has no rule with an API destination target (ChatNotificationsRule)")
+    return LocalEventBus(rules, host=host, dlq_path=dlq).start()
+
+
+def eventbridge_overrides(bus_url: str) -> dict[str, str]:
+    """Point the layer's EventBridge publisher (boto3) at the local bus; boto3 signs, so it needs some keys."""
+    env = {"OUTBOX_PUBLISHER": "eventbridge", "AWS_ENDPOINT_URL_EVENTBRIDGE": bus_url}
+    if not os.environ.get("AWS_ACCESS_KEY_ID"):
+        env.update({"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"})
+    return env
+
+
 def banner(api_url: str, toss_url: str | None, schedule_interval: float, workers: int) -> str:
     lines = [
         "",
@@ -69,6 +92,7 @@ def banner(api_url: str, toss_url: str | None, schedule_interval: float, workers
         f"  OpenAPI        {api_url}/openapi.json, Swagger UI {api_url}/swagger"
         if (REPO_ROOT / "openapi.json").exists()
         else None,
+        f"  Chat client    {api_url}/demo/  (reference client; the room's notifications feed)",
         f"  Toss sandbox   {toss_url}"
         if toss_url
         else "  Toss sandbox   not started (--no-sandbox): TOSS_API_BASE=" + os.environ.get("TOSS_API_BASE", "?"),
@@ -98,6 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-seed", action="store_true")
     parser.add_argument("--env-vars", default=str(DEFAULT_ENV_FILE))
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--chat-webhook-url",
+        default=os.environ.get("CHAT_WEBHOOK_URL", ""),
+        help="deliver the chat notifications here (default: CHAT_WEBHOOK_URL, else the reference client's feed, "
+        "/demo/chat on the local API)",
+    )
+    parser.add_argument(
+        "--no-chat", action="store_true", help="no local bus: events are only printed to the log (as before)"
+    )
+    parser.add_argument("--chat-dlq", default=None, help="append undelivered notifications to this JSON-lines file")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -131,14 +165,28 @@ def main(argv: list[str] | None = None) -> int:
     sandbox: Any = None
     api: Any = None
     scheduler: Any = None
+    bus: Any = None
     try:
+        if not args.no_chat:
+            chat_url = args.chat_webhook_url or f"{api_url}/demo/chat"
+            bus = start_chat_notifications(args.host, chat_url, args.chat_dlq)
+            overrides.update(eventbridge_overrides(bus.url))
+            print(f"==> local event bus on {bus.url} (chat notifications to {chat_url})", flush=True)
         if not args.no_sandbox:
             try:
                 from toss_sandbox import start_sandbox
             except ImportError as exc:
                 print(f"cannot import toss_sandbox.start_sandbox ({exc}); use --no-sandbox", file=sys.stderr)
                 return 1
-            sandbox = start_sandbox(args.host, toss_port, webhook_url=api_url + WEBHOOK_PATH)
+            # COMPAT (issue 8): the client does not wait for settlement yet, so the local sandbox pays out at once
+            # from a large available balance. Remove when the client waits until GET /v2/balances shows enough.
+            sandbox = start_sandbox(
+                args.host,
+                toss_port,
+                webhook_url=api_url + WEBHOOK_PATH,
+                settlement_delay_seconds=0,
+                available_balance=1_000_000_000,
+            )
             overrides["TOSS_API_BASE"] = str(getattr(sandbox, "url", overrides["TOSS_API_BASE"])).rstrip("/")
             print(f"==> Toss sandbox on {overrides['TOSS_API_BASE']}", flush=True)
 
@@ -159,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     finally:
-        for name, part in (("scheduler", scheduler), ("local API", api), ("Toss sandbox", sandbox)):
+        for name, part in (("scheduler", scheduler), ("local API", api), ("Toss sandbox", sandbox), ("event bus", bus)):
             if part is None:
                 continue
             try:

@@ -34,11 +34,22 @@ class SecretsExtensionStandIn:
     """Serves GET /secretsmanager/get from a boto3 Secrets Manager client (moto's, in tests) on 127.0.0.1."""
 
     def __init__(
-        self, client: Any, *, token: str, host: str = "127.0.0.1", port: int = 0, latency_ms: float = 0.0
+        self,
+        client: Any,
+        *,
+        token: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_ms: float = 0.0,
+        cache_seconds: float = 0.0,
     ) -> None:
         self.client = client
         self.token = token
-        self.latency_s = latency_ms / 1000  # added to each answer: Secrets Manager's round trip, if wanted
+        self.latency_s = latency_ms / 1000  # added to each answer not from the cache: Secrets Manager's round trip
+        # The real extension keeps an answer for SECRETS_MANAGER_TTL (300 s by default) and cannot be told to skip
+        # it; 0 here asks Secrets Manager (moto) every time.
+        self.cache_seconds = cache_seconds
+        self._cache: dict[tuple[str, ...], tuple[float, dict[str, Any]]] = {}
         self.requests: list[str] = []  # the secret ids asked for, in order
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
@@ -84,6 +95,11 @@ class SecretsExtensionStandIn:
                     args["VersionId"] = query["versionId"]
                 if "versionStage" in query:
                     args["VersionStage"] = query["versionStage"]
+                key = tuple(sorted(f"{k}={v}" for k, v in args.items()))
+                cached = extension._cache.get(key)
+                if cached is not None and time.monotonic() - cached[0] < extension.cache_seconds:
+                    self._send(200, cached[1])
+                    return
                 if extension.latency_s:
                     time.sleep(extension.latency_s)
                 try:
@@ -93,6 +109,8 @@ class SecretsExtensionStandIn:
                     self._send(400, {"__type": error.get("Code", type(exc).__name__), "message": str(exc)})
                     return
                 answer.pop("ResponseMetadata", None)
+                if extension.cache_seconds:
+                    extension._cache[key] = (time.monotonic(), answer)
                 self._send(200, answer)
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:

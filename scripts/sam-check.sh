@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the SAM template and the layer build without Docker or an AWS account:
 #   sam validate --lint, sam validate (region + dummy credentials), sam build into a temporary directory,
-#   then the built layer must hold precompiled (unchecked-hash) bytecode for escrow and pydantic.
+#   then the built layer must hold precompiled (unchecked-hash) bytecode for escrow and pydantic, the RDS CA bundle
+#   and the SQL migrations, and MigrateFunction must carry yoyo. Last, the synthesized template's resources are
+#   listed for CreateDatabase=true and false (scripts/template_check.py with the SAM CLI's samtranslator).
 # The SAM CLI lives in its own virtual environment (it pins its own pydantic/boto3):
 #   SAM_VENV (default ~/.cache/escrow-sam-venv) is created with `pip install aws-sam-cli` when missing.
 # Usage: scripts/sam-check.sh            (KEEP_BUILD=1 keeps the build directory and prints it)
@@ -64,6 +66,9 @@ escrow_pyc=$(find "$LAYER/escrow" -name '*.pyc' | wc -l)
 pydantic_pyc=$(find "$LAYER/pydantic" -name '*.pyc' | wc -l)
 (( escrow_pyc > 0 )) || fail "no .pyc files for escrow in the built layer"
 (( pydantic_pyc > 0 )) || fail "no .pyc files for pydantic in the built layer"
+[[ -f "$LAYER/escrow/certs/rds-ca-bundle.pem" ]] || fail "the built layer lacks escrow/certs/rds-ca-bundle.pem"
+ls "$LAYER"/escrow/migrations/*.sql >/dev/null 2>&1 || fail "the built layer lacks the SQL migrations"
+[[ -d "$BUILD_DIR/MigrateFunction/yoyo" ]] || fail "MigrateFunction was built without yoyo (functions/migrate/requirements.txt)"
 if find "$LAYER/escrow" -type d -name tests | grep -q .; then
   fail "tests were copied into the layer"
 fi
@@ -87,11 +92,21 @@ EOF
 fi
 
 functions=0
-for fn in RequestFunction ConfirmFunction CancelFunction ReleaseFunction WebhookFunction; do
+for fn in MigrateFunction RequestFunction ConfirmFunction CancelFunction ReleaseFunction WebhookFunction; do
   [[ -f "$BUILD_DIR/$fn/app.py" ]] || fail "$fn was not built (no $BUILD_DIR/$fn/app.py)"
   functions=$((functions + 1))
 done
 layer_mb=$(du -sm "$BUILD_DIR/CommonLayer" | cut -f1)
 
+# The synthesized template for both data tiers (the closing list of issue 9); kept in the build dir with KEEP_BUILD=1.
+for create in true false; do
+  "$SAM_VENV/bin/python" scripts/template_check.py resources "CreateDatabase=$create" \
+    > "$BUILD_DIR/resources-CreateDatabase-$create.txt" || fail "the SAM transform failed for CreateDatabase=$create"
+done
+resources_true=$(head -1 "$BUILD_DIR/resources-CreateDatabase-true.txt" | awk '{print $2}')
+resources_false=$(head -1 "$BUILD_DIR/resources-CreateDatabase-false.txt" | awk '{print $2}')
+if [[ "${SHOW_RESOURCES:-0}" == 1 ]]; then cat "$BUILD_DIR"/resources-CreateDatabase-*.txt >&2; fi
+
 echo "sam-check OK: SAM CLI $SAM_VERSION; validate --lint clean; validate OK; build OK in ${build_seconds}s" \
-     "($functions functions, layer ${layer_mb} MB, .pyc: escrow $escrow_pyc, pydantic $pydantic_pyc, unchecked-hash)"
+     "($functions functions, layer ${layer_mb} MB, .pyc: escrow $escrow_pyc, pydantic $pydantic_pyc, unchecked-hash);" \
+     "synthesized: $resources_true resources with CreateDatabase=true, $resources_false with false"

@@ -11,8 +11,10 @@ or from a shell: ``python -m toss_sandbox --host 127.0.0.1 --port 4010``.
 
 Modules: ``server`` (HTTP + ``start_sandbox``), ``toss_api`` (Toss endpoints and the call pipeline),
 ``controls`` (``/sandbox/*`` test controls), ``core`` (wiring + ticker), ``store`` (state, one lock),
-``idempotency``, ``faults``, ``payments``, ``payouts``, ``webhooks``, ``jwe``, ``schema`` (Payment schema
-check), ``auth``, ``errors`` (codes and statuses), ``clock``, ``ids``, ``routing``, ``settings``.
+``idempotency``, ``faults``, ``payments``, ``payouts``, ``balances`` (pending/available and settlement),
+``banks`` (Toss's and the standard bank codes), ``checkout`` (the payment window), ``webhooks``, ``jwe``,
+``schema`` (Payment schema check), ``auth``, ``errors`` (codes and statuses), ``clock``, ``ids``, ``routing``,
+``settings``. Sources and settings of every Toss behaviour: docs/toss-behaviours.md.
 """
 
 from .auth import basic_auth_header

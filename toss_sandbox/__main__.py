@@ -33,7 +33,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--webhook-hmac-encoding", choices=("hex", "ascii"), default="hex")
     parser.add_argument("--webhook-timeout-seconds", type=float, default=10.0)
     parser.add_argument("--confirm-window-seconds", type=float, default=600.0)
-    parser.add_argument("--available-balance", type=int, default=None, help="payout availableAmount at start")
+    parser.add_argument("--available-balance", type=int, default=None, help="payout availableAmount at start (0)")
+    parser.add_argument(
+        "--settlement-delay-seconds",
+        type=float,
+        default=None,
+        help="seconds from a sale's approval until it is availableAmount (default 2 days)",
+    )
+    parser.add_argument(
+        "--idempotency-bind-5xx",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay 5xx answers for their Idempotency-Key like any answer (default: yes)",
+    )
     parser.add_argument("--payout-auto-complete-seconds", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--verbose", action="store_true")
@@ -57,6 +69,10 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         settings["webhook_retry_delays"] = [float(x) for x in args.webhook_retry_delays.split(",") if x.strip()]
     if args.available_balance is not None:
         settings["available_balance"] = args.available_balance
+    if args.settlement_delay_seconds is not None:
+        settings["settlement_delay_seconds"] = args.settlement_delay_seconds
+    if args.idempotency_bind_5xx is not None:
+        settings["idempotency_bind_5xx"] = args.idempotency_bind_5xx
     return settings
 
 

@@ -1,4 +1,5 @@
-"""Basic authentication as Toss does it (REFERENCE §1): ``Authorization: Basic base64("{SECRET_KEY}:")``.
+"""Basic authentication as Toss does it: ``Authorization: Basic base64("{SECRET_KEY}:")``
+[DOC https://docs.tosspayments.com/reference/using-api/authorization; codes DOC https://docs.tosspayments.com/reference/error-codes].
 
 * no (or empty) Authorization header                       -> 401 UNAUTHORIZED_KEY
 * not ``Basic <base64>``, not decodable, no trailing colon,

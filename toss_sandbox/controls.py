@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
+from .banks import refund_bank
+from .checkout import CheckoutWindow
 from .clock import iso
 from .core import SandboxCore
 from .errors import TossError
 from .faults import FaultConfigError
 from .routing import Request, Response, Router
+from .schema import PaymentSchemaError
+
+log = logging.getLogger("toss_sandbox.controls")
 
 
 class Controls:
     def __init__(self, core: SandboxCore) -> None:
         self.core = core
+        self.checkout = CheckoutWindow(core)
         self.router: Router[Callable[[Request], Response]] = Router()
         r = self.router
         r.add("GET", "/sandbox/health", self.health)
+        r.add("GET", "/sandbox/checkout", self.checkout.page)
+        r.add("POST", "/sandbox/checkout", self.checkout.submit)
         r.add("POST", "/sandbox/payments", self.create_payment)
         r.add("GET", "/sandbox/payments", self.list_payments)
         r.add("POST", "/sandbox/payments/{paymentKey}/deposit", self.deposit)
+        r.add("POST", "/sandbox/payments/{paymentKey}/deposit-error", self.deposit_error)
+        r.add("POST", "/sandbox/bank-accounts", self.register_bank_account)
         r.add("GET", "/sandbox/faults", self.get_faults)
         r.add("POST", "/sandbox/faults", self.set_faults)
         r.add("DELETE", "/sandbox/faults", self.reset_faults)
@@ -33,6 +44,8 @@ class Controls:
         r.add("POST", "/sandbox/sellers/{sellerId}/status", self.seller_status)
         r.add("GET", "/sandbox/balance", self.get_balance)
         r.add("POST", "/sandbox/balance", self.set_balance)
+        r.add("GET", "/sandbox/sales", self.sales)
+        r.add("POST", "/sandbox/payouts/refuse", self.refuse_payouts)
         r.add("POST", "/sandbox/payouts/{payoutId}/complete", self.complete_payout)
         r.add("GET", "/sandbox/config", self.get_config)
         r.add("POST", "/sandbox/config", self.set_config)
@@ -54,6 +67,13 @@ class Controls:
             return Response.json(exc.status, exc.body(), code=exc.code)
         except (FaultConfigError, ValueError, TypeError) as exc:
             return Response.json(400, {"code": "INVALID_REQUEST", "message": str(exc)}, code="INVALID_REQUEST")
+        except PaymentSchemaError as exc:  # a sandbox bug (or a broken openapi_path): say so, keep the connection
+            error = TossError("SANDBOX_SCHEMA_VIOLATION", str(exc)[:500])
+            return Response.json(error.status, error.body(), code=error.code)
+        except Exception:
+            log.exception("SANDBOX BUG in control %s %s", req.method, req.path)
+            error = TossError("UNKNOWN_ERROR", "[sandbox] internal error, see the sandbox log")
+            return Response.json(error.status, error.body(), code=error.code)
 
     @staticmethod
     def _body(req: Request) -> Any:
@@ -85,6 +105,21 @@ class Controls:
 
     def deposit(self, req: Request) -> Response:
         return Response.json(200, self.core.payments.deposit(req.params["paymentKey"], self._body(req)))
+
+    def deposit_error(self, req: Request) -> Response:
+        return Response.json(200, self.core.payments.deposit(req.params["paymentKey"], {"revert": True}))
+
+    def register_bank_account(self, req: Request) -> Response:
+        """``{bank, accountNumber, holderName}``: the holder of an account, so that a refund naming another
+        holder is refused with INVALID_REFUND_ACCOUNT_INFO (unknown accounts are accepted as given)."""
+        body = self._object(req)
+        bank = refund_bank(body.get("bank"))
+        number, holder = body.get("accountNumber"), body.get("holderName")
+        if bank is None or not isinstance(number, str) or not number.isdigit() or not isinstance(holder, str):
+            raise TossError("INVALID_REQUEST", "give bank (Toss code or name), accountNumber (digits), holderName")
+        with self.core.store.lock:
+            self.core.store.bank_accounts[(bank.toss, number)] = holder
+        return Response.json(200, {"bank": bank.toss, "accountNumber": number, "holderName": holder})
 
     # ------------------------------------------------------------------ faults
     def get_faults(self, req: Request) -> Response:
@@ -144,6 +179,13 @@ class Controls:
 
     def set_balance(self, req: Request) -> Response:
         return Response.json(200, self.core.payouts.set_balance(self._body(req)))
+
+    def sales(self, req: Request) -> Response:
+        self.core.balances.settle_due()
+        return Response.json(200, {"items": self.core.balances.sales_json(), **self.core.balances.to_json()})
+
+    def refuse_payouts(self, req: Request) -> Response:
+        return Response.json(200, self.core.payouts.queue_refusal(self._body(req)))
 
     def complete_payout(self, req: Request) -> Response:
         return Response.json(200, self.core.payouts.complete(req.params["payoutId"], self._body(req)))

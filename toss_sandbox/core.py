@@ -8,6 +8,7 @@ import traceback
 from datetime import timedelta
 from typing import Any
 
+from .balances import BalanceService
 from .clock import SandboxClock, iso
 from .faults import FaultInjector
 from .idempotency import IdempotencyRegistry
@@ -34,6 +35,7 @@ class SandboxCore:
         self.schema = PaymentSchema(settings.openapi_path)
         self.faults = FaultInjector(self.store.lock, self.ids)
         self.idempotency = IdempotencyRegistry(self.store.lock, settings.idempotency_ttl_seconds)
+        self.balances = BalanceService(self)
         self.payments = PaymentService(self)
         self.payouts = PayoutService(self)
         self.webhooks = WebhookService(self)
@@ -65,8 +67,9 @@ class SandboxCore:
                 log.exception("sandbox ticker failed")
 
     def tick(self) -> None:
-        """Time-driven changes: confirm windows expiring, scheduled payouts, automatic payout completion."""
+        """Time-driven changes: confirm windows expiring, sales settling, scheduled payouts, payout completion."""
         self.payments.expire_due()
+        self.balances.settle_due()
         self.payouts.sweep()
 
     # ------------------------------------------------------------------ schema
@@ -111,8 +114,8 @@ class SandboxCore:
                     if not isinstance(value, list):
                         raise ValueError("webhook_retry_delays must be a list of seconds")
                     value = [float(v) for v in value]
-                if name == "secret_keys" and not isinstance(value, list):
-                    raise ValueError("secret_keys must be a list")
+                if name in ("secret_keys", "webhook_event_types") and not isinstance(value, list):
+                    raise ValueError(f"{name} must be a list")
                 setattr(candidate, name, value)
             candidate.validate()
             self.settings = candidate

@@ -1,9 +1,14 @@
-"""Toss error codes, their HTTP statuses and messages (REFERENCE §6), and the exception that carries them."""
+"""Toss error codes, their HTTP statuses and messages, and the exception that carries them.
+
+Source: Toss's error list [DOC https://docs.tosspayments.com/reference/error-codes] ("전체 에러 목록" and the
+per-endpoint tables for confirm and cancel, the latter reproduced by third-party enums [3P]); v2 payout codes
+from [TC https://techchat.tosspayments.com/m/1461347481341132882] and the v1 payout section of the same list.
+Codes marked "sandbox" below are this sandbox's choice where no source names a code (docs/toss-behaviours.md).
+"""
 
 from __future__ import annotations
 
-# code -> (HTTP status, message). Statuses follow REFERENCE §6; codes marked "sandbox" are this sandbox's
-# choice where REFERENCE leaves room (listed in toss_sandbox/README.md).
+# code -> (HTTP status, message).
 ERROR_TABLE: dict[str, tuple[int, str]] = {
     # --- auth / common
     "UNAUTHORIZED_KEY": (401, "인증되지 않은 시크릿 키 혹은 클라이언트 키 입니다."),
@@ -88,14 +93,19 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     ),
     "FAILED_PARTIAL_REFUND": (500, "은행 점검, 해약 계좌 등의 사유로 부분 환불이 실패했습니다."),
     # --- v2 sellers / payouts
+    # FORBIDDEN_SELLER_PAYOUT: 403 in a real v2 answer [TC https://techchat.tosspayments.com/m/1461347481341132882].
     "FORBIDDEN_SELLER_PAYOUT": (403, "지급대행이 불가능한 셀러입니다. 셀러 상태를 확인해주세요."),
+    # NOT_FOUND_SELLER / NOT_FOUND_PAYOUT: sandbox names (UNCONFIRMED). Toss's full error list has the v1 codes
+    # NOT_FOUND_SUBMALL and PAYOUT_NOT_FOUND (404); what v2 answers for an unknown seller or payout is not known.
     "NOT_FOUND_SELLER": (404, "존재하지 않는 셀러입니다."),
     "NOT_FOUND_PAYOUT": (404, "존재하지 않는 지급대행 요청입니다."),
-    "NOT_ALLOWED_HOLIDAY": (400, "휴일에는 요청할 수 없습니다."),
-    # sandbox choices (REFERENCE names no code for these situations):
+    "NOT_ALLOWED_HOLIDAY": (400, "공휴일은 지급일로 선택할 수 없습니다."),
+    # 전체 에러 목록: "지급가능한 금액을 초과했습니다." / "The payable amount has been exceeded." Used for a payout
+    # above availableAmount (setting payout_insufficient_balance_code; UNCONFIRMED that v2 answers it).
+    "NOT_ENOUGH_AMOUNT": (400, "지급가능한 금액을 초과했습니다."),
+    # sandbox choices (no source names a code for these situations; UNCONFIRMED):
     "DUPLICATED_REF_SELLER_ID": (400, "이미 사용된 refSellerId 입니다."),
     "DUPLICATED_REF_PAYOUT_ID": (400, "이미 사용된 refPayoutId 입니다."),
-    "INSUFFICIENT_BALANCE": (400, "지급 가능 잔액이 부족합니다."),
     "NOT_CANCELABLE_PAYOUT": (403, "취소할 수 없는 지급대행 요청입니다. REQUESTED 상태에서만 취소할 수 있습니다."),
     "INVALID_ENCRYPTION": (400, "암호화된 요청을 복호화할 수 없습니다."),
     "SANDBOX_SCHEMA_VIOLATION": (500, "[sandbox] 생성한 Payment 객체가 스키마와 맞지 않습니다 (샌드박스 버그)."),

@@ -1,12 +1,19 @@
-"""Toss's ``Idempotency-Key`` semantics (REFERENCE §5).
+"""Toss's ``Idempotency-Key`` semantics.
+
+Sources: [DOC https://docs.tosspayments.com/reference/using-api/idempotency-key,
+https://docs.tosspayments.com/guides/using-api/idempotency-key, https://docs.tosspayments.com/en/api-guide];
+[TC https://techchat.tosspayments.com/m/1186570706016809030] (one constant key replays the first payment).
 
 * Identity = (key, API key, path, method); the body is not part of it.
-* A repeat replays the first response verbatim (errors included) for 15 days.
+* A repeat replays the first response verbatim for 15 days, "even in the case of an error" (English docs);
+  4xx replays observed for 15 days [3P-live].
 * While the first request is still running, a repeat gets 409 IDEMPOTENT_REQUEST_PROCESSING.
 * Keys longer than 300 characters get 400 INVALID_IDEMPOTENCY_KEY.
 
-Sandbox choice (REFERENCE is silent): 5xx answers (injected server errors and timeouts) are not bound to the
-key; the key is released so that a retry with the same key is processed. Every 2xx-4xx answer is bound.
+Not observed: whether a 5xx answer (server error, timeout) is bound too. Setting ``idempotency_bind_5xx``:
+True (default, the English docs' wording) binds it like any answer, so a retry with the same key replays the
+5xx; False releases the key, so a retry with it is processed. A forced 409 never binds the key (it is the
+answer "someone else holds the key").
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ class IdempotencyRegistry:
         with self._lock:
             entry = self._entries.get(identity)
             if entry is not None and now - entry.first_used_at > self.ttl:
-                # An expired key is treated as a new one (REFERENCE §5: "treated as new").
+                # An expired key is treated as a new one (the idempotency-key docs: "treated as new").
                 entry = None
             if entry is None:
                 self._entries[identity] = _Entry(first_used_at=now)
@@ -59,10 +66,10 @@ class IdempotencyRegistry:
                 return Outcome.PROCESSING, None
             return Outcome.REPLAY, entry.response.copy()
 
-    def finish(self, identity: Identity, response: Response) -> None:
-        """Bind the first response to the key, or release the key for a 5xx answer."""
+    def finish(self, identity: Identity, response: Response, *, bind_5xx: bool = True) -> None:
+        """Bind the first response to the key; a 5xx answer releases the key instead unless ``bind_5xx``."""
         with self._lock:
-            if response.status >= 500:
+            if response.status >= 500 and not bind_5xx:
                 self._entries.pop(identity, None)
                 return
             entry = self._entries.get(identity)

@@ -1,4 +1,5 @@
-"""Payout ENCRYPTION security mode (REFERENCE §8.1): compact JWE, ``alg: dir``, ``enc: A256GCM``.
+"""Payout ENCRYPTION security mode [DOC https://docs.tosspayments.com/guides/v2/payouts]: compact JWE,
+``alg: dir``, ``enc: A256GCM``.
 
 The key is the 64-hex-character security key, hex-decoded to 32 bytes. The protected header carries the
 custom members ``iat`` (ISO-8601 with offset, no milliseconds) and ``nonce`` (random).

@@ -3,7 +3,14 @@
 Every function here expects to be called with ``core.store.lock`` held (the Toss API layer does that) or
 takes the lock itself; none of them sleeps.
 
-Choices where REFERENCE leaves room (all reported in the package docstring):
+Sources: confirm, lookups and the Payment object [DOC https://docs.tosspayments.com/en/api-guide; the
+community transcription of the Core API reference, see data/PROVENANCE.md]; the 10-minute confirm window
+[DOC https://docs.tosspayments.com/reference/using-api/webhook-events]; cancels [3P-live summary of
+https://docs.tosspayments.com/guides/v2/cancel-payment; codes DOC https://docs.tosspayments.com/reference/error-codes];
+virtual accounts [DOC https://docs.tosspayments.com/reference/using-api/webhook-events,
+https://docs.tosspayments.com/resources/faq].
+
+Choices where the sources leave room (listed in docs/toss-behaviours.md):
 
 * confirm with an ``orderId`` that is not the one the buyer authenticated -> 404 NOT_FOUND_PAYMENT_SESSION
   (no payment session exists for that pair); the payment stays IN_PROGRESS.
@@ -20,6 +27,7 @@ import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from .banks import refund_bank
 from .clock import iso
 from .errors import TossError
 from .settings import API_VERSION
@@ -127,7 +135,9 @@ class PaymentService:
                 "depositorName": va.customer_name if p.status != "WAITING_FOR_DEPOSIT" else None,
                 "dueDate": iso(va.due_date),
                 "refundStatus": va.refund_status,
-                "expired": False,
+                # The deposit deadline passed: the payment stays WAITING_FOR_DEPOSIT (no webhook)
+                # [DOC https://docs.tosspayments.com/reference/using-api/webhook-events].
+                "expired": p.status == "WAITING_FOR_DEPOSIT" and self.core.clock.now() > va.due_date,
                 "settlementStatus": va.settlement_status,
                 "refundReceiveAccount": None,
             }
@@ -361,13 +371,24 @@ class PaymentService:
             p.approved_at = now
             p.approve_no = core.ids.approve_no()
             core.store.approved_payment_keys.add(p.payment_key)
+            core.balances.record_sale(p.payment_key, p.total_amount, now)
             payment = self.render(p)
             core.webhooks.payment_status_changed(payment, now)
             return payment
 
     # ------------------------------------------------------------------ virtual-account deposit (control)
     def deposit(self, payment_key: str, body: Any) -> dict[str, Any]:
-        """Simulate the buyer's deposit; ``{"revert": true}`` simulates a deposit error (DONE -> waiting)."""
+        """Simulate the buyer's deposit (the developer center's test deposit [DOC
+        https://docs.tosspayments.com/resources/faq]); ``{"revert": true}`` plays a deposit error.
+
+        * deposit: ``WAITING_FOR_DEPOSIT`` -> ``DONE``; DEPOSIT_CALLBACK (flat body with the ``secret``) and, if
+          registered, PAYMENT_STATUS_CHANGED; the amount becomes a sale on its way to the payout balance. A
+          deposit after ``dueDate`` is refused (the account expired).
+        * deposit error: ``DONE`` -> ``WAITING_FOR_DEPOSIT`` (API 2022-11-16; was ``CANCELED`` up to 1.4)
+          [DOC https://docs.tosspayments.com/reference/using-api/webhook-events]; DEPOSIT_CALLBACK with status
+          ``WAITING_FOR_DEPOSIT``; no PAYMENT_STATUS_CHANGED (it is sent only for DONE, ABORTED, EXPIRED,
+          CANCELED, PARTIAL_CANCELED); the sale is taken back from the balance.
+        """
         revert = isinstance(body, dict) and bool(body.get("revert"))
         core = self.core
         now = core.clock.now()
@@ -378,17 +399,22 @@ class PaymentService:
             if p.virtual_account is None:
                 raise TossError("INVALID_REQUEST", "not a virtual-account payment")
             if revert:
-                if p.status != "DONE":
-                    raise TossError("INVALID_REQUEST", "only a DONE deposit can be reverted")
+                if p.status != "DONE" or p.cancels:
+                    raise TossError("INVALID_REQUEST", f"only a deposited, uncancelled payment can bounce ({p.status})")
                 p.status = "WAITING_FOR_DEPOSIT"
                 p.approved_at = None
                 core.store.approved_payment_keys.discard(p.payment_key)
+                core.balances.take_back(p.payment_key, p.balance_amount)
+                core.store.sales.pop(p.payment_key, None)
             else:
                 if p.status != "WAITING_FOR_DEPOSIT":
                     raise TossError("INVALID_REQUEST", f"payment is {p.status}, not WAITING_FOR_DEPOSIT")
+                if now > p.virtual_account.due_date:
+                    raise TossError("INVALID_REQUEST", "the virtual account expired (dueDate passed)")
                 p.status = "DONE"
                 p.approved_at = now
                 core.store.approved_payment_keys.add(p.payment_key)
+                core.balances.record_sale(p.payment_key, p.balance_amount, now)
             p.last_transaction_key = core.ids.transaction_key()
             payment = self.render(p)
             if not revert:
@@ -398,7 +424,7 @@ class PaymentService:
 
     # ------------------------------------------------------------------ cancel
     def cancel(self, payment_key: str, body: Any) -> dict[str, Any]:
-        """POST /v1/payments/{paymentKey}/cancel (REFERENCE §4)."""
+        """POST /v1/payments/{paymentKey}/cancel [3P-live summary of https://docs.tosspayments.com/guides/v2/cancel-payment]."""
         if not isinstance(body, dict):
             raise TossError("INVALID_REQUEST", "요청 본문이 JSON 객체가 아닙니다.")
         reason = body.get("cancelReason")
@@ -442,11 +468,16 @@ class PaymentService:
                 raise TossError("NOT_ALLOWED_PARTIAL_REFUND_WAITING_DEPOSIT")
             if partial and p.use_escrow:
                 raise TossError("NOT_ALLOWED_PARTIAL_REFUND")
+            # Before the deposit a virtual account is cancelled like any payment, full amount only and without a
+            # refund account (an account given anyway is ignored: Toss's reaction is unknown); after it the refund
+            # account is mandatory [3P-live summary of https://docs.tosspayments.com/guides/v2/cancel-payment].
             if p.method == VIRTUAL_ACCOUNT and not waiting:
                 self._check_refund_account(body.get("refundReceiveAccount"))
             if tax_free > min(amount, p.tax_free_amount):
                 raise TossError("INVALID_REQUEST", "taxFreeAmount가 취소 가능한 면세 금액보다 큽니다.")
             had_cancels = bool(p.cancels)
+            if not waiting:
+                core.balances.take_back(p.payment_key, amount)
             p.balance_amount -= amount
             p.tax_free_amount -= tax_free if partial else p.tax_free_amount
             transaction_key = core.ids.transaction_key()
@@ -479,17 +510,35 @@ class PaymentService:
                 core.webhooks.deposit_callback(p, now)
             return payment
 
-    @staticmethod
-    def _check_refund_account(account: Any) -> None:
-        if not isinstance(account, dict):
+    def _check_refund_account(self, account: Any) -> None:
+        """A deposited virtual-account payment is refunded to ``refundReceiveAccount {bank, accountNumber,
+        holderName}``, which is mandatory and validated [3P-live summary of
+        https://docs.tosspayments.com/guides/v2/cancel-payment; real payload
+        TC https://techchat.tosspayments.com/m/1313689625872826430 (``bank: "88"``)]. Codes: INVALID_BANK,
+        INVALID_REFUND_ACCOUNT_NUMBER, INVALID_REFUND_ACCOUNT_INFO (number/holder mismatch)
+        [DOC https://docs.tosspayments.com/reference/error-codes]; the code for a missing account is a setting
+        (``refund_account_missing_code``, UNCONFIRMED)."""
+        settings = self.core.settings
+        if account is None:
             raise TossError(
-                "INVALID_REFUND_ACCOUNT_INFO", "입금 완료된 가상계좌 결제는 refundReceiveAccount가 필요합니다."
+                settings.refund_account_missing_code,
+                "입금 완료된 가상계좌 결제를 환불하려면 refundReceiveAccount가 필요합니다.",
+                400,
             )
-        number = account.get("accountNumber")
-        if not isinstance(number, str) or not number.isdigit() or len(number) > 20:
-            raise TossError("INVALID_REFUND_ACCOUNT_NUMBER")
-        if not isinstance(account.get("bank"), str) or not account["bank"]:
+        if not isinstance(account, dict):
+            raise TossError("INVALID_REQUEST", "refundReceiveAccount는 객체여야 합니다.")
+        # Toss's numeric codes or Korean names (API 2022-11-16 accepts names in requests)
+        # [DOC https://docs.tosspayments.com/reference/release-note]; the field is ``bank``, not ``bankCode``.
+        bank = refund_bank(account.get("bank"))
+        if bank is None:
             raise TossError("INVALID_BANK")
+        number = account.get("accountNumber")
+        if not isinstance(number, str) or not number.isdigit() or not 1 <= len(number) <= 20:
+            raise TossError("INVALID_REFUND_ACCOUNT_NUMBER")
         holder = account.get("holderName")
-        if not isinstance(holder, str) or not holder or len(holder) > 60:
+        if not isinstance(holder, str) or not holder.strip() or len(holder) > 60:
+            raise TossError("INVALID_REFUND_ACCOUNT_INFO")
+        with self.core.store.lock:
+            known_holder = self.core.store.bank_accounts.get((bank.toss, number))
+        if known_holder is not None and known_holder != holder:
             raise TossError("INVALID_REFUND_ACCOUNT_INFO")

@@ -1,10 +1,20 @@
-"""Payouts v2 (지급대행, REFERENCE §8): sellers, payouts, balances, completion.
+"""Payouts v2 (지급대행): sellers, payouts, completion.
 
-Choices where REFERENCE leaves room:
+Sources: [DOC https://docs.tosspayments.com/guides/v2/payouts, https://docs.tosspayments.com/en/integration-payouts]
+(JWE, sellers, payout items), [DOC https://docs.tosspayments.com/reference/using-api/webhook-events] (status
+flow, payout.changed / seller.changed), [TC https://techchat.tosspayments.com/m/1461347481341132882] (a real
+request: a JSON array of items; FORBIDDEN_SELLER_PAYOUT in the v2 envelope),
+[DOC https://docs.tosspayments.com/reference/additional] (payouts take only availableAmount; balances.py).
+
+Choices where the sources leave room (docs/toss-behaviours.md lists them with their settings):
 
 * duplicate ``refSellerId`` -> 400 DUPLICATED_REF_SELLER_ID; duplicate ``refPayoutId`` (already used, or twice in
-  one request) -> 400 DUPLICATED_REF_PAYOUT_ID; unknown ``destination`` -> 404 NOT_FOUND_SELLER.
-* the sum of a payout request above ``availableAmount`` -> 400 INSUFFICIENT_BALANCE (nothing is created).
+  one request) -> 400 DUPLICATED_REF_PAYOUT_ID (the first payout stays readable); unknown ``destination`` -> 404
+  NOT_FOUND_SELLER. These codes are the sandbox's (UNCONFIRMED).
+* the sum of a payout request above ``availableAmount`` -> ``payout_insufficient_balance_code`` (default 400
+  NOT_ENOUGH_AMOUNT from Toss's error list; UNCONFIRMED for v2), nothing is created.
+* seller ``account.bankCode`` outside ``seller_bank_code_table`` -> ``seller_invalid_bank_code`` (default 400
+  INVALID_BANK, UNCONFIRMED); see banks.py.
 * a request is all-or-nothing: one bad item refuses the whole request.
 * a PARTIALLY_APPROVED seller whose payouts of the last 7 days would exceed 10,000,000 KRW moves to
   KYC_REQUIRED (seller.changed is sent) and the request gets 403 FORBIDDEN_SELLER_PAYOUT.
@@ -20,6 +30,7 @@ import re
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
+from .banks import seller_bank
 from .clock import iso
 from .errors import TossError
 from .payments import as_whole_amount
@@ -97,12 +108,7 @@ class PayoutService:
         }
 
     def balance_json(self) -> dict[str, Any]:
-        with self.core.store.lock:
-            balance = self.core.store.balance
-            return {
-                "pendingAmount": {"currency": "KRW", "value": balance.pending},
-                "availableAmount": {"currency": "KRW", "value": balance.available},
-            }
+        return self.core.balances.to_json()
 
     # ------------------------------------------------------------------ sellers
     def register_seller(self, body: Any) -> dict[str, Any]:
@@ -132,6 +138,8 @@ class PayoutService:
         if not isinstance(account, dict):
             raise _invalid("account is required")
         _require_str(account, "bankCode", 10, "account.")
+        if seller_bank(account["bankCode"], self.core.settings.seller_bank_code_table) is None:
+            raise TossError(self.core.settings.seller_invalid_bank_code, "유효하지 않은 은행입니다.", 400)
         number = account.get("accountNumber")
         if not isinstance(number, str) or not re.fullmatch(r"\d{1,20}", number):
             raise _invalid("account.accountNumber must be at most 20 digits")
@@ -230,8 +238,12 @@ class PayoutService:
             "metadata": _check_metadata(item.get("metadata")),
         }
 
-    def request_payouts(self, body: Any) -> dict[str, Any]:
-        """POST /v2/payouts: body is a JSON array of items (``{"items": [...]}`` is accepted too)."""
+    def request_payouts(self, body: Any) -> dict[str, Any] | list[dict[str, Any]]:
+        """POST /v2/payouts: body is a JSON array of items (``{"items": [...]}`` is accepted too). The answer's
+        entity is ``{"items": [...]}`` or a bare list, per ``payout_entity_body``."""
+        refusal = self._next_refusal()
+        if refusal is not None:
+            raise refusal
         items = body.get("items") if isinstance(body, dict) else body
         if not isinstance(items, list) or not items:
             raise _invalid("body must be a non-empty JSON array of payout items")
@@ -260,8 +272,14 @@ class PayoutService:
                     self._change_seller_status(seller, "KYC_REQUIRED")
                     raise TossError("FORBIDDEN_SELLER_PAYOUT", "주간 지급 한도를 초과해 KYC가 필요합니다.")
             total = sum(p["amount"] for p in parsed)
-            if total > core.store.balance.available:
-                raise TossError("INSUFFICIENT_BALANCE")
+            # Only availableAmount can be paid out [DOC https://docs.tosspayments.com/reference/additional].
+            if total > core.balances.available():
+                settings = core.settings
+                raise TossError(
+                    settings.payout_insufficient_balance_code,
+                    "지급가능한 금액을 초과했습니다.",
+                    settings.payout_insufficient_balance_status,
+                )
             core.store.balance.available -= total
             created = []
             for p in parsed:
@@ -284,7 +302,39 @@ class PayoutService:
                 core.store.payout_by_ref[record.ref_payout_id] = record.id
                 core.store.counters["payouts"] += 1
                 created.append(self.payout_json(record))
+            if core.settings.payout_entity_body == "list":
+                return created
             return {"items": created}
+
+    # ------------------------------------------------------------------ control: refuse the next payout requests
+    def queue_refusal(self, body: Any) -> dict[str, Any]:
+        """``POST /sandbox/payouts/refuse {code, message?, status?, count?}``: the next ``count`` (default 1)
+        ``POST /v2/payouts`` calls are refused with that code (in the v2 envelope), nothing is created. For
+        testing how a client handles a code it does not know."""
+        if not isinstance(body, dict) or not isinstance(body.get("code"), str) or not body["code"]:
+            raise _invalid("code is required")
+        status = body.get("status", 400)
+        count = body.get("count", 1)
+        if not isinstance(status, int) or not 400 <= status <= 599:
+            raise _invalid("status must be an HTTP error status")
+        if not isinstance(count, int) or count < 1:
+            raise _invalid("count must be a whole number >= 1")
+        message = body.get("message") or f"[sandbox] payout refused with {body['code']}"
+        refusal = {"code": body["code"], "message": str(message), "status": status, "count": count}
+        with self.core.store.lock:
+            self.core.store.payout_refusals.append(refusal)
+            return {"items": list(self.core.store.payout_refusals)}
+
+    def _next_refusal(self) -> TossError | None:
+        with self.core.store.lock:
+            queue = self.core.store.payout_refusals
+            if not queue:
+                return None
+            refusal = queue[0]
+            refusal["count"] -= 1
+            if refusal["count"] <= 0:
+                queue.pop(0)
+            return TossError(refusal["code"], refusal["message"], refusal["status"])
 
     def _paid_last_week(self, seller_id: str, now: Any) -> int:
         since = now - timedelta(days=7)

@@ -56,6 +56,15 @@ class Response:
     def text(cls, status: int, text: str, code: str | None = None) -> Response:
         return cls(status, text.encode("utf-8"), {"Content-Type": "text/plain; charset=utf-8"}, code)
 
+    @classmethod
+    def html(cls, status: int, page: str, headers: dict[str, str] | None = None) -> Response:
+        return cls(status, page.encode("utf-8"), {"Content-Type": "text/html; charset=utf-8", **(headers or {})})
+
+    @classmethod
+    def redirect(cls, location: str) -> Response:
+        """303 See Other: the browser follows with a GET, as after Toss's payment window."""
+        return cls(303, b"", {"Location": location, "Cache-Control": "no-store"})
+
     def copy(self) -> Response:
         return Response(self.status, self.body, dict(self.headers), self.code, self.drop_after_seconds)
 

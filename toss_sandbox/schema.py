@@ -1,8 +1,10 @@
 """Checks every Payment object the sandbox produces against Toss's published ``Payment`` schema.
 
-Source: ``components.schemas`` of the community transcription ``core-api-2022-11-16.openapi.json`` (an
-unmodified extract is vendored in ``data/``; ``openapi_path`` may point at the full file). Adaptations
-applied at load time, all documented errata or facts of real payloads (REFERENCE §2 and errata):
+Source: ``components.schemas`` of the community transcription of Toss's Core API reference (API version
+2022-11-16) [SPEC]; an unmodified extract is vendored in ``data/`` with its provenance and errata in
+``data/PROVENANCE.md``; ``openapi_path`` may point at the full file. Adaptations applied at load time, all
+documented errata or facts of real payloads (Toss's own examples, e.g. the Payment in
+https://docs.tosspayments.com/reference/error-codes [DOC]):
 
 * amount fields typed ``string`` (``totalAmount``, ``balanceAmount``) are numbers;
 * the transcription never allows ``null`` while real Payment objects carry ``null`` for absent parts

@@ -183,6 +183,28 @@ class Balance:
     pending: int
 
 
+@dataclass
+class SaleRecord:
+    """One approved payment's money on its way to availableAmount (balances.py)."""
+
+    payment_key: str
+    amount: int  # what is left of it after cancels
+    approved_at: datetime
+    pending_at: datetime
+    settles_at: datetime
+    state: str = "unsettled"  # unsettled (not yet in any balance) | pending | available
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "paymentKey": self.payment_key,
+            "amount": self.amount,
+            "state": self.state,
+            "approvedAt": self.approved_at.isoformat(timespec="seconds"),
+            "pendingAt": self.pending_at.isoformat(timespec="seconds"),
+            "settlesAt": self.settles_at.isoformat(timespec="seconds"),
+        }
+
+
 class Store:
     """All mutable state. Services receive the store and take ``store.lock`` around each operation."""
 
@@ -203,6 +225,14 @@ class Store:
             self.payouts: dict[str, PayoutRecord] = {}
             self.payout_by_ref: dict[str, str] = {}
             self.balance = Balance(*self._initial_balance)
+            self.sales: dict[str, SaleRecord] = {}
+            # Keys of sales that are not yet available (the ticker only walks these).
+            self.settling: set[str] = set()
+            # Refund accounts the sandbox knows the holder of (POST /sandbox/bank-accounts): (bank code, number)
+            # -> holder name. A refund to a known account with another holder name is refused.
+            self.bank_accounts: dict[tuple[str, str], str] = {}
+            # Refusals queued by POST /sandbox/payouts/refuse for the next POST /v2/payouts calls.
+            self.payout_refusals: list[dict[str, Any]] = []
             self.calls: list[CallRecord] = []
             self.next_call_id = 1
             self.webhooks: list[WebhookDelivery] = []

@@ -10,7 +10,9 @@ Pipeline of one call:
 6. the call is recorded (``GET /sandbox/calls``).
 
 v2 answers use the envelope ``{"version","traceId","entityType","entityBody"}`` (errors: ``entityType`` and
-``entityBody`` null plus ``"error": {"code","message"}``). A v2 answer is JWE-encrypted (``Content-Type:
+``entityBody`` null plus ``"error": {"code","message"}``) [TC https://techchat.tosspayments.com/m/1461347481341132882;
+3P mion-kr/nestjs-toss-payments-seller-example]; ``v2_error_shape="v1"`` answers v2 errors as a bare
+``{"code","message"}`` instead (UNCONFIRMED, for testing clients). A v2 answer is JWE-encrypted (``Content-Type:
 text/plain``) exactly when the request carried ``TossPayments-api-security-mode: ENCRYPTION``; POSTs with a
 body (register seller, request payouts) must carry it and an encrypted body, else 400 INVALID_REQUEST.
 GETs and the body-less payout cancel may be sent either way.
@@ -144,6 +146,7 @@ class TossApi:
                 response.headers["idempotency-key"] = key
                 return response
             if outcome is Outcome.REPLAY and stored is not None:
+                # [DOC https://docs.tosspayments.com/reference/using-api/idempotency-key] the first answer again
                 with self.core.store.lock:
                     self.core.store.counters["idempotent_replays"] += 1
                 assert ctx.record is not None
@@ -161,7 +164,7 @@ class TossApi:
             raise
         if identity is not None:
             if bind:
-                self.core.idempotency.finish(identity, response)
+                self.core.idempotency.finish(identity, response, bind_5xx=self.core.settings.idempotency_bind_5xx)
             else:
                 self.core.idempotency.release(identity)
             response.headers["idempotency-key"] = key or ""
@@ -209,6 +212,8 @@ class TossApi:
     def _error(self, error: TossError, ctx: CallContext) -> Response:
         if not ctx.v2:
             return Response.json(error.status, error.body(), code=error.code)
+        if self.core.settings.v2_error_shape == "v1":
+            return self._v2_answer(error.status, error.body(), ctx, code=error.code)
         envelope = {
             "version": API_VERSION,
             "traceId": self.core.ids.trace_id(),
@@ -219,6 +224,7 @@ class TossApi:
         return self._v2_answer(error.status, envelope, ctx, code=error.code)
 
     def _v2_ok(self, entity_type: str, entity: Any, ctx: CallContext) -> Response:
+        # [DOC https://docs.tosspayments.com/guides/v2/payouts] answers to encrypted requests are encrypted.
         envelope = {
             "version": API_VERSION,
             "traceId": self.core.ids.trace_id(),

@@ -1,8 +1,17 @@
-"""Webhooks as Toss sends them (REFERENCE §7): payloads, headers, HMAC signatures, retries, delivery log.
+"""Webhooks as Toss sends them: payloads, headers, HMAC signatures, retries, delivery log.
 
-* Every delivery carries ``tosspayments-webhook-transmission-time`` (ISO-8601 with offset, the time of that
-  attempt), ``tosspayments-webhook-transmission-retried-count`` (0, 1, ...) and
-  ``tosspayments-webhook-transmission-id`` (``whtrans_...``, the same for all attempts of one delivery).
+Sources: [DOC https://docs.tosspayments.com/reference/using-api/webhook-events] (headers, payloads, signature),
+[DOC https://docs.tosspayments.com/guides/v2/webhook] (event types, 200 within 10 s, 7 retries over ~4 days,
+manual "다시 시도"), [TC https://techchat.tosspayments.com/m/1308725417263497257] (signature message),
+[TC https://techchat.tosspayments.com/m/1126366632416116797] (retries).
+
+* Every delivery carries ``tosspayments-webhook-transmission-time`` (ISO-8601 with offset),
+  ``tosspayments-webhook-transmission-retried-count`` (0, 1, ...) and ``tosspayments-webhook-transmission-id``
+  (``whtrans_...``, the same for all attempts of one delivery). Whether a retry carries a new transmission
+  time is UNCONFIRMED: ``webhook_retry_same_headers`` (default True) repeats the first attempt's time and
+  signature on every retry (only the retried-count changes); False stamps and signs each attempt anew.
+* Events are sent only for the types in ``webhook_event_types`` (registered in the developer center); sends
+  through the ``/sandbox/webhooks/send`` control ignore it.
 * Only ``payout.changed`` and ``seller.changed`` carry ``tosspayments-webhook-signature``:
   ``v1:<base64 HMAC of a fake rotated-out key>,v1:<base64 HMAC of the security key>``, where the MAC is
   HMAC-SHA256 over ``{raw body}:{transmission-time}``. The HMAC key is the security key hex-decoded
@@ -232,6 +241,8 @@ class WebhookService:
         target = url or core.settings.webhook_url
         if not target:
             return None
+        if url is None and event_type not in core.settings.webhook_event_types:
+            return None  # not registered in the developer center
         delivery = WebhookDelivery(
             transmission_id=core.ids.transmission_id(),
             event_type=event_type,
@@ -283,6 +294,10 @@ class WebhookService:
         if delivery.fixed_headers is not None:
             return dict(delivery.fixed_headers)
         settings = self.core.settings
+        if retried > 0 and delivery.attempts and settings.webhook_retry_same_headers:
+            headers = dict(delivery.attempts[0].headers)
+            headers[H_RETRIED] = str(retried)
+            return headers
         transmission_time = iso(self.core.clock.now())
         headers = {
             "Content-Type": "application/json",

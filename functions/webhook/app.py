@@ -18,6 +18,18 @@ from escrow.services import webhooks as service
 app = EscrowResolver(authenticated=False)
 
 
+def _answer(outcome: service.Outcome) -> Response[Any]:
+    """What Toss is told: 200 stops its retries, 503 asks for the delivery again, 400/401 refuse it."""
+    result = outcome.result
+    if result in (service.Result.PROCESSED, service.Result.DUPLICATE, service.Result.IGNORED):
+        return Response(200, JSON, {"status": result.value})
+    if result is service.Result.REJECTED:
+        return Response(401, JSON, {"error": {"code": "WEBHOOK_NOT_VERIFIED", "message": outcome.reason}})
+    if result is service.Result.INVALID_JSON:
+        return Response(400, JSON, {"error": {"code": "INVALID_JSON", "message": "the body is not a JSON object"}})
+    return Response(503, JSON, {"error": {"code": "TRY_AGAIN", "message": "could not process the webhook now"}})
+
+
 @app.post(
     "/api/v1/payment/webhook",
     summary="Toss webhooks (no JWT; verified per event type)",
@@ -25,8 +37,7 @@ app = EscrowResolver(authenticated=False)
     responses=documented(200, WebhookAck, (400, 401, 413, 503), webhook=True),
 )
 def webhook() -> Response[Any]:
-    answer = service.receive(dict(app.current_event.headers), app.raw_body)
-    return Response(answer.status, JSON, answer.body)
+    return _answer(service.receive(dict(app.current_event.headers), app.raw_body))
 
 
 lambda_handler = lambda_entry(app.resolve)

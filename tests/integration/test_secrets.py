@@ -1,6 +1,8 @@
 """Deployed, secrets come from the AWS Parameters and Secrets Lambda Extension (its HTTP interface played by
 local.secrets_extension, backed by moto's Secrets Manager); when it cannot give them, the answer is a 503 with a code,
-nothing is done, and the next request after it recovers succeeds without a restart."""
+nothing is done, and the next request after it recovers succeeds without a restart. Off Lambda (the operator's
+console) there is no extension: one BatchGetSecretValue. A rotated database password that the extension still
+serves from its cache is read again from Secrets Manager itself."""
 
 from __future__ import annotations
 
@@ -38,9 +40,11 @@ class Deployed:
 @pytest.fixture()
 def deployed(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Deployed]:
     """A deployed stage: no plain secrets in the environment, three secret ARNs, the extension on a free port."""
-    for name in ("DATABASE_URL", "JWT_SECRET", "TOSS_SECRET_KEY", "TOSS_SECURITY_KEY"):
+    for name in ("DATABASE_URL", "JWT_SECRET", "TOSS_SECRET_KEY", "TOSS_SECURITY_KEY", "SECRETS_SOURCE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("APP_ENV", "prod")
+    monkeypatch.setenv("APP_ENV", "dev")  # a deployed stage: no local defaults for keys
+    monkeypatch.setenv("DB_TLS", "disabled")  # the test MariaDB has no TLS (prod refuses this setting)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "RequestFunction")  # on Lambda: secrets from the extension
     monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
     db = parse_database_url(database_url)
     tag = uuid.uuid4().hex[:8]  # moto's state is per process: another test's mock may hold the same names
@@ -69,7 +73,7 @@ def deployed(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Dep
         monkeypatch.setenv("DB_SECRET_ARN", arns["db"])
         monkeypatch.setenv("JWT_SECRET_ARN", arns["jwt"])
         monkeypatch.setenv("TOSS_SECRET_ARN", arns["toss"])
-        with SecretsExtensionStandIn(client, token=SESSION_TOKEN) as extension:
+        with SecretsExtensionStandIn(client, token=SESSION_TOKEN, cache_seconds=300) as extension:
             monkeypatch.setenv("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", str(extension.port))
             config.reset_settings()
             yield Deployed(client, extension, arns)
@@ -172,3 +176,48 @@ def test_the_webhook_answers_503_too_so_toss_delivers_again(deployed):
 def _replace(deployed: Deployed, which: str, value: Any) -> None:
     text = value if isinstance(value, str) else json.dumps(value)
     deployed.client.put_secret_value(SecretId=deployed.arns[which], SecretString=text)
+
+
+def test_off_lambda_the_secrets_come_in_one_batch_from_secrets_manager(deployed, make_room, monkeypatch):
+    """The operator's console (escrow.ops --stack) runs where no extension is: the SDK, one call for all."""
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME")
+    config.reset_settings()
+    calls: list[list[str]] = []
+    real = config._batch_from_secrets_manager
+    monkeypatch.setattr(config, "_batch_from_secrets_manager", lambda ids: calls.append(ids) or real(ids))
+    room = make_room(1)
+    status, body = status_of(room.chat_room_id, room.members[0])
+    assert (status, body["error"]["code"]) == (404, "PAYMENT_REQUEST_NOT_FOUND")
+    assert deployed.extension.requests == []
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(deployed.arns.values())
+
+
+def test_a_rotated_database_password_is_read_again_past_the_extensions_cache(deployed, make_room, sql, database_url):
+    """RDS rotates the password; the extension keeps serving the old one for its TTL. The database refuses it, and
+    the password is read once from Secrets Manager itself: the request is served, without a restart."""
+    db = parse_database_url(database_url)
+    user = f"rot_{uuid.uuid4().hex[:8]}"
+    with sql.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'first-password'")
+        cur.execute(f"GRANT ALL ON `{db.database}`.* TO '{user}'@'%'")
+    try:
+        secret = {"host": db.host, "port": db.port, "username": user, "dbname": db.database}
+        _replace(deployed, "db", {**secret, "password": "first-password"})
+        room = make_room(1)
+        assert status_of(room.chat_room_id, room.members[0])[0] == 404  # connected with the first password
+        with sql.cursor() as cur:  # the rotation: the database and the secret change, the extension's copy does not
+            cur.execute(f"ALTER USER '{user}'@'%' IDENTIFIED BY 'second-password'")
+        _replace(deployed, "db", {**secret, "password": "second-password"})
+        asked = len(deployed.extension.requests)
+        from escrow import db as escrow_db
+
+        escrow_db.close()  # the next request needs a new connection (a frozen container's was dropped)
+        status, body = status_of(room.chat_room_id, room.members[0])
+        assert (status, body["error"]["code"]) == (404, "PAYMENT_REQUEST_NOT_FOUND")
+        assert len(deployed.extension.requests) == asked  # not from the extension: it would still say the old one
+    finally:
+        from escrow import db as escrow_db
+
+        escrow_db.close()
+        with sql.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")

@@ -1,4 +1,4 @@
-"""Basic auth exactly as REFERENCE §1 describes it."""
+"""Basic auth as Toss describes it (https://docs.tosspayments.com/reference/using-api/authorization)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cancel / refund rules of REFERENCE §4."""
+"""Cancel / refund rules (docs/toss-behaviours.md, "Cancels")."""
 
 from __future__ import annotations
 

@@ -40,6 +40,11 @@ def test_cli_serves_toss_and_the_controls_with_its_flags() -> None:
             "http://127.0.0.1:9/hook",
             "--webhook-retry-delays",
             "0.5,1",
+            "--available-balance",
+            "5000",
+            "--settlement-delay-seconds",
+            "60",
+            "--no-idempotency-bind-5xx",
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -60,6 +65,8 @@ def test_cli_serves_toss_and_the_controls_with_its_flags() -> None:
         assert config["secret_keys"] == ["test_sk_cli000000000000000000000"]
         assert config["webhook_url"] == "http://127.0.0.1:9/hook"
         assert config["webhook_retry_delays"] == [0.5, 1.0]
+        assert (config["available_balance"], config["settlement_delay_seconds"]) == (5000, 60.0)
+        assert config["idempotency_bind_5xx"] is False
         headers = {"Authorization": basic_auth_header("test_sk_cli000000000000000000000")}
         response = requests.get(f"{base}/v1/payments/tgen_none", headers=headers, timeout=5)
         assert response.json()["code"] == "NOT_FOUND_PAYMENT"

@@ -1,9 +1,11 @@
-"""Idempotency-Key semantics of REFERENCE §5."""
+"""Idempotency-Key semantics (https://docs.tosspayments.com/reference/using-api/idempotency-key)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
+import pytest
 import requests
 
 from toss_sandbox import DEFAULT_SECRET_KEYS, Sandbox
@@ -119,3 +121,88 @@ def test_requests_without_a_key_are_processed_normally(toss: TossClient) -> None
     second = toss.cancel(payment["paymentKey"], body)
     assert second.json()["balanceAmount"] == 29800
     assert "idempotency-key" not in second.headers
+
+
+# ---------------------------------------------------------------------- answers after errors (idempotency_bind_5xx)
+@pytest.mark.parametrize("bind_5xx", [True, False])
+def test_a_4xx_answer_is_always_bound_to_the_key(make_sandbox: Callable[..., Sandbox], bind_5xx: bool) -> None:
+    toss = TossClient(make_sandbox(idempotency_bind_5xx=bind_5xx).url)
+    payment = toss.paid(amount=30000)
+    body = {"cancelReason": "x", "cancelAmount": 100}
+    toss.faults(failure_code="PROVIDER_ERROR", count=1)  # 400, transient at Toss, still bound
+
+    first = toss.cancel(payment["paymentKey"], body, idempotency_key="cancel-1")
+    again = toss.cancel(payment["paymentKey"], body, idempotency_key="cancel-1")
+
+    assert (first.status_code, first.json()["code"]) == (400, "PROVIDER_ERROR")
+    assert again.json() == first.json() and again.status_code == 400
+    assert toss.get(f"/v1/payments/{payment['paymentKey']}").json()["balanceAmount"] == 30000
+    fresh = toss.cancel(payment["paymentKey"], body, idempotency_key="cancel-1-attempt-2")
+    assert fresh.json()["balanceAmount"] == 29900
+
+
+def test_by_default_a_5xx_answer_is_replayed_for_the_key(toss: TossClient) -> None:
+    """Toss's English docs: the first answer comes back "even in the case of an error"."""
+    widget = toss.widget()
+    args = (widget["paymentKey"], widget["orderId"], widget["amount"])
+    toss.faults(server_error_rate=1, paths=["/v1/payments/confirm"])
+    first = toss.confirm(*args, idempotency_key="confirm-1")
+    toss.control("DELETE", "/sandbox/faults")
+
+    retry = toss.confirm(*args, idempotency_key="confirm-1")
+
+    assert (first.status_code, first.json()["code"]) == (500, "FAILED_INTERNAL_SYSTEM_PROCESSING")
+    assert retry.status_code == 500 and retry.json() == first.json()
+    assert retry.headers["idempotency-key"] == "confirm-1"
+    assert toss.calls()[-1]["replayed"] is True
+    assert toss.get(f"/v1/payments/{widget['paymentKey']}").json()["status"] == "IN_PROGRESS"
+    assert toss.confirm(*args, idempotency_key="confirm-2").json()["status"] == "DONE"
+
+
+def test_a_timed_out_5xx_is_replayed_too_by_default(toss: TossClient) -> None:
+    widget = toss.widget()
+    args = (widget["paymentKey"], widget["orderId"], widget["amount"])
+    toss.faults(timeout_rate=1, timeout_seconds=0.2, paths=["/v1/payments/confirm"])
+    assert toss.confirm(*args, idempotency_key="slow-1").status_code == 500
+    toss.control("DELETE", "/sandbox/faults")
+    assert toss.confirm(*args, idempotency_key="slow-1").status_code == 500
+
+
+def test_with_bind_5xx_off_a_5xx_releases_the_key(make_sandbox: Callable[..., Sandbox]) -> None:
+    toss = TossClient(make_sandbox(idempotency_bind_5xx=False).url)
+    widget = toss.widget()
+    args = (widget["paymentKey"], widget["orderId"], widget["amount"])
+    toss.faults(timeout_rate=1, timeout_seconds=0.2, paths=["/v1/payments/confirm"])
+    assert toss.confirm(*args, idempotency_key="t-1").status_code == 500
+    toss.control("DELETE", "/sandbox/faults")
+
+    retry = toss.confirm(*args, idempotency_key="t-1")
+
+    assert retry.status_code == 200 and retry.json()["status"] == "DONE"
+    assert toss.calls()[-1]["replayed"] is False
+
+
+@pytest.mark.parametrize("bind_5xx", [True, False])
+def test_payout_after_a_5xx_under_both_settings(make_sandbox: Callable[..., Sandbox], bind_5xx: bool) -> None:
+    from .test_payouts import approved_seller, payout_item
+
+    toss = TossClient(make_sandbox(idempotency_bind_5xx=bind_5xx, available_balance=100_000).url)
+    seller_id = approved_seller(toss)
+    item = payout_item(seller_id, 10000)
+    toss.faults(failure_code="FAILED_INTERNAL_SYSTEM_PROCESSING", count=1, paths=["/v2/payouts"])
+    status, error, _ = toss.v2_post("/v2/payouts", [item], idempotency_key="payout-1")
+    assert (status, error["error"]["code"]) == (500, "FAILED_INTERNAL_SYSTEM_PROCESSING")
+
+    status, again, _ = toss.v2_post("/v2/payouts", [item], idempotency_key="payout-1")
+
+    if bind_5xx:
+        assert (status, again["error"]["code"]) == (500, "FAILED_INTERNAL_SYSTEM_PROCESSING")
+        assert toss.stats()["payouts"] == 0
+    else:
+        assert status == 200 and again["entityBody"]["items"][0]["refPayoutId"] == item["refPayoutId"]
+        assert toss.stats()["payouts"] == 1
+
+
+def test_the_setting_can_be_switched_at_run_time(toss: TossClient) -> None:
+    config = toss.control("POST", "/sandbox/config", {"idempotency_bind_5xx": False})
+    assert config["idempotency_bind_5xx"] is False

@@ -1,4 +1,4 @@
-"""Payouts v2: JWE security mode, sellers, payouts, balances (REFERENCE §8)."""
+"""Payouts v2: JWE security mode, sellers, payouts, balances (https://docs.tosspayments.com/guides/v2/payouts)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,11 @@ def payout_item(seller_id: str, value: int = 10000, **extra: Any) -> dict[str, A
         "metadata": {"groupId": "7f3a9c"},
         **extra,
     }
+
+
+def fund(toss: TossClient, available: int, pending: int = 0) -> None:
+    """Set the payout balances directly (the sandbox starts with nothing available, as a new merchant)."""
+    toss.control("POST", "/sandbox/balance", {"available": available, "pending": pending})
 
 
 def approved_seller(toss: TossClient) -> str:
@@ -219,25 +224,56 @@ def test_express_payout_is_in_progress_and_takes_money_from_the_balance(toss: To
 
 def test_items_wrapper_is_accepted(toss: TossClient) -> None:
     seller_id = approved_seller(toss)
+    fund(toss, 100_000)
     status, envelope, _ = toss.v2_post("/v2/payouts", {"items": [payout_item(seller_id), payout_item(seller_id)]})
     assert status == 200
     assert len(envelope["entityBody"]["items"]) == 2
 
 
-def test_payout_above_the_available_balance_is_insufficient_balance(toss: TossClient) -> None:
+def test_payout_above_the_available_balance_is_refused_with_not_enough_amount(toss: TossClient) -> None:
     seller_id = approved_seller(toss)
-    toss.control("POST", "/sandbox/balance", {"available": 10000})
+    fund(toss, 10000, pending=500_000)  # pending money cannot be paid out
+
     status, envelope, _ = toss.v2_post("/v2/payouts", [payout_item(seller_id, 10001)])
-    assert (status, envelope["error"]["code"]) == (400, "INSUFFICIENT_BALANCE")
+
+    assert (status, envelope["error"]["code"]) == (400, "NOT_ENOUGH_AMOUNT")
+    assert envelope["entityBody"] is None
     assert toss.control("GET", "/sandbox/balance")["availableAmount"]["value"] == 10000
+    assert toss.stats()["payouts"] == 0
+    assert toss.v2_post("/v2/payouts", [payout_item(seller_id, 10000)])[0] == 200
 
 
-def test_duplicate_ref_payout_id_is_refused(toss: TossClient) -> None:
+def test_the_invented_insufficient_balance_code_is_gone(toss: TossClient) -> None:
+    from toss_sandbox.errors import ERROR_TABLE
+
+    assert "INSUFFICIENT_BALANCE" not in ERROR_TABLE
+    assert toss.control("GET", "/sandbox/config")["available_balance"] == 0
+
+
+def test_the_balance_refusal_code_is_a_setting(make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox(
+        payout_insufficient_balance_code="SOME_FUTURE_BALANCE_CODE", payout_insufficient_balance_status=422
+    )
+    toss = TossClient(sandbox.url)
     seller_id = approved_seller(toss)
+    status, envelope, _ = toss.v2_post("/v2/payouts", [payout_item(seller_id, 1)])
+    assert (status, envelope["error"]["code"]) == (422, "SOME_FUTURE_BALANCE_CODE")
+
+
+def test_duplicate_ref_payout_id_is_refused_and_the_first_payout_can_still_be_read(toss: TossClient) -> None:
+    seller_id = approved_seller(toss)
+    fund(toss, 100_000)
     item = payout_item(seller_id)
-    toss.v2_post("/v2/payouts", [item])
-    status, envelope, _ = toss.v2_post("/v2/payouts", [item])
+    _, first, _ = toss.v2_post("/v2/payouts", [item], idempotency_key="first-try")
+    [payout] = first["entityBody"]["items"]
+
+    status, envelope, _ = toss.v2_post("/v2/payouts", [item], idempotency_key="second-try")
+
     assert (status, envelope["error"]["code"]) == (400, "DUPLICATED_REF_PAYOUT_ID")
+    assert toss.control("GET", "/sandbox/balance")["availableAmount"]["value"] == 90_000  # taken once
+    assert toss.v2_get(f"/v2/payouts/{payout['id']}", encrypted=True)[1]["entityBody"] == payout
+    listed = toss.v2_get("/v2/payouts")[1]["entityBody"]["items"]
+    assert [p["id"] for p in listed if p["refPayoutId"] == item["refPayoutId"]] == [payout["id"]]
     twice = [payout_item(seller_id, refPayoutId="same-ref"), payout_item(seller_id, refPayoutId="same-ref")]
     status, envelope, _ = toss.v2_post("/v2/payouts", twice)
     assert envelope["error"]["code"] == "DUPLICATED_REF_PAYOUT_ID"
@@ -250,6 +286,7 @@ def test_unknown_destination_is_not_found_seller(toss: TossClient) -> None:
 
 def test_scheduled_payout_is_requested_and_can_be_canceled(toss: TossClient) -> None:
     seller_id = approved_seller(toss)
+    fund(toss, 100_000)
     before = toss.control("GET", "/sandbox/balance")["availableAmount"]["value"]
     tomorrow = (date.today() + timedelta(days=2)).isoformat()
     _, envelope, _ = toss.v2_post(
@@ -297,7 +334,7 @@ def test_complete_and_fail_controls(toss: TossClient) -> None:
 
 
 def test_payouts_complete_automatically_when_configured(make_sandbox: Callable[..., Sandbox]) -> None:
-    toss = TossClient(make_sandbox(payout_auto_complete_seconds=0.2).url)
+    toss = TossClient(make_sandbox(payout_auto_complete_seconds=0.2, available_balance=100_000).url)
     seller_id = approved_seller(toss)
     _, envelope, _ = toss.v2_post("/v2/payouts", [payout_item(seller_id)])
     payout_id = envelope["entityBody"]["items"][0]["id"]
@@ -307,9 +344,59 @@ def test_payouts_complete_automatically_when_configured(make_sandbox: Callable[.
 def test_partially_approved_seller_over_the_weekly_limit_needs_kyc(toss: TossClient) -> None:
     _, envelope, _ = toss.v2_post("/v2/sellers", corporate_seller())
     seller_id = envelope["entityBody"]["id"]
+    fund(toss, 20_000_000)
     assert toss.v2_post("/v2/payouts", [payout_item(seller_id, 6_000_000)])[0] == 200
 
     status, error, _ = toss.v2_post("/v2/payouts", [payout_item(seller_id, 4_000_001)])
 
     assert (status, error["error"]["code"]) == (403, "FORBIDDEN_SELLER_PAYOUT")
     assert toss.v2_get(f"/v2/sellers/{seller_id}")[1]["entityBody"]["status"] == "KYC_REQUIRED"
+
+
+# ---------------------------------------------------------------------- shapes a client must survive
+def test_v2_errors_can_be_answered_in_v1_shape(make_sandbox: Callable[..., Sandbox]) -> None:
+    toss = TossClient(make_sandbox(v2_error_shape="v1").url)
+    _, envelope, _ = toss.v2_post("/v2/sellers", individual_seller())
+
+    status, error, response = toss.v2_post("/v2/payouts", [payout_item(envelope["entityBody"]["id"])])
+
+    assert status == 403
+    assert response.headers["Content-Type"].startswith("text/plain")  # still encrypted
+    assert error == {"code": "FORBIDDEN_SELLER_PAYOUT", "message": error["message"]}
+    plain = requests.get(toss.base_url + "/v2/payouts/FPA_NONE", headers=toss.session.headers, timeout=5)
+    assert plain.json() == {"code": "NOT_FOUND_PAYOUT", "message": plain.json()["message"]}
+    toss.control("POST", "/sandbox/config", {"v2_error_shape": "v2"})
+    assert toss.v2_get("/v2/payouts/FPA_NONE")[1]["error"]["code"] == "NOT_FOUND_PAYOUT"
+
+
+def test_the_payout_answer_can_carry_a_bare_list(make_sandbox: Callable[..., Sandbox]) -> None:
+    toss = TossClient(make_sandbox(payout_entity_body="list", available_balance=50_000).url)
+    seller_id = approved_seller(toss)
+
+    status, envelope, _ = toss.v2_post("/v2/payouts", [payout_item(seller_id, 1000), payout_item(seller_id, 2000)])
+
+    assert status == 200 and envelope["entityType"] == "payout"
+    assert isinstance(envelope["entityBody"], list)
+    assert [p["amount"]["value"] for p in envelope["entityBody"]] == [1000, 2000]
+
+
+def test_the_next_payout_requests_can_be_refused_with_any_code(toss: TossClient) -> None:
+    seller_id = approved_seller(toss)
+    fund(toss, 100_000)
+    toss.control("POST", "/sandbox/payouts/refuse", {"code": "SOME_FUTURE_PAYOUT_CODE", "status": 422, "count": 2})
+
+    refused = [toss.v2_post("/v2/payouts", [payout_item(seller_id)]) for _ in range(2)]
+    accepted = toss.v2_post("/v2/payouts", [payout_item(seller_id)])
+
+    for status, envelope, _response in refused:
+        assert (status, envelope["error"]["code"]) == (422, "SOME_FUTURE_PAYOUT_CODE")
+        assert envelope["entityBody"] is None
+    assert accepted[0] == 200
+    assert toss.stats()["payouts"] == 1
+    assert toss.control("GET", "/sandbox/balance")["availableAmount"]["value"] == 90_000
+
+
+@pytest.mark.parametrize("body", [{}, {"code": "X", "status": 200}, {"code": "X", "count": 0}])
+def test_the_refuse_control_checks_its_body(toss: TossClient, body: dict[str, Any]) -> None:
+    response = requests.post(toss.base_url + "/sandbox/payouts/refuse", json=body, timeout=5)
+    assert response.status_code == 400

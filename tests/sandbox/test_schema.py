@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from toss_sandbox import Sandbox
 from toss_sandbox.schema import VENDORED_SCHEMA, PaymentSchema
 
 from .conftest import TossClient
 
-SHARED_OPENAPI = Path(__file__).resolve().parents[3] / "shared" / "toss" / "core-api-2022-11-16.openapi.json"
 AMOUNT_FIELDS = ("totalAmount", "balanceAmount", "suppliedAmount", "vat", "taxFreeAmount", "taxExemptionAmount")
 
 
@@ -115,17 +116,47 @@ def test_a_payment_that_breaks_the_schema_is_answered_500_and_recorded(
     assert "totalAmount" in toss.control("GET", "/sandbox/schema-violations")["items"][0]["errors"]
 
 
-@pytest.mark.skipif(not SHARED_OPENAPI.exists(), reason="shared Toss OpenAPI file not beside the repository")
-def test_vendored_schema_is_an_unmodified_extract_of_the_shared_openapi_file() -> None:
-    shared = json.loads(SHARED_OPENAPI.read_text(encoding="utf-8"))["components"]["schemas"]
-    vendored = json.loads(VENDORED_SCHEMA.read_text(encoding="utf-8"))["components"]["schemas"]
-    assert set(vendored) == {"Payment", "Failure", "CashReceipt"}
-    for name, schema in vendored.items():
-        assert schema == shared[name]
+def test_vendored_schema_is_the_unmodified_extract_its_provenance_names() -> None:
+    document = json.loads(VENDORED_SCHEMA.read_text(encoding="utf-8"))
+    provenance = document["x-provenance"]
+    schemas = document["components"]["schemas"]
+    canonical = json.dumps(schemas, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    assert set(schemas) == {"Payment", "Failure", "CashReceipt"}
+    assert hashlib.sha256(canonical).hexdigest() == provenance["extract_sha256"]
+    assert provenance["commit"] in (VENDORED_SCHEMA.parent / "PROVENANCE.md").read_text(encoding="utf-8")
+    assert provenance["extract_sha256"] in (VENDORED_SCHEMA.parent / "PROVENANCE.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.skipif(not SHARED_OPENAPI.exists(), reason="shared Toss OpenAPI file not beside the repository")
-def test_the_full_openapi_file_can_be_used_instead(make_sandbox: Callable[..., Sandbox]) -> None:
-    toss = TossClient(make_sandbox(openapi_path=str(SHARED_OPENAPI)).url)
+def test_the_full_openapi_file_can_be_used_instead(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -> None:
+    """``openapi_path`` takes a whole OpenAPI document (here: the extract wrapped in one with paths)."""
+    vendored = json.loads(VENDORED_SCHEMA.read_text(encoding="utf-8"))
+    full = {
+        "openapi": "3.1.0",
+        "info": vendored["info"],
+        "paths": {"/v1/payments/{paymentKey}": {"get": {"responses": {"200": {"description": "Payment"}}}}},
+        "components": {"schemas": {**vendored["components"]["schemas"], "Unrelated": {"type": "object"}}},
+    }
+    path = tmp_path / "core-api.openapi.json"
+    path.write_text(json.dumps(full, ensure_ascii=False), encoding="utf-8")
+    toss = TossClient(make_sandbox(openapi_path=str(path)).url)
     assert toss.paid()["status"] == "DONE"
     assert toss.stats()["schemaViolations"] == 0
+
+
+def test_a_schema_file_that_breaks_the_payment_shape_is_noticed(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    vendored = json.loads(VENDORED_SCHEMA.read_text(encoding="utf-8"))
+    vendored["components"]["schemas"]["Payment"]["required"].append("somethingTossNeverSends")
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(vendored, ensure_ascii=False), encoding="utf-8")
+    toss = TossClient(make_sandbox(openapi_path=str(path)).url)
+
+    response = requests.post(
+        toss.base_url + "/sandbox/payments", json={"orderId": "order-broken-1", "amount": 1000}, timeout=5
+    )
+
+    assert (response.status_code, response.json()["code"]) == (500, "SANDBOX_SCHEMA_VIOLATION")
+    assert "somethingTossNeverSends" in response.json()["message"]
+    assert toss.stats()["schemaViolations"] == 1

@@ -1,4 +1,5 @@
-"""Webhooks as Toss sends them (REFERENCE §7), delivered to a tiny local receiver."""
+"""Webhooks as Toss sends them (https://docs.tosspayments.com/reference/using-api/webhook-events), delivered to a
+tiny local receiver."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from toss_sandbox import DEFAULT_SECURITY_KEY, Sandbox, rotated_out_key, sign_webhook, signature_header
 
 from .conftest import Received, TossClient, WebhookReceiver, wait_until
-from .test_payouts import individual_seller, payout_item
+from .test_payouts import fund, individual_seller, payout_item
 
 FAST_RETRIES = [0.2, 0.4]
 
@@ -110,6 +111,7 @@ def test_payout_changed_is_signed_with_the_hex_decoded_security_key(
     hooked: TossClient, receiver: WebhookReceiver
 ) -> None:
     seller_id = approved_seller_id(hooked)
+    fund(hooked, 5000)
     _, envelope, _ = hooked.v2_post("/v2/payouts", [payout_item(seller_id, 5000)])
     payout_id = envelope["entityBody"]["items"][0]["id"]
     hooked.control("POST", f"/sandbox/payouts/{payout_id}/complete", {"status": "COMPLETED"})
@@ -200,6 +202,7 @@ def test_a_slow_receiver_times_out_and_is_retried(
 
 def test_forged_payout_webhook_has_a_bad_signature(hooked: TossClient, receiver: WebhookReceiver) -> None:
     seller_id = approved_seller_id(hooked)
+    fund(hooked, 5000)
     _, envelope, _ = hooked.v2_post("/v2/payouts", [payout_item(seller_id, 5000)])
     payout_id = envelope["entityBody"]["items"][0]["id"]
     wait_until(lambda: receiver.of_type("seller.changed"))
@@ -277,3 +280,79 @@ def test_config_can_switch_webhooks_on_at_run_time(toss: TossClient, receiver: W
 def test_without_webhook_url_nothing_is_sent(toss: TossClient) -> None:
     toss.paid()
     assert toss.webhooks() == []
+
+
+# ---------------------------------------------------------------------- retries: same or fresh headers
+def _retried_seller_changed(toss: TossClient, receiver: WebhookReceiver) -> tuple[Received, Received]:
+    """A seller.changed answered 500 once, the sandbox clock moved an hour on before Toss retries."""
+    receiver.script = [500]
+    approved_seller_id(toss)
+    receiver.wait_for(1)
+    toss.control("POST", "/sandbox/clock", {"advance_seconds": 3600})
+    first, retry = receiver.wait_for(2)
+    return first, retry
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_retries_repeat_or_renew_the_transmission_time_per_setting(
+    make_sandbox: Callable[..., Sandbox], receiver: WebhookReceiver, same: bool
+) -> None:
+    sandbox = make_sandbox(webhook_url=receiver.url, webhook_retry_delays=[0.5], webhook_retry_same_headers=same)
+    first, retry = _retried_seller_changed(TossClient(sandbox.url), receiver)
+
+    time_header = "tosspayments-webhook-transmission-time"
+    assert retry.body == first.body
+    assert (
+        retry.headers["tosspayments-webhook-transmission-id"] == first.headers["tosspayments-webhook-transmission-id"]
+    )
+    assert retry.headers["tosspayments-webhook-transmission-retried-count"] == "1"
+    key = bytes.fromhex(DEFAULT_SECURITY_KEY)
+    assert verify_signature(first, key) and verify_signature(retry, key)  # each signed over its own time
+    if same:
+        assert retry.headers[time_header] == first.headers[time_header]
+        assert retry.headers["tosspayments-webhook-signature"] == first.headers["tosspayments-webhook-signature"]
+    else:
+        late = datetime.fromisoformat(retry.headers[time_header]) - datetime.fromisoformat(first.headers[time_header])
+        assert late.total_seconds() >= 3600
+        assert retry.headers["tosspayments-webhook-signature"] != first.headers["tosspayments-webhook-signature"]
+
+
+def test_retries_repeat_the_first_headers_by_default(toss: TossClient) -> None:
+    assert toss.control("GET", "/sandbox/config")["webhook_retry_same_headers"] is True
+
+
+def test_a_manual_resend_days_later_carries_the_original_headers(hooked: TossClient, receiver: WebhookReceiver) -> None:
+    """Toss's developer center can resend a webhook ("다시 시도"); the sandbox plays it with the original headers."""
+    hooked.paid()
+    [original] = receiver.wait_for(1)
+    hooked.control("POST", "/sandbox/clock", {"advance_seconds": 4 * 24 * 3600})
+
+    hooked.control(
+        "POST",
+        "/sandbox/webhooks/send",
+        {"replay_transmission_id": original.headers["tosspayments-webhook-transmission-id"]},
+    )
+
+    _, resent = receiver.wait_for(2)
+    assert resent.body == original.body
+    for name in (
+        "tosspayments-webhook-transmission-id",
+        "tosspayments-webhook-transmission-time",
+        "tosspayments-webhook-transmission-retried-count",
+    ):
+        assert resent.headers[name] == original.headers[name]
+
+
+def test_only_registered_event_types_are_sent(make_sandbox: Callable[..., Sandbox], receiver: WebhookReceiver) -> None:
+    toss = TossClient(make_sandbox(webhook_url=receiver.url, webhook_event_types=["seller.changed"]).url)
+    toss.paid()
+    approved_seller_id(toss)
+    [delivery] = receiver.wait_for(1)
+    assert delivery.json()["eventType"] == "seller.changed"
+    assert len(toss.webhooks()) == 1
+    # The send control is not bound by the registration (it plays a delivery on purpose).
+    payment = toss.paid()
+    toss.control(
+        "POST", "/sandbox/webhooks/send", {"eventType": "PAYMENT_STATUS_CHANGED", "paymentKey": payment["paymentKey"]}
+    )
+    assert receiver.wait_for(2)[1].json()["eventType"] == "PAYMENT_STATUS_CHANGED"

@@ -47,7 +47,7 @@ import json
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -55,15 +55,23 @@ from typing import TYPE_CHECKING, Any
 from escrow import db
 from escrow.clock import db_time
 from escrow.config import get_settings
+from escrow.money import platform_fee
+from escrow.repositories import audit as audit_repo
+from escrow.states import (
+    CANCEL_IN_FLIGHT,
+    CONFIRMING,
+    HELD,
+    ORDER_IN_FLIGHT,
+    ORDER_TO_RECONCILE,
+    PAID,
+    PaymentStatus,
+)
 from escrow.toss import TossApiError, TossError
 
 if TYPE_CHECKING:
     from escrow.toss.client import TossClient
     from escrow.toss.models import Payment
 
-PAID = ("completed", "released", "partially_refunded", "refunded")
-HELD = ("completed", "partially_refunded")
-IN_FLIGHT = ("in_progress", "unknown")
 TOSS_HOLDING = ("DONE", "PARTIAL_CANCELED")  # statuses under which Toss can still hold a balance
 NOT_FOUND_CODES = ("NOT_FOUND_PAYMENT", "NOT_FOUND_PAYMENT_SESSION", "NOT_FOUND_PAYOUT")
 BATCH = 200  # requests per database snapshot
@@ -232,25 +240,9 @@ class _Snapshot:
     settlements: dict[int, list[dict[str, Any]]]  # request id -> settlements
 
 
-def _placeholders(ids: Sequence[Any]) -> str:
-    return ", ".join(["%s"] * len(ids))
-
-
 def _request_ids(chat_room_id: int | None, since: datetime | None, until: datetime | None) -> list[int]:
-    where: list[str] = []
-    args: list[Any] = []
-    if chat_room_id is not None:
-        where.append("chat_room_id = %s")
-        args.append(chat_room_id)
-    if since is not None:
-        where.append("created_at >= %s")
-        args.append(db_time(since))
-    if until is not None:
-        where.append("created_at < %s")
-        args.append(db_time(until))
-    sql = "SELECT id FROM payment_requests" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
     with db.reader() as tx:
-        return [int(r["id"]) for r in tx.all(sql, args)]
+        return audit_repo.request_ids(tx, chat_room_id=chat_room_id, since=db_time(since), until=db_time(until))
 
 
 def _group(rows: Iterable[dict[str, Any]], key: str) -> dict[int, list[dict[str, Any]]]:
@@ -262,44 +254,13 @@ def _group(rows: Iterable[dict[str, Any]], key: str) -> dict[int, list[dict[str,
 
 def _load(request_ids: list[int], period: int) -> _Snapshot:
     """Everything about these requests, read in one transaction: one consistent snapshot (REPEATABLE READ)."""
-    ids = _placeholders(request_ids)
     with db.transaction() as tx:
-        requests = tx.all(
-            "SELECT id, chat_room_id, store_id, amount, status, participant_count, created_at "
-            f"FROM payment_requests WHERE id IN ({ids}) ORDER BY id",
-            request_ids,
-        )
-        shares = tx.all(
-            "SELECT id, payment_request_id, payer_id, amount, status, order_id, payment_key, paid_amount, "
-            "refunded_amount, updated_at, updated_at < NOW(3) - INTERVAL %s SECOND AS stale "
-            f"FROM payments WHERE payment_request_id IN ({ids}) ORDER BY id",
-            [period, *request_ids],
-        )
-        orders = tx.all(
-            "SELECT o.order_id, o.payment_id, o.amount, o.status, o.payment_key, o.updated_at, "
-            "o.updated_at < NOW(3) - INTERVAL %s SECOND AS stale FROM payment_orders o "
-            f"JOIN payments p ON p.id = o.payment_id WHERE p.payment_request_id IN ({ids}) ORDER BY o.created_at",
-            [period, *request_ids],
-        )
-        ledger = tx.all(
-            "SELECT payment_request_id, payment_id, entry_type, amount, reference FROM ledger_entries "
-            f"WHERE payment_request_id IN ({ids}) ORDER BY id",
-            request_ids,
-        )
-        cancels = tx.all(
-            "SELECT id, payment_id, payment_request_id, status, transaction_key, cancel_amount, updated_at, "
-            "updated_at < NOW(3) - INTERVAL %s SECOND AS stale "
-            f"FROM payment_cancels WHERE payment_request_id IN ({ids}) ORDER BY id",
-            [period, *request_ids],
-        )
-        settlements = tx.all(
-            "SELECT s.id, s.payment_request_id, s.gross_amount, s.fee_bps, s.platform_fee, s.net_amount, "
-            "s.ref_payout_id, s.payout_id, s.payout_status, s.payout_error_code, s.payout_lease_until, s.updated_at, "
-            "s.updated_at < NOW(3) - INTERVAL %s SECOND AS stale, "
-            "(s.payout_lease_until IS NULL OR s.payout_lease_until < NOW(3) - INTERVAL %s SECOND) AS lease_over "
-            f"FROM payment_settlements s WHERE s.payment_request_id IN ({ids}) ORDER BY s.id",
-            [period, period, *request_ids],
-        )
+        requests = audit_repo.requests(tx, request_ids)
+        shares = audit_repo.shares(tx, request_ids, period)
+        orders = audit_repo.orders(tx, request_ids, period)
+        ledger = audit_repo.ledger_entries(tx, request_ids)
+        cancels = audit_repo.cancels(tx, request_ids, period)
+        settlements = audit_repo.settlements(tx, request_ids, period)
     return _Snapshot(
         requests=requests,
         shares=_group(shares, "payment_request_id"),
@@ -312,31 +273,17 @@ def _load(request_ids: list[int], period: int) -> _Snapshot:
 
 def _orphan_settlements() -> list[dict[str, Any]]:
     with db.reader() as tx:
-        return tx.all(
-            "SELECT s.id, s.payment_request_id FROM payment_settlements s "
-            "LEFT JOIN payment_requests r ON r.id = s.payment_request_id WHERE r.id IS NULL"
-        )
+        return audit_repo.orphan_settlements(tx)
 
 
 def _fresh_share(payment_id: int) -> dict[str, Any] | None:
     with db.reader() as tx:
-        return tx.one(
-            "SELECT id, payment_request_id, payer_id, amount, status, order_id, payment_key, paid_amount, "
-            "refunded_amount FROM payments WHERE id = %s",
-            (payment_id,),
-        )
+        return audit_repo.share(tx, payment_id)
 
 
 def _fresh_order(order_id: str, period: int) -> dict[str, Any] | None:
     with db.reader() as tx:
-        row = tx.one(
-            "SELECT o.order_id, o.payment_id, o.amount, o.status, o.payment_key, "
-            "o.updated_at < NOW(3) - INTERVAL %s SECOND AS stale, p.order_id AS live_order_id, "
-            "p.payment_key AS live_payment_key, p.status AS share_status "
-            "FROM payment_orders o JOIN payments p ON p.id = o.payment_id WHERE o.order_id = %s",
-            (period, order_id),
-        )
-    return row
+        return audit_repo.order_with_share(tx, order_id, period)
 
 
 # --- checks against Toss ----------------------------------------------------------------------------------
@@ -437,7 +384,7 @@ def _order_vs_toss(order: dict[str, Any], share: dict[str, Any], payment: Paymen
             )
         return out
     # failed / superseded / issued, or in flight for too long: Toss must not hold money for it.
-    if _holds_money(payment) and (status not in IN_FLIGHT or order["stale"]):
+    if _holds_money(payment) and (status not in ORDER_IN_FLIGHT or order["stale"]):
         assert payment is not None
         return [
             finding(
@@ -462,8 +409,12 @@ def audit(
     reconciliation_period_seconds: int | None = None,
     deadline: Callable[[], bool] = lambda: False,
     batch: int = BATCH,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AuditReport:
-    """Compare our ledger with Toss (GET calls only) for the requests of a room and/or created in [since, until)."""
+    """Compare our ledger with Toss (GET calls only) for the requests of a room and/or created in [since, until).
+
+    `progress(done, total)` is called with the number of requests checked so far (once with 0 before the first,
+    then after each request): about 2 minutes for 20,000 requests, so a console can show how far it is."""
     started = time.monotonic()
     period = (
         get_settings().reconcile_after_seconds * 2
@@ -479,6 +430,9 @@ def audit(
         toss = get_toss_client()
     lookups = _Toss(toss, report, period)
     request_ids = _request_ids(chat_room_id, since, until)
+    done = 0
+    if progress is not None:
+        progress(0, len(request_ids))
     for start in range(0, len(request_ids), batch):
         if deadline():
             report.complete = False
@@ -489,6 +443,9 @@ def audit(
                 report.complete = False
                 break
             report.findings.extend(_audit_request(request, snapshot, lookups, report))
+            done += 1
+            if progress is not None:
+                progress(done, len(request_ids))
     if chat_room_id is None and since is None and until is None:
         for s in _orphan_settlements():
             report.findings.append(
@@ -553,7 +510,7 @@ def _request_state(request: dict[str, Any], shares: list[dict[str, Any]]) -> lis
             out.append(finding("released", s, "a released request's share", share))
         elif status == "pending" and s == "released":
             out.append(finding("not released", s, "a pending request's share", share))
-        elif status in ("cancelled", "expired") and s in (*HELD, "released"):
+        elif status in ("cancelled", "expired") and s in HELD | {PaymentStatus.RELEASED}:
             out.append(finding("refunded (nothing held)", s, f"a share of a {status} request", share))
     funded = bool(shares) and len(shares) == request["participant_count"] and all(s in HELD for s in statuses)
     if status == "pending" and funded:
@@ -679,8 +636,6 @@ def _refund_records(
 def _settlement_checks(
     request: dict[str, Any], settlements: list[dict[str, Any]], ledger: list[dict[str, Any]], toss: _Toss
 ) -> list[Finding]:
-    from escrow.services.release import platform_fee
-
     rid, status = int(request["id"]), request["status"]
     if status != "released":
         return [
@@ -809,7 +764,7 @@ def _payout_vs_toss(rid: int, s: dict[str, Any], toss: _Toss) -> list[Finding]:
 def _stale_checks(share: dict[str, Any], orders: list[dict[str, Any]], cancels: list[dict[str, Any]]) -> list[Finding]:
     rid, pid = share["payment_request_id"], share["id"]
     out = []
-    if share["status"] in IN_FLIGHT and share["stale"]:
+    if share["status"] in CONFIRMING and share["stale"]:
         out.append(
             Finding(
                 "stale_payment",
@@ -823,7 +778,7 @@ def _stale_checks(share: dict[str, Any], orders: list[dict[str, Any]], cancels: 
             )
         )
     for o in orders:
-        if o["status"] in IN_FLIGHT and o["stale"]:
+        if o["status"] in ORDER_IN_FLIGHT and o["stale"]:
             out.append(
                 Finding(
                     "stale_order",
@@ -837,7 +792,7 @@ def _stale_checks(share: dict[str, Any], orders: list[dict[str, Any]], cancels: 
                 )
             )
     for c in cancels:
-        if c["status"] in ("requested", "unknown") and c["stale"]:
+        if c["status"] in CANCEL_IN_FLIGHT and c["stale"]:
             out.append(
                 Finding(
                     "stale_cancel",
@@ -917,7 +872,7 @@ def _toss_checks(share: dict[str, Any], orders: list[dict[str, Any]], toss: _Tos
                 )
             )
             continue
-        settling = order["status"] in (*IN_FLIGHT, "refund_pending") and not order["stale"]
+        settling = order["status"] in ORDER_TO_RECONCILE and not order["stale"]
         held_here = share["status"] in PAID and order["order_id"] == share["order_id"]
         if payment is not None and not held_here:
             foreign.update(c.transaction_key for c in payment.cancels or [])

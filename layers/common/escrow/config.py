@@ -12,6 +12,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
+from escrow.errors import SecretsUnavailable
+
 # Local-only defaults; deployed stages take their keys from Secrets Manager (APP_ENV != local refuses these).
 LOCAL_JWT_SECRET = "local-dev-secret-change-me-0123456789abcdef"  # noqa: S105 - 32+ bytes for HS256
 TOSS_PUBLIC_TEST_SECRET_KEY = "test_sk_zXLkKEypNArWmo50nX3lmeaxYG5R"  # noqa: S105 - printed in Toss docs
@@ -35,6 +37,10 @@ class Settings:
     db_connect_timeout: float = 3.0
     db_read_timeout: float = 10.0
     db_write_timeout: float = 10.0
+    # TLS to MySQL: "required" (verify the server's certificate against DB_CA_BUNDLE and its host name) or
+    # "disabled" (plain, local MariaDB). Empty = required everywhere but APP_ENV=local. See escrow.db.tls_context.
+    db_tls: str = ""
+    db_ca_bundle: str = ""  # empty = the bundle shipped in the layer (escrow/certs/rds-ca-bundle.pem)
 
     jwt_secret: str = ""
     jwt_secret_arn: str = ""
@@ -55,17 +61,27 @@ class Settings:
     toss_webhook_hmac_key_encoding: str = "hex"
 
     platform_fee_bps: int = 300
+    # Account numbers at rest (escrow.crypto): the template's KMS key; locally a development key (or this one).
+    accounts_kms_key_id: str = ""
+    accounts_local_key: str = ""
     event_bus_name: str = "escrow-local"
     outbox_publisher: str = "eventbridge"  # or "log": the local runner prints events instead of calling AWS
     reconcile_after_seconds: int = 60
     secrets_max_age_seconds: int = 300
     secrets_timeout_seconds: float = 3.0
+    secrets_source: str = ""  # extension | sdk; empty = the extension on Lambda, the SDK elsewhere (the console)
 
     def __post_init__(self) -> None:
         if self.jwt_algorithm not in ("HS256", "RS256"):
             raise ValueError("JWT_ALGORITHM must be HS256 or RS256")
         if self.toss_webhook_hmac_key_encoding not in ("hex", "ascii"):
             raise ValueError("TOSS_WEBHOOK_HMAC_KEY_ENCODING must be hex or ascii")
+        if self.secrets_source not in ("", "extension", "sdk"):
+            raise ValueError("SECRETS_SOURCE must be extension or sdk (or empty: the extension on Lambda)")
+        if self.db_tls not in ("", "required", "disabled"):
+            raise ValueError("DB_TLS must be required or disabled")
+        if self.accounts_local_key and len(self.accounts_local_key) != 64:
+            raise ValueError("ACCOUNTS_LOCAL_KEY must be 64 hex characters")
         if self.outbox_publisher not in ("eventbridge", "log"):
             raise ValueError("OUTBOX_PUBLISHER must be eventbridge or log")
         # API Gateway gives up after 29 s; a confirm still running then would answer the client 503 while
@@ -76,6 +92,10 @@ class Settings:
             raise ValueError("PLATFORM_FEE_BPS must be between 0 and 10000")
         if self.reconcile_after_seconds < 0:
             raise ValueError("RECONCILE_AFTER_SECONDS must not be negative")
+
+    @property
+    def db_tls_required(self) -> bool:
+        return self.db_tls == "required" or (self.db_tls == "" and self.app_env != "local")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -114,10 +134,11 @@ def reset_settings() -> None:
 
 
 # --- secrets -------------------------------------------------------------------------------------------------
-# Deployed, every secret comes from the AWS Parameters and Secrets Lambda Extension (a layer in template.yaml): an
+# On Lambda every secret comes from the AWS Parameters and Secrets Lambda Extension (a layer in template.yaml): an
 # HTTP GET to localhost, answered from the extension's cache or by its own GetSecretValue call. No AWS SDK is
 # imported on the request path (boto3 and a Secrets Manager client cost a cold start about as much again as the
-# whole function), and the function keeps what it got for `secrets_max_age_seconds`.
+# whole function), and the function keeps what it got for `secrets_max_age_seconds`. Elsewhere (the operator's
+# console against a deployed stack) there is no extension: one BatchGetSecretValue with the SDK.
 
 EXTENSION_HOST = "localhost"
 EXTENSION_DEFAULT_PORT = 2773  # PARAMETERS_SECRETS_EXTENSION_HTTP_PORT changes it, for the extension and for us
@@ -132,13 +153,18 @@ def clear_secrets() -> None:
         _secrets.clear()
 
 
-def _secret(secret_id: str) -> str:
+def _secret(secret_id: str, *, force_fetch: bool = False) -> str:
     """A secret's SecretString, from the in-process cache or the extension. SecretsUnavailable (503) when the
     extension cannot be reached or does not give the secret; the reason is logged, never the secret.
 
     A miss fetches every secret this function is configured with at once, in parallel: a cold start needs the JWT
     and the database secrets one after the other, and the extension's first answer for each is a Secrets Manager
-    round trip."""
+    round trip. ``force_fetch`` (the database refused a rotated password) reads it from Secrets Manager itself."""
+    if force_fetch:
+        value = _fetch_from_secrets_manager(secret_id)
+        with _secrets_lock:
+            _secrets[secret_id] = (time.monotonic(), value)
+        return value
     max_age = get_settings().secrets_max_age_seconds
     now = time.monotonic()
     with _secrets_lock:
@@ -147,21 +173,31 @@ def _secret(secret_id: str) -> str:
             return cached[1]
         stale = [s for s in _configured_secrets() if s not in _secrets or now - _secrets[s][0] >= max_age]
     others = [s for s in stale if s != secret_id]
-    results: dict[str, str] = {}
-    threads = [threading.Thread(target=_prefetch, args=(s, results), daemon=True) for s in others]
-    for thread in threads:
-        thread.start()
-    try:
-        value = _fetch_secret(secret_id)  # this one's failure is the caller's; the others' only when they are needed
-    finally:
+    if _secrets_source() == "sdk":
+        results = _batch_from_secrets_manager([secret_id, *others])
+        if secret_id not in results:
+            raise SecretsUnavailable("the secrets are not available right now; nothing was done, try again")
+        value = results[secret_id]
+    else:
+        results = {}
+        threads = [threading.Thread(target=_prefetch, args=(s, results), daemon=True) for s in others]
         for thread in threads:
-            thread.join()
-    results[secret_id] = value
+            thread.start()
+        try:
+            value = _fetch_secret(secret_id)  # this one's failure is the caller's; the others' when they are needed
+        finally:
+            for thread in threads:
+                thread.join()
+        results[secret_id] = value
     with _secrets_lock:
         fetched_at = time.monotonic()
         for key, text in results.items():
             _secrets[key] = (fetched_at, text)
     return value
+
+
+def _secrets_source() -> str:
+    return get_settings().secrets_source or ("extension" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else "sdk")
 
 
 def _configured_secrets() -> list[str]:
@@ -184,8 +220,6 @@ def _prefetch(secret_id: str, results: dict[str, str]) -> None:
 
 def _fetch_secret(secret_id: str) -> str:
     import http.client
-
-    from escrow.errors import SecretsUnavailable
 
     token = os.environ.get("AWS_SESSION_TOKEN", "")
     if not token:
@@ -217,15 +251,47 @@ def _fetch_secret(secret_id: str) -> str:
     return str(value)
 
 
+def _fetch_from_secrets_manager(secret_id: str) -> str:
+    """GetSecretValue with the SDK, past both caches. Only after a rotation: the extension keeps a secret until its
+    own TTL and has no way to skip its cache, so the password it holds would be refused until then."""
+    try:
+        import boto3  # only on this rare path; the runtime provides it
+
+        answer = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)
+        return str(answer["SecretString"])
+    except Exception as exc:  # unreachable, refused, no credentials: the same 503 for the client (re-raised)
+        _log_secret_failure(secret_id, f"GetSecretValue: {type(exc).__name__}: {str(exc)[:300]}")
+        raise SecretsUnavailable("the secrets are not available right now; nothing was done, try again") from exc
+
+
+def _batch_from_secrets_manager(secret_ids: list[str]) -> dict[str, str]:
+    """Every given secret in one BatchGetSecretValue (the ones it could not give are logged and left out)."""
+    try:
+        import boto3
+
+        answer = boto3.client("secretsmanager").batch_get_secret_value(SecretIdList=secret_ids)
+    except Exception as exc:  # unreachable, refused, no credentials: the same 503 for the client (re-raised)
+        _log_secret_failure(",".join(secret_ids), f"BatchGetSecretValue: {type(exc).__name__}: {str(exc)[:300]}")
+        raise SecretsUnavailable("the secrets are not available right now; nothing was done, try again") from exc
+    for error in answer.get("Errors") or []:
+        _log_secret_failure(str(error.get("SecretId")), f"{error.get('ErrorCode')}: {error.get('Message')}")
+    found: dict[str, str] = {}
+    for value in answer.get("SecretValues") or []:
+        for asked in secret_ids:  # answered by ARN and name; asked by either
+            if asked in (value.get("ARN"), value.get("Name")) and "SecretString" in value:
+                found[asked] = str(value["SecretString"])
+    return found
+
+
 def _log_secret_failure(secret_id: str, reason: str) -> None:
     from escrow.observability import logger
 
     logger.error("secret not available", extra={"secret_id": secret_id, "reason": reason})
 
 
-def _json_secret(secret_id: str) -> dict[str, Any]:
+def _json_secret(secret_id: str, *, force_fetch: bool = False) -> dict[str, Any]:
     try:
-        value = json.loads(_secret(secret_id))
+        value = json.loads(_secret(secret_id, force_fetch=force_fetch))
     except ValueError as exc:
         raise _malformed(f"the secret {secret_id} is not JSON") from exc
     if not isinstance(value, dict):
@@ -235,7 +301,6 @@ def _json_secret(secret_id: str) -> dict[str, Any]:
 
 def _malformed(reason: str) -> Exception:
     """A secret that is there but not in the shape we need: the operator's to fix; the client gets a 503."""
-    from escrow.errors import SecretsUnavailable
     from escrow.observability import logger
 
     logger.error("secret malformed", extra={"reason": reason})
@@ -267,12 +332,13 @@ def parse_database_url(url: str) -> DatabaseParams:
     )
 
 
-def database_params() -> DatabaseParams:
+def database_params(*, refresh: bool = False) -> DatabaseParams:
+    """``refresh`` reads the DB secret again, past the cache (after a rotation the cached password is refused)."""
     settings = get_settings()
     if settings.database_url:
         params = parse_database_url(settings.database_url)
     elif settings.db_secret_arn:
-        secret = _json_secret(settings.db_secret_arn)
+        secret = _json_secret(settings.db_secret_arn, force_fetch=refresh)
         try:
             params = DatabaseParams(
                 host=str(secret.get("host", "")),

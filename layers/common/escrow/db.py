@@ -2,7 +2,11 @@
 
 On Lambda a container runs one invocation at a time, so "per thread" is "per container"; the local API runs a
 fixed pool of worker threads to behave the same way. There are no per-request SET statements, user variables or
-GET_LOCK calls, so RDS Proxy can multiplex these connections.
+GET_LOCK calls, so RDS Proxy can multiplex these connections (the one GET_LOCK, in escrow.migrate, is on the
+migration's own short-lived connection).
+
+TLS: deployed, every connection verifies the server (CA bundle + host name) and refuses plain text
+(``DB_TLS=required``, the default unless APP_ENV=local); locally MariaDB is reached in plain text.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ import ssl
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import pymysql
 import pymysql.cursors
 from pymysql.err import IntegrityError, OperationalError
 
-from escrow.config import database_params, get_settings, settings_generation
+from escrow.config import DatabaseParams, Settings, database_params, get_settings, settings_generation
 from escrow.errors import DatabaseUnavailable
 
 Row = dict[str, Any]
@@ -25,6 +31,10 @@ Row = dict[str, Any]
 # Errors that mean "the server or the connection is gone": the request gets a 503 and nothing was committed.
 _CONNECTION_ERRORS = {2002, 2003, 2006, 2013, 2014, 2055, 1040, 1053, 1927}
 DEADLOCK, LOCK_WAIT_TIMEOUT, DUPLICATE_KEY = 1213, 1205, 1062
+ACCESS_DENIED = 1045
+
+# Amazon RDS's CAs (Aurora/RDS instances) and Amazon Trust Services' roots (RDS Proxy): see certs/PROVENANCE.md.
+DEFAULT_CA_BUNDLE = Path(__file__).with_name("certs") / "rds-ca-bundle.pem"
 
 _local = threading.local()
 
@@ -43,42 +53,59 @@ class Stats:
 stats = Stats()
 
 
-class _Connection(pymysql.connections.Connection):
-    """pymysql's connection, without the CA load its default TLS mode does for nothing.
+@lru_cache(maxsize=4)
+def tls_context(ca_bundle: str) -> ssl.SSLContext:
+    """Verify the server's chain against ``ca_bundle`` and its name against the host we dial; TLS 1.2 or later.
 
-    Given no TLS options, pymysql 1.2 uses "preferred" TLS: encrypt when the server offers it, verify nothing. It
-    builds that context with ssl.create_default_context(), which loads the whole system trust store (about 40 ms of
-    every container's first request, measured with `python -m bench cold`) and then turns verification off. A
-    client context with verification off gives the same protection without the load. Explicit TLS options (none
-    are set today) still go to pymysql's own code."""
+    Cached per bundle path: loading ~90 certificates costs a few milliseconds, once per container."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_bundle)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
-    def _create_ssl_ctx(self, sslp: Any) -> ssl.SSLContext:
-        if isinstance(sslp, dict) and not sslp:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            return ctx
-        context: ssl.SSLContext = super()._create_ssl_ctx(sslp)  # type: ignore[misc]
-        return context
+
+def connect_kwargs(params: DatabaseParams, settings: Settings) -> dict[str, Any]:
+    """pymysql.connect arguments for ``params``: TLS verified and required, or explicitly off (local only)."""
+    kwargs: dict[str, Any] = {
+        "host": params.host,
+        "port": params.port,
+        "user": params.user,
+        "password": params.password,
+        "database": params.database,
+        "charset": "utf8mb4",
+        "connect_timeout": settings.db_connect_timeout,
+        "read_timeout": settings.db_read_timeout,
+        "write_timeout": settings.db_write_timeout,
+    }
+    if settings.db_tls_required:
+        # An SSLContext makes pymysql require TLS: a server that does not offer it is refused (CR 2026).
+        kwargs["ssl"] = tls_context(settings.db_ca_bundle or str(DEFAULT_CA_BUNDLE))
+    elif settings.app_env == "prod":
+        raise ValueError("DB_TLS=disabled is refused in prod: the database is only reached over verified TLS")
+    else:
+        kwargs["ssl_disabled"] = True  # pymysql would otherwise try TLS without verifying anything
+    return kwargs
+
+
+def open_connection(params: DatabaseParams, **overrides: Any) -> pymysql.connections.Connection:
+    """A new connection with the configured TLS policy (migrations use it with their own cursor class)."""
+    kwargs = connect_kwargs(params, get_settings())
+    kwargs.update(overrides)
+    return pymysql.connect(**kwargs)
 
 
 def _connect() -> pymysql.connections.Connection:
-    params = database_params()
     settings = get_settings()
+    options = {"autocommit": True, "cursorclass": pymysql.cursors.DictCursor}
     try:
-        return _Connection(
-            host=params.host,
-            port=params.port,
-            user=params.user,
-            password=params.password,
-            database=params.database,
-            charset="utf8mb4",
-            autocommit=True,
-            cursorclass=pymysql.cursors.DictCursor,
-            connect_timeout=settings.db_connect_timeout,
-            read_timeout=settings.db_read_timeout,
-            write_timeout=settings.db_write_timeout,
-        )
+        try:
+            return open_connection(database_params(), **options)
+        except OperationalError as exc:
+            # A rotated DB secret: the cached password is refused until the cache expires. Read it again, once.
+            if not (settings.db_secret_arn and exc.args and exc.args[0] == ACCESS_DENIED):
+                raise
+            return open_connection(database_params(refresh=True), **options)
     except OperationalError as exc:
         raise DatabaseUnavailable("the database is not reachable; try again shortly") from exc
 

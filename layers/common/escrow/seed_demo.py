@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 
 from escrow import db
+from escrow.repositories import rooms as rooms_repo
+from escrow.repositories import stores as stores_repo
 
 DEMO_ROOM = 123
 DEMO_MEMBERS = (("user_1", True), ("user_2", False), ("user_3", False))
@@ -14,17 +16,9 @@ DEMO_STORE = "store_123"
 
 def seed() -> None:
     with db.transaction() as tx:
-        tx.execute(
-            "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s) "
-            "ON DUPLICATE KEY UPDATE store_id = store_id",
-            (DEMO_STORE, "store_owner_1", "데모 식당"),
-        )
+        stores_repo.insert_if_absent(tx, store_id=DEMO_STORE, owner_id="store_owner_1", name="데모 식당")
         for user_id, is_owner in DEMO_MEMBERS:
-            tx.execute(
-                "INSERT INTO chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s) "
-                "ON DUPLICATE KEY UPDATE is_owner = VALUES(is_owner)",
-                (DEMO_ROOM, user_id, int(is_owner)),
-            )
+            rooms_repo.put_member(tx, DEMO_ROOM, user_id, is_owner=is_owner)
 
 
 def main() -> int:

@@ -1,42 +1,350 @@
-"""The state machines. A transition that is not in these tables raises; nothing else decides them."""
+"""The status vocabulary and the state machines. A transition that is not in these tables raises.
+
+Every status the database holds is a member of one of the enums below (they are `str`s, stored as they are spelt),
+and every write of a status goes through the `check` of its machine: repositories that write a status take the
+current and the new status, and bulk writes check every row. The named sets say what a group of statuses means;
+modules use them instead of writing the statuses out again.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+
 from escrow.errors import Conflict
-
-PAYMENT_TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"in_progress"}),
-    # Toss's record wins: an attempt we had marked failed that Toss reports approved is completed.
-    "failed": frozenset({"in_progress", "completed"}),
-    "in_progress": frozenset({"completed", "failed", "unknown"}),
-    "unknown": frozenset({"completed", "failed", "unknown"}),
-    "completed": frozenset({"released", "refunded", "partially_refunded"}),
-    "partially_refunded": frozenset({"released", "refunded", "partially_refunded"}),
-    "released": frozenset(),
-    "refunded": frozenset(),
-}
-
-REQUEST_TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"completed", "cancelled", "expired"}),
-    "completed": frozenset({"released", "pending", "cancelled"}),
-    "released": frozenset(),
-    "cancelled": frozenset(),
-    "expired": frozenset(),
-}
-
-HELD_PAYMENT_STATUSES = ("completed", "partially_refunded")
-OPEN_REQUEST_STATUSES = ("pending", "completed")
 
 
 class InvalidTransition(Conflict):
     code = "INVALID_STATE_TRANSITION"
 
 
+class Machine:
+    """One state machine: the statuses a row may be written with first, and where each status may go next."""
+
+    def __init__(self, noun: str, initial: Iterable[str], transitions: Mapping[str, Iterable[str]]):
+        self.noun = noun
+        self.initial = frozenset(initial)
+        self.transitions: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in transitions.items()}
+
+    def allows(self, current: str, new: str) -> bool:
+        return new in self.transitions.get(current, frozenset())
+
+    def check(self, current: str, new: str) -> None:
+        if not self.allows(current, new):
+            raise InvalidTransition(f"{self.noun} cannot go from {current} to {new}")
+
+    def check_each(self, currents: Iterable[str], new: str) -> None:
+        """A bulk write: every row's own transition."""
+        for current in currents:
+            self.check(current, new)
+
+    def check_initial(self, status: str) -> None:
+        if status not in self.initial:
+            raise InvalidTransition(f"{self.noun} cannot start as {status}")
+
+
+# --- payments (a participant's share: `payments.status`) ---------------------------------------------------
+
+
+class PaymentStatus(StrEnum):
+    PENDING = "pending"  # nothing paid yet
+    IN_PROGRESS = "in_progress"  # a confirm was sent to Toss
+    UNKNOWN = "unknown"  # Toss's answer to the confirm was lost; the schedule looks it up
+    FAILED = "failed"  # the last attempt did not charge; the payer may pay again
+    COMPLETED = "completed"  # charged; the money is held
+    PARTIALLY_REFUNDED = "partially_refunded"  # charged, part of it refunded; the rest is held
+    RELEASED = "released"  # what was held went to the store
+    REFUNDED = "refunded"  # refunded in full
+
+
+PAYMENT = Machine(
+    "a payment",
+    initial={PaymentStatus.PENDING},
+    transitions={
+        PaymentStatus.PENDING: {PaymentStatus.IN_PROGRESS},
+        # Toss's record wins: an attempt we had marked failed that Toss reports approved is completed.
+        PaymentStatus.FAILED: {PaymentStatus.IN_PROGRESS, PaymentStatus.COMPLETED},
+        PaymentStatus.IN_PROGRESS: {PaymentStatus.COMPLETED, PaymentStatus.FAILED, PaymentStatus.UNKNOWN},
+        PaymentStatus.UNKNOWN: {PaymentStatus.COMPLETED, PaymentStatus.FAILED, PaymentStatus.UNKNOWN},
+        PaymentStatus.COMPLETED: {PaymentStatus.RELEASED, PaymentStatus.REFUNDED, PaymentStatus.PARTIALLY_REFUNDED},
+        PaymentStatus.PARTIALLY_REFUNDED: {
+            PaymentStatus.RELEASED,
+            PaymentStatus.REFUNDED,
+            PaymentStatus.PARTIALLY_REFUNDED,
+        },
+        PaymentStatus.RELEASED: set(),
+        # A refund Toss lists that we had not recorded, for a share already refunded in full, is recorded (its
+        # ledger entry and refunded_amount) and the share stays refunded: the status is written again unchanged.
+        PaymentStatus.REFUNDED: {PaymentStatus.REFUNDED},
+    },
+)
+
+# Money we hold for the share: it can be released or refunded.
+HELD: frozenset[PaymentStatus] = frozenset({PaymentStatus.COMPLETED, PaymentStatus.PARTIALLY_REFUNDED})
+# Toss approved a charge for the share, whatever happened to the money since (a share in one of these is never
+# charged again).
+PAID: frozenset[PaymentStatus] = frozenset(
+    {PaymentStatus.COMPLETED, PaymentStatus.RELEASED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED}
+)
+# What the status answer counts as paid (`paid_count`): charged and not refunded in full.
+PAID_NOT_FULLY_REFUNDED: frozenset[PaymentStatus] = frozenset(
+    {PaymentStatus.COMPLETED, PaymentStatus.RELEASED, PaymentStatus.PARTIALLY_REFUNDED}
+)
+# A confirm whose outcome we do not know yet.
+CONFIRMING: frozenset[PaymentStatus] = frozenset({PaymentStatus.IN_PROGRESS, PaymentStatus.UNKNOWN})
+# A share whose refunds we record (HELD, or refunded in full already: a refund we had not recorded yet).
+REFUND_RECORDABLE: frozenset[PaymentStatus] = HELD | {PaymentStatus.REFUNDED}
+
+
+# --- payment requests (`payment_requests.status`) ----------------------------------------------------------
+
+
+class RequestStatus(StrEnum):
+    PENDING = "pending"  # open, waiting for payers
+    COMPLETED = "completed"  # open, every participant paid (funded)
+    RELEASED = "released"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+REQUEST = Machine(
+    "a payment request",
+    initial={RequestStatus.PENDING},
+    transitions={
+        RequestStatus.PENDING: {RequestStatus.COMPLETED, RequestStatus.CANCELLED, RequestStatus.EXPIRED},
+        # -> pending: a share refunded in full makes a funded request wait for payers again.
+        RequestStatus.COMPLETED: {RequestStatus.RELEASED, RequestStatus.PENDING, RequestStatus.CANCELLED},
+        RequestStatus.RELEASED: set(),
+        RequestStatus.CANCELLED: set(),
+        RequestStatus.EXPIRED: set(),
+    },
+)
+
+# The room's open request (the generated column `open_room_id` of the schema says the same).
+OPEN: frozenset[RequestStatus] = frozenset({RequestStatus.PENDING, RequestStatus.COMPLETED})
+
+
+# --- orders (`payment_orders.status`): every orderId issued or used ------------------------------------------
+
+
+class OrderStatus(StrEnum):
+    ISSUED = "issued"  # handed to the widget by prepare, not confirmed yet
+    IN_PROGRESS = "in_progress"  # confirm sent to Toss
+    UNKNOWN = "unknown"  # the confirm's answer was lost
+    DONE = "done"  # the share's charge
+    FAILED = "failed"  # not charged (declined, aborted, expired, or Toss has no such payment)
+    SUPERSEDED = "superseded"  # an issued order the payer did not use: another of their orders was confirmed
+    REFUND_PENDING = "refund_pending"  # Toss charged it and we must not keep the money: to be cancelled
+    REFUNDED = "refunded"  # such a charge, cancelled
+
+
+ORDER = Machine(
+    "an order",
+    initial={OrderStatus.ISSUED, OrderStatus.IN_PROGRESS},
+    transitions={
+        # -> failed: Toss aborted or expired the widget's payment before we confirmed it (its webhook).
+        # -> refund_pending: Toss reports a charge on an order we never confirmed: money we must not keep.
+        OrderStatus.ISSUED: {
+            OrderStatus.IN_PROGRESS,
+            OrderStatus.SUPERSEDED,
+            OrderStatus.FAILED,
+            OrderStatus.REFUND_PENDING,
+        },
+        OrderStatus.IN_PROGRESS: {
+            OrderStatus.DONE,
+            OrderStatus.FAILED,
+            OrderStatus.UNKNOWN,
+            OrderStatus.REFUND_PENDING,
+        },
+        OrderStatus.UNKNOWN: {OrderStatus.DONE, OrderStatus.FAILED, OrderStatus.UNKNOWN, OrderStatus.REFUND_PENDING},
+        # Toss's record wins: an order we had marked failed that Toss reports approved is done (or, when the share
+        # was paid meanwhile, a charge to refund). failed -> failed: the same failure recorded again (a repeated
+        # confirm, an ABORTED webhook after our decline).
+        OrderStatus.FAILED: {OrderStatus.DONE, OrderStatus.FAILED, OrderStatus.REFUND_PENDING},
+        OrderStatus.SUPERSEDED: {OrderStatus.FAILED, OrderStatus.REFUND_PENDING},
+        OrderStatus.DONE: set(),
+        # refund_pending -> refund_pending: the same unexpected charge reported again (webhook and reconciliation).
+        OrderStatus.REFUND_PENDING: {OrderStatus.REFUNDED, OrderStatus.REFUND_PENDING},
+        # Surprising, kept as today: refunded -> refunded when two workers cancel the same unexpected charge (the
+        # second's cancel answers the first's result, same Idempotency-Key); refunded -> refund_pending when Toss's
+        # DONE record of the charge, fetched before our cancel, is applied after it. The schedule then finds
+        # Toss's balance at 0 and marks it refunded again without cancelling anything.
+        OrderStatus.REFUNDED: {OrderStatus.REFUNDED, OrderStatus.REFUND_PENDING},
+    },
+)
+
+ORDER_IN_FLIGHT: frozenset[OrderStatus] = frozenset({OrderStatus.IN_PROGRESS, OrderStatus.UNKNOWN})
+# What the reconciliation job settles: confirms with no outcome yet, and charges still to cancel.
+ORDER_TO_RECONCILE: frozenset[OrderStatus] = ORDER_IN_FLIGHT | {OrderStatus.REFUND_PENDING}
+
+
+# --- cancels (`payment_cancels.status`): one refund each ---------------------------------------------------
+
+
+class CancelStatus(StrEnum):
+    REQUESTED = "requested"  # written before Toss is called; Toss's answer not recorded yet
+    UNKNOWN = "unknown"  # Toss's answer was lost and the lookup failed; the schedule asks again
+    DONE = "done"
+    FAILED = "failed"  # Toss refused it, or holds no refund for it
+
+
+CANCEL = Machine(
+    "a refund",
+    initial={CancelStatus.REQUESTED},
+    transitions={
+        # requested -> requested: the payer asks again after a lost answer, with the same key.
+        CancelStatus.REQUESTED: {CancelStatus.REQUESTED, CancelStatus.UNKNOWN, CancelStatus.DONE, CancelStatus.FAILED},
+        CancelStatus.UNKNOWN: {CancelStatus.REQUESTED, CancelStatus.UNKNOWN, CancelStatus.DONE, CancelStatus.FAILED},
+        # -> requested: asked again, with the same key. -> done: Toss's record wins; a refund we had recorded as
+        # not made (NOT_CANCELLED_AT_TOSS) that Toss lists afterwards is done.
+        CancelStatus.FAILED: {CancelStatus.REQUESTED, CancelStatus.DONE},
+        # Surprising, kept as today: apply_cancels gives the caller's refund row the first Toss transaction it has
+        # not recorded, without looking at the row's status. When two workers apply the same refund and Toss lists
+        # a further transaction (one made in Toss's dashboard), the second worker writes it over the first's: the
+        # row stays done with the other transaction key.
+        CancelStatus.DONE: {CancelStatus.DONE},
+    },
+)
+
+# A refund whose outcome is not recorded yet: a release of the room waits for it.
+CANCEL_IN_FLIGHT: frozenset[CancelStatus] = frozenset({CancelStatus.REQUESTED, CancelStatus.UNKNOWN})
+
+
+# --- settlements' payouts (`payment_settlements.payout_status`) ----------------------------------------------
+
+
+class PayoutStatus(StrEnum):
+    SCHEDULED = "scheduled"  # to be sent to Toss
+    NOT_NEEDED = "not_needed"  # nothing to pay out (the fee took it all)
+    REQUESTING = "requesting"  # claimed by a run and being sent (payout_lease_until says for how long)
+    # Toss's own statuses (lower case), recorded as Toss reports them:
+    REQUESTED = "requested"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+_TOSS_HOLDS_IT = {PayoutStatus.REQUESTED, PayoutStatus.IN_PROGRESS, PayoutStatus.COMPLETED, PayoutStatus.FAILED}
+
+PAYOUT = Machine(
+    "a payout",
+    initial={PayoutStatus.SCHEDULED, PayoutStatus.NOT_NEEDED},
+    transitions={
+        # Toss's word on a payout it holds (webhook or poll) wins over scheduled too: the answer to our request was
+        # lost or did not list the item, and the settlement had gone back to scheduled.
+        PayoutStatus.SCHEDULED: {PayoutStatus.REQUESTING, *_TOSS_HOLDS_IT},
+        PayoutStatus.NOT_NEEDED: set(),
+        # requesting -> requesting: a run takes over a payout whose lease ran out (same key); -> scheduled: refused
+        # for now, or missing from Toss's answer; -> canceled: recorded as Toss's answer states it (Toss documents
+        # CANCELED only for a scheduled payout cancelled later, so it is not expected in an answer to a request).
+        PayoutStatus.REQUESTING: {
+            PayoutStatus.REQUESTING,
+            PayoutStatus.SCHEDULED,
+            PayoutStatus.CANCELED,
+            *_TOSS_HOLDS_IT,
+        },
+        PayoutStatus.REQUESTED: {*_TOSS_HOLDS_IT},
+        # in_progress -> requested is surprising and kept as today: deliveries are applied in the order they
+        # arrive, so a late REQUESTED after IN_PROGRESS is written (the next poll or webhook corrects it).
+        PayoutStatus.IN_PROGRESS: {*_TOSS_HOLDS_IT},
+        PayoutStatus.COMPLETED: set(),
+        PayoutStatus.FAILED: set(),
+        PayoutStatus.CANCELED: set(),
+    },
+)
+
+PAYOUT_FINAL: frozenset[PayoutStatus] = frozenset({PayoutStatus.COMPLETED, PayoutStatus.FAILED})
+# Toss took the payout and has not reported it final: polled when its webhook is late.
+PAYOUT_AT_TOSS: frozenset[PayoutStatus] = frozenset({PayoutStatus.IN_PROGRESS, PayoutStatus.REQUESTED})
+# A payout a run may take to send: never sent (or to send again), or sent with no answer yet.
+PAYOUT_CLAIMABLE: frozenset[PayoutStatus] = frozenset({PayoutStatus.SCHEDULED, PayoutStatus.REQUESTING})
+# Still needs the schedule: to send, to ask again, or to poll.
+PAYOUT_DUE: frozenset[PayoutStatus] = PAYOUT_CLAIMABLE | PAYOUT_AT_TOSS
+
+
+# --- webhook deliveries (`payment_webhooks.verification` and `.outcome`) -------------------------------------
+
+
+class WebhookVerification(StrEnum):
+    PENDING = "pending"  # logged, not verified yet (or not processed: see WebhookOutcome.ERROR)
+    UNREADABLE = "unreadable"  # the body is not a JSON object
+    SKIPPED = "skipped"  # a duplicate: not verified again
+    NOT_APPLICABLE = "not_applicable"  # an event type we do not act on
+    FETCHED = "fetched"  # unsigned: what we act on is what Toss says when we ask
+    SECRET = "secret"  # noqa: S105 - a verification method, not a secret: DEPOSIT_CALLBACK, the secret matched
+    SIGNATURE = "signature"  # payout.changed / seller.changed: the HMAC signature verified
+    MALFORMED = "malformed"
+    UNKNOWN_PAYMENT = "unknown_payment"
+    SECRET_MISMATCH = "secret_mismatch"  # noqa: S105 - a verification outcome, not a secret
+    BAD_SIGNATURE = "bad_signature"
+    STALE = "stale"
+
+
+class WebhookOutcome(StrEnum):
+    RECEIVED = "received"  # logged, not finished yet
+    PROCESSED = "processed"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    REJECTED = "rejected"
+    ERROR = "error"  # not processed (Toss or the database unreachable): Toss delivers it again
+
+
+# A delivery's row is written once when it arrives and finished once: each delivery is a row of its own.
+WEBHOOK_OUTCOME = Machine(
+    "a webhook delivery",
+    initial={WebhookOutcome.RECEIVED},
+    transitions={
+        WebhookOutcome.RECEIVED: {
+            WebhookOutcome.PROCESSED,
+            WebhookOutcome.DUPLICATE,
+            WebhookOutcome.IGNORED,
+            WebhookOutcome.REJECTED,
+            WebhookOutcome.ERROR,
+        },
+    },
+)
+WEBHOOK_VERIFICATION = Machine(
+    "a webhook's verification",
+    initial={WebhookVerification.PENDING},
+    # pending -> pending: a delivery that could not be processed was not verified either.
+    transitions={WebhookVerification.PENDING: set(WebhookVerification)},
+)
+
+
+# --- the checks every status write goes through ------------------------------------------------------------
+
+
 def check_payment(current: str, new: str) -> None:
-    if new not in PAYMENT_TRANSITIONS.get(current, frozenset()):
-        raise InvalidTransition(f"a payment cannot go from {current} to {new}")
+    PAYMENT.check(current, new)
 
 
 def check_request(current: str, new: str) -> None:
-    if new not in REQUEST_TRANSITIONS.get(current, frozenset()):
-        raise InvalidTransition(f"a payment request cannot go from {current} to {new}")
+    REQUEST.check(current, new)
+
+
+def check_order(current: str, new: str) -> None:
+    ORDER.check(current, new)
+
+
+def check_cancel(current: str, new: str) -> None:
+    CANCEL.check(current, new)
+
+
+def check_payout(current: str, new: str) -> None:
+    PAYOUT.check(current, new)
+
+
+# --- what an operator may do by hand (escrow.ops through services/operator.py) --------------------------------
+
+# A failed payout goes back to the schedule (retry-payout). Not a move of PAYOUT: a payout Toss failed is final for
+# the schedule and for Toss's webhooks; only a person, after fixing the cause, decides to pay it again.
+OPERATOR_PAYOUT = Machine(
+    "a payout (by an operator)",
+    initial=set(),
+    transitions={PayoutStatus.FAILED: {PayoutStatus.SCHEDULED}},
+)
+
+
+def check_operator_payout(current: str, new: str) -> None:
+    OPERATOR_PAYOUT.check(current, new)

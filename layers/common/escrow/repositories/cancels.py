@@ -1,8 +1,14 @@
+"""Refunds (`payment_cancels`): one row per refund, written before Toss is called; its id is the Idempotency-Key."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from escrow.db import Row, Tx
+from escrow.repositories._sql import assignments, in_order, marks
+from escrow.states import CANCEL, CANCEL_IN_FLIGHT, CancelStatus
 
 _COLUMNS = (
     "id, payment_id, payment_request_id, request_key, requested_by, reason, requested_amount, status, "
@@ -20,45 +26,81 @@ def find_by_key(tx: Tx, request_key: str) -> Row | None:
 def insert(
     tx: Tx, *, payment_id: int, request_id: int, request_key: str, requested_by: str, reason: str, amount: int | None
 ) -> int:
+    CANCEL.check_initial(CancelStatus.REQUESTED)
     return tx.insert(
         "INSERT INTO payment_cancels (payment_id, payment_request_id, request_key, requested_by, reason, "
-        "requested_amount, status) VALUES (%s, %s, %s, %s, %s, %s, 'requested')",
-        (payment_id, request_id, request_key, requested_by, reason, amount),
+        "requested_amount, status) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (payment_id, request_id, request_key, requested_by, reason, amount, CancelStatus.REQUESTED),
     )
 
 
-def update(tx: Tx, cancel_id: int, **fields: Any) -> None:
-    assignments = ", ".join(f"{name} = %s" for name in fields)
-    tx.execute(f"UPDATE payment_cancels SET {assignments} WHERE id = %s", (*fields.values(), cancel_id))
+def set_status(tx: Tx, cancel_id: int, current: str, new: CancelStatus, **fields: Any) -> None:
+    """Move a refund from `current` (read under its payment's lock) to `new`, with the columns that go with it."""
+    CANCEL.check(current, new)
+    extra = assignments(fields)
+    sql = f"UPDATE payment_cancels SET status = %s{', ' + extra if extra else ''} WHERE id = %s"
+    tx.execute(sql, (new, *fields.values(), cancel_id))
 
 
-def update_if_open(tx: Tx, cancel_id: int, **fields: Any) -> int:
-    """Change a cancel only while its outcome is open: a concurrent worker may have recorded it done meanwhile."""
-    assignments = ", ".join(f"{name} = %s" for name in fields)
+def set_status_if_open(tx: Tx, cancel_id: int, new: CancelStatus, **fields: Any) -> int:
+    """Change a refund only while its outcome is open: a concurrent worker may have recorded it done meanwhile. The
+    rows written are in flight (the WHERE says so), and every in-flight status may go to `new`."""
+    CANCEL.check_each(CANCEL_IN_FLIGHT, new)
+    open_ = in_order(CANCEL_IN_FLIGHT)
+    extra = assignments(fields)
     return tx.execute(
-        f"UPDATE payment_cancels SET {assignments} WHERE id = %s AND status IN ('requested', 'unknown')",
-        (*fields.values(), cancel_id),
+        f"UPDATE payment_cancels SET status = %s{', ' + extra if extra else ''} "
+        f"WHERE id = %s AND status IN ({marks(open_)})",
+        (new, *fields.values(), cancel_id, *open_),
     )
+
+
+def status(tx: Tx, cancel_id: int) -> str | None:
+    row = tx.one("SELECT status FROM payment_cancels WHERE id = %s", (cancel_id,))
+    return None if row is None else str(row["status"])
 
 
 def in_flight_for_payment(tx: Tx, payment_id: int) -> list[Row]:
+    open_ = in_order(CANCEL_IN_FLIGHT)
     return tx.all(
-        f"SELECT {_COLUMNS} FROM payment_cancels WHERE payment_id = %s AND status IN ('requested', 'unknown')",
-        (payment_id,),
+        f"SELECT {_COLUMNS} FROM payment_cancels WHERE payment_id = %s AND status IN ({marks(open_)})",
+        (payment_id, *open_),
     )
 
 
-def known_transaction_keys(tx: Tx, payment_id: int) -> set[str]:
+def payments_with_refund_in_flight(tx: Tx, payment_ids: Sequence[int]) -> set[int]:
+    """Which of these payments have a refund whose outcome is open (one statement for many payments)."""
+    if not payment_ids:
+        return set()
+    open_ = in_order(CANCEL_IN_FLIGHT)
     rows = tx.all(
-        "SELECT transaction_key FROM payment_cancels WHERE payment_id = %s AND transaction_key IS NOT NULL",
-        (payment_id,),
+        f"SELECT DISTINCT payment_id FROM payment_cancels WHERE payment_id IN ({marks(payment_ids)}) "
+        f"AND status IN ({marks(open_)})",
+        [*payment_ids, *open_],
     )
-    return {r["transaction_key"] for r in rows}
+    return {r["payment_id"] for r in rows}
+
+
+def for_payment(tx: Tx, payment_id: int) -> list[Row]:
+    """Every refund row of the payment: its status and the Toss transaction it recorded (if any)."""
+    return tx.all("SELECT id, status, transaction_key FROM payment_cancels WHERE payment_id = %s", (payment_id,))
 
 
 def stale(tx: Tx, older_than_seconds: int, limit: int) -> list[Row]:
+    open_ = in_order(CANCEL_IN_FLIGHT)
     return tx.all(
-        f"SELECT {_COLUMNS} FROM payment_cancels WHERE status IN ('requested', 'unknown') "
+        f"SELECT {_COLUMNS} FROM payment_cancels WHERE status IN ({marks(open_)}) "
         "AND updated_at < NOW(3) - INTERVAL %s SECOND ORDER BY id LIMIT %s",
-        (older_than_seconds, limit),
+        (*open_, older_than_seconds, limit),
     )
+
+
+def claim(tx: Tx, cancel_id: int, seen_updated_at: datetime) -> bool:
+    """Take a refund for this worker unless someone touched it since we read it (`updated_at` as we saw it)."""
+    open_ = in_order(CANCEL_IN_FLIGHT)
+    taken = tx.execute(
+        "UPDATE payment_cancels SET updated_at = NOW(3) "
+        f"WHERE id = %s AND status IN ({marks(open_)}) AND updated_at = %s",
+        (cancel_id, *open_, seen_updated_at),
+    )
+    return taken == 1

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from escrow.db import Row, Tx
+from escrow.repositories._sql import assignments, marks
+from escrow.states import REQUEST, RequestStatus
 
 _COLUMNS = (
     "id, chat_room_id, store_id, requester_id, amount, message, status, participant_count, release_at, "
@@ -23,10 +26,21 @@ def insert(
     release_at: datetime | None,
     expires_at: datetime | None,
 ) -> int:
+    REQUEST.check_initial(RequestStatus.PENDING)
     return tx.insert(
         "INSERT INTO payment_requests (chat_room_id, store_id, requester_id, amount, message, status, "
-        "participant_count, release_at, expires_at) VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s, %s)",
-        (chat_room_id, store_id, requester_id, amount, message, participant_count, release_at, expires_at),
+        "participant_count, release_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            chat_room_id,
+            store_id,
+            requester_id,
+            amount,
+            message,
+            RequestStatus.PENDING,
+            participant_count,
+            release_at,
+            expires_at,
+        ),
     )
 
 
@@ -38,14 +52,63 @@ def find_open_for_room(tx: Tx, chat_room_id: int) -> Row | None:
     return tx.one(f"SELECT {_COLUMNS} FROM payment_requests WHERE open_room_id = %s", (chat_room_id,))
 
 
+def latest_for_room(tx: Tx, chat_room_id: int) -> Row | None:
+    """The room's latest request, open or not (no lock)."""
+    return tx.one(
+        "SELECT id, status, requester_id FROM payment_requests WHERE chat_room_id = %s ORDER BY id DESC LIMIT 1",
+        (chat_room_id,),
+    )
+
+
 def lock(tx: Tx, request_id: int) -> Row | None:
     return tx.one(f"SELECT {_COLUMNS} FROM payment_requests WHERE id = %s FOR UPDATE", (request_id,))
 
 
-def set_status(tx: Tx, request_id: int, status: str, **fields: Any) -> None:
-    assignments = ", ".join(f"{name} = %s" for name in fields)
-    sql = f"UPDATE payment_requests SET status = %s{', ' + assignments if assignments else ''} WHERE id = %s"
-    tx.execute(sql, (status, *fields.values(), request_id))
+def set_status(tx: Tx, request_id: int, current: str, new: RequestStatus, **fields: Any) -> None:
+    """Move one locked request from `current` (as read under its lock) to `new`, with the columns that go with it."""
+    REQUEST.check(current, new)
+    extra = assignments(fields)
+    sql = f"UPDATE payment_requests SET status = %s{', ' + extra if extra else ''} WHERE id = %s"
+    tx.execute(sql, (new, *fields.values(), request_id))
+
+
+def due_for_release(tx: Tx, now: datetime | None, limit: int) -> list[int]:
+    """Funded requests whose release time has passed, earliest first (no lock: each is locked and re-checked)."""
+    rows = tx.all(
+        "SELECT id FROM payment_requests WHERE status = %s AND release_at <= %s ORDER BY release_at LIMIT %s",
+        (RequestStatus.COMPLETED, now, limit),
+    )
+    return [row["id"] for row in rows]
+
+
+def due_for_expiry(tx: Tx, now: datetime | None, limit: int) -> list[int]:
+    """Requests still waiting for payers whose deadline has passed, earliest first (no lock)."""
+    rows = tx.all(
+        "SELECT id FROM payment_requests WHERE status = %s AND expires_at <= %s ORDER BY expires_at LIMIT %s",
+        (RequestStatus.PENDING, now, limit),
+    )
+    return [row["id"] for row in rows]
+
+
+def lock_many_skip_locked(tx: Tx, request_ids: Sequence[int]) -> list[Row]:
+    """Lock these requests in id order, skipping those another transaction holds (MySQL 8 / MariaDB 10.6): two
+    schedule runs at once take different requests, and neither waits on a room someone releases or refunds by hand."""
+    return tx.all(
+        "SELECT id, chat_room_id, store_id, requester_id, status FROM payment_requests "
+        f"WHERE id IN ({marks(request_ids)}) ORDER BY id FOR UPDATE SKIP LOCKED",
+        list(request_ids),
+    )
+
+
+def release_many(tx: Tx, requests: Sequence[Mapping[str, Any]], *, closed_at: datetime | None, closed_by: str) -> None:
+    """Close locked requests as released, one statement for all (each row's transition checked)."""
+    REQUEST.check_each([r["status"] for r in requests], RequestStatus.RELEASED)
+    ids = [r["id"] for r in requests]
+    tx.execute(
+        "UPDATE payment_requests SET status = %s, closed_at = %s, closed_by = %s, close_reason = 'released' "
+        f"WHERE id IN ({marks(ids)})",
+        [RequestStatus.RELEASED, closed_at, closed_by, *ids],
+    )
 
 
 def status_view(tx: Tx, chat_room_id: int, user_id: str) -> Row:

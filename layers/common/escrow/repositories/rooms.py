@@ -9,5 +9,9 @@ def members(tx: Tx, chat_room_id: int) -> list[Row]:
     )
 
 
-def store(tx: Tx, store_id: str) -> Row | None:
-    return tx.one("SELECT store_id, owner_id FROM stores WHERE store_id = %s", (store_id,))
+def put_member(tx: Tx, chat_room_id: int, user_id: str, *, is_owner: bool) -> None:
+    tx.execute(
+        "INSERT INTO chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s) "
+        "ON DUPLICATE KEY UPDATE is_owner = VALUES(is_owner)",
+        (chat_room_id, user_id, int(is_owner)),
+    )

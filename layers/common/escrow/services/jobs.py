@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from escrow import db
 from escrow.clock import db_time, utcnow
@@ -22,18 +22,17 @@ from escrow.config import get_settings
 from escrow.errors import AppError
 from escrow.observability import count, logger
 from escrow.repositories import cancels as cancels_repo
-from escrow.repositories import ledger
+from escrow.repositories import clock as clock_repo
 from escrow.repositories import outbox as outbox_repo
+from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
 from escrow.services import payments as payment_service
+from escrow.services import payouts as payout_service
 from escrow.services import refunds as refund_service
 from escrow.services import release as release_service
-from escrow.states import check_request
+from escrow.states import CancelStatus, RequestStatus
 from escrow.toss import TossError
 from escrow.toss.client import TossClient, get_toss_client
-
-if TYPE_CHECKING:
-    from escrow.toss.models import Payment
 
 RECONCILE_AFTER_SECONDS = 60  # a confirm or cancel older than this with no outcome is looked up
 BATCH = 200
@@ -48,27 +47,26 @@ def expire_overdue(
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
     with db.reader() as tx:
-        due = tx.all(
-            "SELECT id FROM payment_requests WHERE status = 'pending' AND expires_at <= %s "
-            "ORDER BY expires_at LIMIT %s",
-            (db_time(now()), limit),
-        )
+        due = requests_repo.due_for_expiry(tx, db_time(now()), limit)
     expired = refunds = 0
-    for row in due:
+    for request_id in due:
         if deadline():
             break
         with db.transaction() as tx:
-            request = requests_repo.lock(tx, row["id"])
-            if request is None or request["status"] != "pending":
+            request = requests_repo.lock(tx, request_id)
+            if request is None or request["status"] != RequestStatus.PENDING:
                 continue
-            check_request("pending", "expired")
             requests_repo.set_status(
                 tx,
                 request["id"],
-                "expired",
+                request["status"],
+                RequestStatus.EXPIRED,
                 closed_at=db_time(now()),
                 closed_by="schedule",
                 close_reason="deadline passed before every participant paid",
+            )
+            targets = refund_service.queue_refunds(
+                tx, request["id"], actor="schedule", reason="기한 내 전원 결제되지 않아 자동 환불", tag="expiry"
             )
             outbox_repo.add(
                 tx,
@@ -79,10 +77,10 @@ def expire_overdue(
                     "payment_request_id": request["id"],
                     "chat_room_id": request["chat_room_id"],
                     "store_id": request["store_id"],
+                    "amount_per_participant": request["amount"],
+                    "participant_count": request["participant_count"],
+                    "refund_amount": sum(t["remaining"] for t in targets),
                 },
-            )
-            targets = refund_service._queue_refunds(
-                tx, request["id"], actor="schedule", reason="기한 내 전원 결제되지 않아 자동 환불", tag="expiry"
             )
         expired += 1
         refunds += len(refund_service.refund_queued(targets, toss=toss))
@@ -99,74 +97,20 @@ def reconcile_payments(
     """Settle orders left in_progress / unknown (look them up by orderId) and cancel charges we must not keep."""
     older_than = get_settings().reconcile_after_seconds if older_than is None else older_than
     with db.reader() as tx:
-        orders = tx.all(
-            "SELECT order_id, payment_id, payment_key, amount, status FROM payment_orders "
-            "WHERE status IN ('in_progress', 'unknown', 'refund_pending') "
-            "AND updated_at < NOW(3) - INTERVAL %s SECOND ORDER BY updated_at LIMIT %s",
-            (older_than, limit),
-        )
+        orders = payments_repo.orders_to_reconcile(tx, older_than, limit)
     toss = toss or get_toss_client()
     settled = unresolved = 0
     for order in orders:
         if deadline():
             break
         try:
-            if order["status"] == "refund_pending":
-                payment = toss.get_payment(order["payment_key"])
-                outcome = (
-                    payment_service.refund_unexpected_charge(payment, "UNEXPECTED_CHARGE", toss=toss)
-                    if payment.balance_amount > 0
-                    else _mark_refunded(order["order_id"], payment)
-                )
-            else:
-                attempt = payment_service.Attempt(
-                    order["payment_id"], 0, order["order_id"], order["payment_key"] or "", order["amount"]
-                )
-                found = payment_service._look_up(toss, attempt) if order["payment_key"] else None
-                if found is None:
-                    payment_service.record_failure(
-                        order["order_id"], "NOT_FOUND_PAYMENT", "Toss has no payment for this order", actor="reconcile"
-                    )
-                    outcome = "failed"
-                else:
-                    outcome = payment_service.apply_toss_payment(
-                        found, actor="reconcile", reason="reconciliation", toss=toss
-                    )
+            outcome = payment_service.reconcile_order(order, toss=toss)
         except (TossError, AppError) as exc:
             logger.warning("order not settled yet", extra={"order_id": order["order_id"], "error": str(exc)})
             unresolved += 1
             continue
         settled += outcome not in ("pending",)
     return {"orders_checked": len(orders), "orders_settled": settled, "orders_unresolved": unresolved}
-
-
-def _mark_refunded(order_id: str, payment: Payment) -> str:
-    """Toss already holds nothing for a charge we must not keep (our cancel went through and its answer was lost,
-    or it was cancelled at Toss): record its refunds in the ledger, as refund_unexpected_charge does, and close it.
-    (Marking the order refunded without the refund entries left its charge in the ledger for ever.)"""
-    with db.transaction() as tx:
-        order = tx.one(
-            "SELECT o.payment_id, o.status, p.payment_request_id FROM payment_orders o "
-            "JOIN payments p ON p.id = o.payment_id WHERE o.order_id = %s FOR UPDATE",
-            (order_id,),
-        )
-        if order is None or order["status"] != "refund_pending":
-            return "refunded_mismatch"
-        tx.execute("UPDATE payment_orders SET status = 'refunded' WHERE order_id = %s", (order_id,))
-        for cancel in payment.cancels or []:
-            if (cancel.cancel_status or "DONE") != "DONE":
-                continue
-            ledger.record(
-                tx,
-                request_id=order["payment_request_id"],
-                payment_id=order["payment_id"],
-                entry_type="refund",
-                amount=cancel.cancel_amount,
-                reference=cancel.transaction_key,
-                actor="reconcile",
-                reason=(cancel.cancel_reason or "UNEXPECTED_CHARGE")[:200],
-            )
-    return "refunded_mismatch"
 
 
 def reconcile_cancels(
@@ -186,15 +130,12 @@ def reconcile_cancels(
     in_flight = 2 * (settings.toss_connect_timeout + settings.toss_read_timeout) + 5
     with db.reader() as tx:
         stale = cancels_repo.stale(tx, older_than, limit)
-        clock = tx.one("SELECT NOW(3) AS now")
-        assert clock is not None
+        clock = clock_repo.database_now(tx)
         rows = []
         for c in stale:
-            if c["status"] == "requested" and (clock["now"] - c["updated_at"]).total_seconds() < in_flight:
+            if c["status"] == CancelStatus.REQUESTED and (clock - c["updated_at"]).total_seconds() < in_flight:
                 continue
-            share = tx.one(
-                "SELECT payment_key, paid_amount, refunded_amount FROM payments WHERE id = %s", (c["payment_id"],)
-            )
+            share = payments_repo.refund_view(tx, c["payment_id"])
             if share:
                 rows.append((c, share))
     done = failed = skipped = 0
@@ -205,7 +146,7 @@ def reconcile_cancels(
             skipped += 1
             continue
         try:
-            refund_service._refund_at_toss(
+            refund_service.send_refund(
                 c["id"],
                 share["payment_key"],
                 c["reason"],
@@ -227,12 +168,7 @@ def _claim_cancel(cancel: dict[str, Any]) -> bool:
     recorded the refund, and refunds._after_unknown_cancel then marks the recorded (done) refund unknown, after
     which it ends as failed although Toss, the ledger and the payment say it happened."""
     with db.transaction() as tx:
-        taken = tx.execute(
-            "UPDATE payment_cancels SET updated_at = NOW(3) "
-            "WHERE id = %s AND status IN ('requested', 'unknown') AND updated_at = %s",
-            (cancel["id"], cancel["updated_at"]),
-        )
-    return taken == 1
+        return cancels_repo.claim(tx, cancel["id"], cancel["updated_at"])
 
 
 class EventBridgePublisher:
@@ -295,16 +231,13 @@ def publish_outbox(
     publisher: EventBridgePublisher | LogPublisher | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
-    """Send unpublished events, 10 at a time (put_events' limit). Rows are claimed with SKIP LOCKED, so two runs
-    at once take different rows, and each row is marked published once."""
+    """Send unpublished events, 10 at a time (put_events' limit). Rows are claimed skipping those another run holds
+    (`outbox_repo.claim_unpublished`), so two runs at once take different rows, and each is marked published once."""
     publisher = publisher or default_publisher()
     published = failed = 0
     while published + failed < limit and not deadline():
         with db.transaction() as tx:
-            rows = tx.all(
-                "SELECT id, event_type, payload, created_at FROM outbox WHERE published_at IS NULL "
-                "ORDER BY id LIMIT 10 FOR UPDATE SKIP LOCKED"
-            )
+            rows = outbox_repo.claim_unpublished(tx, 10)
             if not rows:
                 break
             try:
@@ -314,15 +247,10 @@ def publish_outbox(
                 logger.warning("outbox publish failed", extra={"error": str(exc)[:200]})
             for row in rows:
                 if row["id"] in sent:
-                    tx.execute(
-                        "UPDATE outbox SET published_at = NOW(3), attempts = attempts + 1 WHERE id = %s", (row["id"],)
-                    )
+                    outbox_repo.mark_published(tx, row["id"])
                     logger.info("event published", extra={"event_type": row["event_type"], "outbox_id": row["id"]})
                 else:
-                    tx.execute(
-                        "UPDATE outbox SET attempts = attempts + 1, last_error = 'not accepted' WHERE id = %s",
-                        (row["id"],),
-                    )
+                    outbox_repo.mark_not_accepted(tx, row["id"])
             published += len(sent)
             failed += len(rows) - len(sent)
         if failed:
@@ -392,7 +320,7 @@ def run_scheduled(
         "reconcile_cancels": lambda: reconcile_cancels(toss=toss, deadline=out_of_time),
         "expire": lambda: expire_overdue(toss=toss, now=now, deadline=out_of_time),
         "release": lambda: release_service.release_due(BATCH * 5, toss=toss, now=now, deadline=out_of_time),
-        "payouts": lambda: release_service.payouts_due(BATCH * 5, toss=toss, now=now, deadline=out_of_time),
+        "payouts": lambda: payout_service.payouts_due(BATCH * 5, toss=toss, now=now, deadline=out_of_time),
         "publish": lambda: publish_outbox(publisher=publisher, deadline=out_of_time),
         "audit": lambda: audit_ledger(toss=toss, now=now, deadline=out_of_time),
     }

@@ -28,7 +28,7 @@ from escrow.repositories import ledger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
-from escrow.states import check_payment, check_request
+from escrow.states import CONFIRMING, ORDER_IN_FLIGHT, PAID, OrderStatus, PaymentStatus, RequestStatus
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
 
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from escrow.models import ConfirmBody, PrepareBody
     from escrow.toss.models import Payment
 
-PAID_STATUSES = ("completed", "released", "partially_refunded", "refunded")
 _IN_FLIGHT_RETRIES = 4
 
 
@@ -75,12 +74,12 @@ def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
     with db.transaction() as tx:
         request = _open_request(tx, body.chat_room_id)
         share = _share(tx, request, principal.user_id)
-        if share["status"] in PAID_STATUSES:
+        if share["status"] in PAID:
             raise Conflict("your share is already paid", code="ALREADY_PAID")
-        if share["status"] in ("in_progress", "unknown"):
+        if share["status"] in CONFIRMING:
             raise Conflict("your payment is being confirmed; wait for its result", code="PAYMENT_IN_PROGRESS")
         order = payments_repo.find_order(tx, share["order_id"]) if share["order_id"] else None
-        if order is not None and order["status"] == "issued":
+        if order is not None and order["status"] == OrderStatus.ISSUED:
             order_id = order["order_id"]
         else:
             order_id = new_order_id(request["id"])
@@ -90,7 +89,7 @@ def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
                 payment_id=share["id"],
                 payer_id=principal.user_id,
                 amount=share["amount"],
-                status="issued",
+                status=OrderStatus.ISSUED,
             )
             payments_repo.update(tx, share["id"], order_id=order_id, payment_key=None)
     return {
@@ -120,12 +119,8 @@ def _already_paid_with(payer_id: str, body: ConfirmBody) -> Attempt | None:
     """A repeat of a successful confirm answers the same success, even after the request was released or closed
     (it is no longer the room's open request then, so the checks below would not find it)."""
     with db.reader() as tx:
-        row = tx.one(
-            "SELECT p.id, p.payment_request_id, p.payer_id, p.order_id, p.amount, p.status, r.chat_room_id "
-            "FROM payments p JOIN payment_requests r ON r.id = p.payment_request_id WHERE p.payment_key = %s",
-            (body.paymentKey,),
-        )
-    if row is None or row["status"] not in PAID_STATUSES or row["payer_id"] != payer_id:
+        row = payments_repo.find_with_room_by_key(tx, body.paymentKey)
+    if row is None or row["status"] not in PAID or row["payer_id"] != payer_id:
         return None
     if row["chat_room_id"] != body.chat_room_id or row["order_id"] != body.orderId:
         return None
@@ -143,7 +138,7 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
             share = _share(tx, request, payer_id)
             same_attempt = share["order_id"] == body.orderId and share["payment_key"] == body.paymentKey
             attempt = Attempt(share["id"], request["id"], body.orderId, body.paymentKey, share["amount"])
-            if share["status"] in PAID_STATUSES:
+            if share["status"] in PAID:
                 if share["payment_key"] == body.paymentKey:
                     return replace(attempt, done=True)
                 raise Conflict("your share is already paid", code="ALREADY_PAID")
@@ -153,10 +148,12 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                     code="AMOUNT_MISMATCH",
                     details=[{"field": "amount", "message": f"expected {share['amount']}"}],
                 )
-            if share["status"] in ("in_progress", "unknown"):
+            if share["status"] in CONFIRMING:
                 if same_attempt:
                     return attempt  # a retry or a concurrent duplicate: Toss's Idempotency-Key makes it one charge
-                code = "PAYMENT_IN_PROGRESS" if share["status"] == "in_progress" else "PAYMENT_OUTCOME_UNKNOWN"
+                code = (
+                    "PAYMENT_IN_PROGRESS" if share["status"] == PaymentStatus.IN_PROGRESS else "PAYMENT_OUTCOME_UNKNOWN"
+                )
                 raise Conflict("an earlier payment of your share is still being settled", code=code)
             # pending or failed: a new attempt with the prepared orderId or a new one bound to this payer
             order = payments_repo.find_order(tx, body.orderId)
@@ -167,28 +164,30 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                     payment_id=share["id"],
                     payer_id=payer_id,
                     amount=share["amount"],
-                    status="in_progress",
+                    status=OrderStatus.IN_PROGRESS,
                     payment_key=body.paymentKey,
                 )
             elif (
                 order["payment_id"] == share["id"]
-                and order["status"] == "failed"
+                and order["status"] == OrderStatus.FAILED
                 and order["payment_key"] == body.paymentKey
             ):
                 # The same confirm again after Toss declined it: the same answer, not a new attempt.
                 raise PaymentDeclined(
                     order["failure_message"] or "the payment was declined", toss_code=order["failure_code"]
                 )
-            elif order["payment_id"] != share["id"] or order["status"] != "issued":
+            elif order["payment_id"] != share["id"] or order["status"] != OrderStatus.ISSUED:
                 raise Conflict("this orderId was already used; prepare a new order", code="ORDER_ID_ALREADY_USED")
             else:
-                payments_repo.update_order(tx, body.orderId, status="in_progress", payment_key=body.paymentKey)
+                payments_repo.set_order_status(
+                    tx, body.orderId, order["status"], OrderStatus.IN_PROGRESS, payment_key=body.paymentKey
+                )
             payments_repo.supersede_issued_orders(tx, share["id"], body.orderId)
-            check_payment(share["status"], "in_progress")
-            payments_repo.update(
+            payments_repo.set_status(
                 tx,
                 share["id"],
-                status="in_progress",
+                share["status"],
+                PaymentStatus.IN_PROGRESS,
                 order_id=body.orderId,
                 payment_key=body.paymentKey,
                 method=body.payment_method,
@@ -327,10 +326,18 @@ def record_failure(order_id: str, code: str, message: str, *, actor: str) -> Non
             return
         requests_repo.lock(tx, order["payment_request_id"])
         share = payments_repo.lock(tx, order["payment_id"])
-        payments_repo.update_order(tx, order_id, status="failed", failure_code=code, failure_message=message[:500])
-        if share and share["order_id"] == order_id and share["status"] in ("in_progress", "unknown"):
-            check_payment(share["status"], "failed")
-            payments_repo.update(tx, share["id"], status="failed", failure_code=code, failure_message=message[:500])
+        payments_repo.set_order_status(
+            tx, order_id, order["status"], OrderStatus.FAILED, failure_code=code, failure_message=message[:500]
+        )
+        if share and share["order_id"] == order_id and share["status"] in CONFIRMING:
+            payments_repo.set_status(
+                tx,
+                share["id"],
+                share["status"],
+                PaymentStatus.FAILED,
+                failure_code=code,
+                failure_message=message[:500],
+            )
     logger.info("payment failed", extra={"order_id": order_id, "toss_code": code, "actor": actor})
 
 
@@ -341,10 +348,10 @@ def record_unknown(order_id: str, reason: str) -> None:
             return
         requests_repo.lock(tx, order["payment_request_id"])
         share = payments_repo.lock(tx, order["payment_id"])
-        if order["status"] in ("in_progress", "unknown"):
-            payments_repo.update_order(tx, order_id, status="unknown", failure_message=reason)
-        if share and share["order_id"] == order_id and share["status"] in ("in_progress", "unknown"):
-            payments_repo.update(tx, share["id"], status="unknown", failure_message=reason)
+        if order["status"] in ORDER_IN_FLIGHT:
+            payments_repo.set_order_status(tx, order_id, order["status"], OrderStatus.UNKNOWN, failure_message=reason)
+        if share and share["order_id"] == order_id and share["status"] in CONFIRMING:
+            payments_repo.set_status(tx, share["id"], share["status"], PaymentStatus.UNKNOWN, failure_message=reason)
 
 
 def apply_toss_payment(
@@ -380,42 +387,43 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
         live = share["order_id"] == payment.order_id
 
         if payment.status == "DONE":
-            if live and share["status"] in PAID_STATUSES and share["payment_key"] == payment.payment_key:
+            if live and share["status"] in PAID and share["payment_key"] == payment.payment_key:
                 return "already_completed", None
             expected_amount = live and payment.total_amount == share["amount"]
-            request_open = request["status"] == "pending"
-            if (
-                not live
-                or not expected_amount
-                or not request_open
-                or share["status"] not in ("in_progress", "unknown", "failed")
-            ):
+            request_open = request["status"] == RequestStatus.PENDING
+            if not live or not expected_amount or not request_open or share["status"] not in _AWAITING_CHARGE:
                 # Money we must not keep: a second charge for a paid share, a stale order, a wrong amount.
                 # (A request cancelled or expired while this confirm was in flight lands here too.)
                 if live and not expected_amount:
                     why = "AMOUNT_MISMATCH"
-                elif live and not request_open and share["status"] in ("in_progress", "unknown"):
+                elif live and not request_open and share["status"] in CONFIRMING:
                     why = "REQUEST_CLOSED"
                 else:
                     why = "UNEXPECTED_CHARGE"
-                payments_repo.update_order(
-                    tx, payment.order_id, status="refund_pending", failure_code=why, payment_key=payment.payment_key
+                payments_repo.set_order_status(
+                    tx,
+                    payment.order_id,
+                    order["status"],
+                    OrderStatus.REFUND_PENDING,
+                    failure_code=why,
+                    payment_key=payment.payment_key,
                 )
-                if live and share["status"] in ("in_progress", "unknown"):
-                    payments_repo.update(
+                if live and share["status"] in CONFIRMING:
+                    payments_repo.set_status(
                         tx,
                         share["id"],
-                        status="failed",
+                        share["status"],
+                        PaymentStatus.FAILED,
                         failure_code=why,
                         failure_message=_REFUND_REASONS[why],
                     )
                 _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason=why)
                 return "refund_pending", why
-            check_payment(share["status"], "completed")
-            payments_repo.update(
+            payments_repo.set_status(
                 tx,
                 share["id"],
-                status="completed",
+                share["status"],
+                PaymentStatus.COMPLETED,
                 payment_key=payment.payment_key,
                 toss_status=payment.status,
                 toss_method=(payment.method or "")[:32] or None,
@@ -426,15 +434,18 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                 failure_message=None,
                 last_toss_response=response,
             )
-            payments_repo.update_order(tx, payment.order_id, status="done", payment_key=payment.payment_key)
+            payments_repo.set_order_status(
+                tx, payment.order_id, order["status"], OrderStatus.DONE, payment_key=payment.payment_key
+            )
             _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason=reason)
             count("PaymentsConfirmed")
             # Held shares, read after the request lock (every share's completion takes it first), so concurrent
             # confirms of one room see each other. A share partly refunded before the others paid is still held.
             paid = payments_repo.count_held(tx, request["id"])
-            if request["status"] == "pending" and paid == request["participant_count"]:
-                check_request("pending", "completed")
-                requests_repo.set_status(tx, request["id"], "completed", completed_at=db_time(utcnow()))
+            if request["status"] == RequestStatus.PENDING and paid == request["participant_count"]:
+                requests_repo.set_status(
+                    tx, request["id"], request["status"], RequestStatus.COMPLETED, completed_at=db_time(utcnow())
+                )
                 outbox_repo.add(
                     tx,
                     event_type="EscrowFunded",
@@ -462,15 +473,20 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
         if payment.status in ("ABORTED", "EXPIRED"):
             code = payment.failure.code if payment.failure and payment.failure.code else payment.status
             message = (payment.failure.message if payment.failure else None) or payment.status
-            payments_repo.update_order(
-                tx, payment.order_id, status="failed", failure_code=code, failure_message=message[:500]
+            payments_repo.set_order_status(
+                tx,
+                payment.order_id,
+                order["status"],
+                OrderStatus.FAILED,
+                failure_code=code,
+                failure_message=message[:500],
             )
-            if live and share["status"] in ("in_progress", "unknown"):
-                check_payment(share["status"], "failed")
-                payments_repo.update(
+            if live and share["status"] in CONFIRMING:
+                payments_repo.set_status(
                     tx,
                     share["id"],
-                    status="failed",
+                    share["status"],
+                    PaymentStatus.FAILED,
                     toss_status=payment.status,
                     failure_code=code,
                     failure_message=message[:500],
@@ -481,6 +497,9 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
         # READY / IN_PROGRESS: not final at Toss; CANCELED / PARTIAL_CANCELED are the refund flow's business.
         return ("pending" if payment.status in ("READY", "IN_PROGRESS") else "ignored"), None
 
+
+# A share whose charge we take: its live attempt was sent to Toss (or had failed: Toss's record wins).
+_AWAITING_CHARGE = CONFIRMING | {PaymentStatus.FAILED}
 
 _REFUND_REASONS = {
     "AMOUNT_MISMATCH": "Toss approved an amount we did not ask for; refunded",
@@ -519,7 +538,7 @@ def refund_unexpected_charge(payment: Payment, why: str, *, toss: TossClient | N
     with db.transaction() as tx:
         order = payments_repo.find_order(tx, payment.order_id)
         assert order is not None
-        payments_repo.update_order(tx, payment.order_id, status="refunded")
+        payments_repo.set_order_status(tx, payment.order_id, order["status"], OrderStatus.REFUNDED)
         for cancel in cancelled.cancels or []:
             ledger.record(
                 tx,
@@ -532,6 +551,51 @@ def refund_unexpected_charge(payment: Payment, why: str, *, toss: TossClient | N
                 reason=why,
             )
     count("UnexpectedChargesRefunded")
+    return "refunded_mismatch"
+
+
+# --- the schedule: orders left without an outcome -----------------------------------------------------------
+
+
+def reconcile_order(order: dict[str, Any], *, toss: TossClient) -> str:
+    """Settle one order the schedule found in flight or refund_pending (`payments_repo.orders_to_reconcile`):
+    look it up at Toss and apply what Toss says, or cancel a charge we must not keep. Returns the outcome (as
+    apply_toss_payment does)."""
+    if order["status"] == OrderStatus.REFUND_PENDING:
+        payment = toss.get_payment(order["payment_key"])
+        if payment.balance_amount > 0:
+            return refund_unexpected_charge(payment, "UNEXPECTED_CHARGE", toss=toss)
+        return _mark_refunded(order["order_id"], payment)
+    attempt = Attempt(order["payment_id"], 0, order["order_id"], order["payment_key"] or "", order["amount"])
+    found = _look_up(toss, attempt) if order["payment_key"] else None
+    if found is None:
+        record_failure(order["order_id"], "NOT_FOUND_PAYMENT", "Toss has no payment for this order", actor="reconcile")
+        return "failed"
+    return apply_toss_payment(found, actor="reconcile", reason="reconciliation", toss=toss)
+
+
+def _mark_refunded(order_id: str, payment: Payment) -> str:
+    """Toss already holds nothing for a charge we must not keep (our cancel went through and its answer was lost,
+    or it was cancelled at Toss): record its refunds in the ledger, as refund_unexpected_charge does, and close it.
+    (Marking the order refunded without the refund entries left its charge in the ledger for ever.)"""
+    with db.transaction() as tx:
+        order = payments_repo.lock_order(tx, order_id)
+        if order is None or order["status"] != OrderStatus.REFUND_PENDING:
+            return "refunded_mismatch"
+        payments_repo.set_order_status(tx, order_id, order["status"], OrderStatus.REFUNDED)
+        for cancel in payment.cancels or []:
+            if (cancel.cancel_status or "DONE") != "DONE":
+                continue
+            ledger.record(
+                tx,
+                request_id=order["payment_request_id"],
+                payment_id=order["payment_id"],
+                entry_type="refund",
+                amount=cancel.cancel_amount,
+                reference=cancel.transaction_key,
+                actor="reconcile",
+                reason=(cancel.cancel_reason or "UNEXPECTED_CHARGE")[:200],
+            )
     return "refunded_mismatch"
 
 

@@ -27,7 +27,7 @@ from escrow.repositories import ledger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
-from escrow.states import HELD_PAYMENT_STATUSES, check_payment, check_request
+from escrow.states import CANCEL_IN_FLIGHT, HELD, REFUND_RECORDABLE, CancelStatus, PaymentStatus, RequestStatus
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
 
@@ -49,7 +49,7 @@ def _request_key(payment_id: int, actor: str, amount: int | None, reason: str, c
 
 
 def _outcome(payment: dict[str, Any]) -> dict[str, Any]:
-    refunded = payment["status"] == "refunded"
+    refunded = payment["status"] == PaymentStatus.REFUNDED
     return {
         "success": True,
         "refund_status": "refunded" if refunded else "partially_refunded",
@@ -61,12 +61,12 @@ def _outcome(payment: dict[str, Any]) -> dict[str, Any]:
 
 def _find_payment(payment_key: str) -> dict[str, Any]:
     """The payment's ids, read before its transaction begins (they never change). Read inside the transaction, this
-    plain SELECT took the transaction's snapshot before the row locks were granted, so the later plain reads (refunds
+    plain read took the transaction's snapshot before the row locks were granted, so the later plain reads (refunds
     in flight, Toss transactions already recorded) missed what a concurrent transaction had just committed: two
     cancels of one share at once both passed the in-flight guard and both went to Toss, and the loser then recorded
     the winner's Toss transaction a second time (duplicate key, a 500). A webhook racing a cancel is the same race."""
     with db.reader() as tx:
-        found = tx.one("SELECT id, payment_request_id FROM payments WHERE payment_key = %s", (payment_key,))
+        found = payments_repo.find_ids_by_key(tx, payment_key)
     if found is None:
         raise NotFound("no payment with this paymentKey", code="PAYMENT_NOT_FOUND")
     return found
@@ -106,9 +106,9 @@ def cancel_share(
             raise Forbidden("only the payer or the room's owner can cancel this payment", code="NOT_ALLOWED_TO_CANCEL")
         key = _request_key(payment["id"], principal.user_id, amount, reason, client_key)
         existing = cancels_repo.find_by_key(tx, key)
-        if existing is not None and existing["status"] == "done":
+        if existing is not None and existing["status"] == CancelStatus.DONE:
             return _outcome(payment)  # the same cancel again: same answer, nothing more refunded
-        if existing is None or existing["status"] == "failed":
+        if existing is None or existing["status"] == CancelStatus.FAILED:
             # A failed earlier attempt is a new attempt too: the share must still be refundable. (Skipping this let a
             # cancel that had failed at Toss, repeated after the room was released, refund released money.)
             _check_refundable(payment, amount)
@@ -130,8 +130,8 @@ def cancel_share(
             # No answer earlier (requested/unknown), or a failure: ask again with the same key. In flight again,
             # so a release waits for it.
             cancel_id = existing["id"]
-            cancels_repo.update(tx, cancel_id, status="requested")
-    result = _refund_at_toss(
+            cancels_repo.set_status(tx, cancel_id, existing["status"], CancelStatus.REQUESTED)
+    result = send_refund(
         cancel_id,
         payment["payment_key"],
         reason,
@@ -141,8 +141,8 @@ def cancel_share(
     )
     if result["refunded_amount"] == payment["refunded_amount"] and result["status"] == payment["status"]:
         with db.reader() as tx:
-            row = tx.one("SELECT status FROM payment_cancels WHERE id = %s", (cancel_id,))
-        if row is not None and row["status"] == "failed":
+            cancel_status = cancels_repo.status(tx, cancel_id)
+        if cancel_status == CancelStatus.FAILED:
             # Toss holds no refund for this cancel (a 5xx there, nothing refunded): this used to answer
             # 200 "partially_refunded" with refunded_amount 0.
             raise UpstreamUnavailable("Toss did not refund the payment; nothing was refunded, try again shortly")
@@ -151,11 +151,11 @@ def cancel_share(
 
 def _check_refundable(payment: dict[str, Any], amount: int | None) -> None:
     status = payment["status"]
-    if status == "released":
+    if status == PaymentStatus.RELEASED:
         raise Conflict("this payment was already released to the store and cannot be refunded", code="ALREADY_RELEASED")
-    if status == "refunded":
+    if status == PaymentStatus.REFUNDED:
         raise Conflict("this payment was already refunded in full", code="ALREADY_REFUNDED")
-    if status not in HELD_PAYMENT_STATUSES:
+    if status not in HELD:
         raise Conflict(f"only held payments can be refunded (this one is {status})", code="NOT_REFUNDABLE")
     remaining = payment["paid_amount"] - payment["refunded_amount"]
     if amount is not None and amount > remaining:
@@ -166,9 +166,11 @@ def _check_refundable(payment: dict[str, Any], amount: int | None) -> None:
         )
 
 
-def _refund_at_toss(
+def send_refund(
     cancel_id: int, payment_key: str, reason: str, amount: int | None, remaining: int, *, toss: TossClient | None = None
 ) -> dict[str, Any]:
+    """Ask Toss for the refund of cancel row `cancel_id` (its id is the Idempotency-Key, so asking again after a lost
+    answer is safe) and record what Toss holds afterwards. Returns the payment row."""
     toss = toss or get_toss_client()
     partial = amount is not None and amount < remaining
     try:
@@ -182,8 +184,8 @@ def _refund_at_toss(
             # Toss may already hold the refund we want (a cancel made elsewhere, or ours with a lost answer).
             return _after_unknown_cancel(cancel_id, payment_key, exc, toss)
         with db.transaction() as tx:
-            cancels_repo.update_if_open(
-                tx, cancel_id, status="failed", toss_code=exc.code, toss_message=exc.message[:500]
+            cancels_repo.set_status_if_open(
+                tx, cancel_id, CancelStatus.FAILED, toss_code=exc.code, toss_message=exc.message[:500]
             )
         raise Conflict(f"Toss refused the refund: {exc.message}", code="REFUND_REFUSED", toss_code=exc.code) from exc
     except TossError as exc:
@@ -196,7 +198,7 @@ def _after_unknown_cancel(cancel_id: int, payment_key: str, cause: Exception, to
         result = toss.get_payment(payment_key)
     except TossError as exc:
         with db.transaction() as tx:
-            cancels_repo.update_if_open(tx, cancel_id, status="unknown", toss_message=str(cause)[:500])
+            cancels_repo.set_status_if_open(tx, cancel_id, CancelStatus.UNKNOWN, toss_message=str(cause)[:500])
         raise PaymentOutcomeUnknown(
             "Toss did not confirm the refund; it will be settled automatically", code="REFUND_OUTCOME_UNKNOWN"
         ) from exc
@@ -214,7 +216,8 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
         request = requests_repo.lock(tx, found["payment_request_id"])
         share = payments_repo.lock(tx, found["id"])
         assert request is not None and share is not None
-        known = cancels_repo.known_transaction_keys(tx, share["id"])
+        rows = {r["id"]: r for r in cancels_repo.for_payment(tx, share["id"])}
+        known = {r["transaction_key"] for r in rows.values() if r["transaction_key"] is not None}
         new = [
             c for c in payment.cancels or [] if c.transaction_key not in known and (c.cancel_status or "DONE") == "DONE"
         ]
@@ -222,7 +225,9 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
         for entry in new:
             if claimed is not None:
                 row_id, claimed = claimed, None
+                current = rows[row_id]["status"]
             else:
+                current = CancelStatus.REQUESTED
                 row_id = cancels_repo.insert(
                     tx,
                     payment_id=share["id"],
@@ -232,10 +237,11 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
                     reason=(entry.cancel_reason or "cancelled at Toss")[:200],
                     amount=entry.cancel_amount,
                 )
-            cancels_repo.update(
+            cancels_repo.set_status(
                 tx,
                 row_id,
-                status="done",
+                current,
+                CancelStatus.DONE,
                 transaction_key=entry.transaction_key,
                 cancel_amount=entry.cancel_amount,
                 canceled_at=db_time(utcnow()),
@@ -251,15 +257,14 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
                 reason=(entry.cancel_reason or "refund")[:200],
             )
         refunded_total = payment.refunded_amount
-        if new and share["status"] in (*HELD_PAYMENT_STATUSES, "refunded"):
+        if new and share["status"] in REFUND_RECORDABLE:
             fully = payment.balance_amount == 0 or refunded_total >= share["paid_amount"]
-            target = "refunded" if fully else "partially_refunded"
-            if target != share["status"]:
-                check_payment(share["status"], target)
-            payments_repo.update(
+            target = PaymentStatus.REFUNDED if fully else PaymentStatus.PARTIALLY_REFUNDED
+            payments_repo.set_status(
                 tx,
                 share["id"],
-                status=target,
+                share["status"],
+                target,
                 refunded_amount=min(refunded_total, share["paid_amount"]),
                 toss_status=payment.status,
             )
@@ -270,21 +275,26 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
                 dedupe_key=f"PaymentRefunded:{share['id']}:{refunded_total}",
                 payload={
                     "payment_request_id": request["id"],
+                    "chat_room_id": request["chat_room_id"],
                     "payer_id": share["payer_id"],
                     "paymentKey": payment.payment_key,
+                    "paid_amount": share["paid_amount"],
                     "refunded_amount": refunded_total,
+                    "held_amount": max(share["paid_amount"] - refunded_total, 0),
                     "refund_status": target,
                 },
             )
             count("PaymentsRefunded")
-            if fully and request["status"] == "completed":
-                check_request("completed", "pending")
-                requests_repo.set_status(tx, request["id"], "pending", completed_at=None)
+            if fully and request["status"] == RequestStatus.COMPLETED:
+                requests_repo.set_status(tx, request["id"], request["status"], RequestStatus.PENDING, completed_at=None)
         elif cancel_id is not None and not new:
-            # Nothing new at Toss for our cancel: it did not happen. The payer may ask again.
-            row = tx.one("SELECT status FROM payment_cancels WHERE id = %s", (cancel_id,))
-            if row and row["status"] in ("requested", "unknown"):
-                cancels_repo.update(tx, cancel_id, status="failed", toss_code="NOT_CANCELLED_AT_TOSS")
+            # Nothing new at Toss for our cancel: it did not happen. The payer may ask again. (Its status was read
+            # above, in this transaction's snapshot.)
+            ours = rows.get(cancel_id)
+            if ours is not None and ours["status"] in CANCEL_IN_FLIGHT:
+                cancels_repo.set_status(
+                    tx, cancel_id, ours["status"], CancelStatus.FAILED, toss_code="NOT_CANCELLED_AT_TOSS"
+                )
         share = payments_repo.lock(tx, share["id"])
         assert share is not None
     logger.info("refund recorded", extra={"payment_id": share["id"], "status": share["status"]})
@@ -301,15 +311,16 @@ def cancel_request(
             raise NotFound("the room has no open payment request", code="PAYMENT_REQUEST_NOT_FOUND")
         if principal.user_id != request["requester_id"] and not principal.is_admin:
             raise Forbidden("only the room's owner can cancel the whole request", code="NOT_ROOM_OWNER")
-        check_request(request["status"], "cancelled")
         requests_repo.set_status(
             tx,
             request["id"],
-            "cancelled",
+            request["status"],
+            RequestStatus.CANCELLED,
             closed_at=db_time(utcnow()),
             closed_by=principal.user_id,
             close_reason=reason,
         )
+        targets = queue_refunds(tx, request["id"], actor=principal.user_id, reason=reason, tag="room-cancel")
         outbox_repo.add(
             tx,
             event_type="PaymentRequestCancelled",
@@ -318,25 +329,25 @@ def cancel_request(
             payload={
                 "payment_request_id": request["id"],
                 "chat_room_id": chat_room_id,
+                "store_id": request["store_id"],
+                "amount_per_participant": request["amount"],
+                "participant_count": request["participant_count"],
+                "refund_amount": sum(t["remaining"] for t in targets),
                 "reason": reason,
                 "cancelled_by": principal.user_id,
             },
         )
-        targets = _queue_refunds(tx, request["id"], actor=principal.user_id, reason=reason, tag="room-cancel")
     results = refund_queued(targets, toss=toss)
     return _summary(results)
 
 
-def _queue_refunds(tx: db.Tx, request_id: int, *, actor: str, reason: str, tag: str) -> list[dict[str, Any]]:
-    """Lock every held share of a request and write one cancel row each (keyed so a rerun writes none)."""
-    shares = tx.all(
-        "SELECT id, payment_key, paid_amount, refunded_amount, status FROM payments "
-        "WHERE payment_request_id = %s ORDER BY id FOR UPDATE",
-        (request_id,),
-    )
+def queue_refunds(tx: db.Tx, request_id: int, *, actor: str, reason: str, tag: str) -> list[dict[str, Any]]:
+    """Lock every held share of a request and write one cancel row each (keyed so a rerun writes none), in the
+    caller's transaction (the one that closes the request). Send them with `refund_queued` after it commits."""
+    shares = payments_repo.lock_for_request(tx, request_id)
     targets = []
     for share in shares:
-        if share["status"] not in HELD_PAYMENT_STATUSES:
+        if share["status"] not in HELD:
             continue
         key = f"{tag}:{request_id}:{share['id']}"
         existing = cancels_repo.find_by_key(tx, key)
@@ -368,7 +379,7 @@ def refund_queued(targets: Iterable[dict[str, Any]], *, toss: TossClient | None 
     results = []
     for t in targets:
         try:
-            share = _refund_at_toss(t["cancel_id"], t["payment_key"], t["reason"], None, t["remaining"], toss=toss)
+            share = send_refund(t["cancel_id"], t["payment_key"], t["reason"], None, t["remaining"], toss=toss)
             results.append({"paymentKey": t["payment_key"], "refund_status": share["status"]})
         except AppError as exc:
             logger.warning("refund not finished; the schedule will retry", extra={"error_code": exc.code})

@@ -13,6 +13,8 @@ from escrow.observability import count, logger
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
 from escrow.repositories import rooms as rooms_repo
+from escrow.repositories import stores as stores_repo
+from escrow.states import PAID_NOT_FULLY_REFUNDED, RequestStatus
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
@@ -63,7 +65,7 @@ def create_payment_request(
     _check_deadlines(body, now())
     try:
         with db.transaction() as tx:
-            if rooms_repo.store(tx, body.store_id) is None:
+            if stores_repo.find(tx, body.store_id) is None:
                 raise ValidationFailed(
                     "unknown store_id",
                     code="UNKNOWN_STORE",
@@ -91,7 +93,7 @@ def create_payment_request(
         "payment request opened",
         extra={"payment_request_id": request_id, "chat_room_id": body.chat_room_id, "participants": len(participants)},
     )
-    return {"payment_request_id": request_id, "status": "pending"}
+    return {"payment_request_id": request_id, "status": RequestStatus.PENDING}
 
 
 def room_status(principal: Principal, chat_room_id: int) -> dict[str, Any]:
@@ -110,7 +112,7 @@ def room_status(principal: Principal, chat_room_id: int) -> dict[str, Any]:
         raise Forbidden("only members of the room can see its payments", code="NOT_ROOM_MEMBER")
     if view["id"] is None:
         raise NotFound("the room has no payment request", code="PAYMENT_REQUEST_NOT_FOUND")
-    paid = sum(1 for s in shares if s["status"] in ("completed", "released", "partially_refunded"))
+    paid = sum(1 for s in shares if s["status"] in PAID_NOT_FULLY_REFUNDED)
     return {
         "payment_request": {
             "payment_request_id": view["id"],

@@ -1,6 +1,8 @@
 """Store payout accounts (admin only): registered with Toss payouts v2 as a seller.
 
-Account numbers are stored for the payout but never logged and never returned whole.
+Account numbers are never logged and never returned whole. At rest they are sealed (escrow.crypto: a KMS data key
+per value, AES-GCM, bound to the store's row); registration sends the number to Toss from the request body, so only
+the payout path opens a stored one (payout_account_number), when a seller's account must be sent to Toss again.
 """
 
 from __future__ import annotations
@@ -8,9 +10,10 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from escrow import db
+from escrow import crypto, db
 from escrow.errors import Conflict, Forbidden, UpstreamUnavailable, ValidationFailed
 from escrow.observability import logger
+from escrow.repositories import stores as stores_repo
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
 
@@ -70,17 +73,19 @@ def register_store(principal: Principal, body: RegisterStoreBody, *, toss: TossC
     if not principal.is_admin:
         raise Forbidden("only an administrator can register a store's payout account", code="ADMIN_ONLY")
     seller_request = _seller_request(body)
+    # Sealed before anything else: a key service that cannot answer fails the registration before Toss is asked.
+    try:
+        account = crypto.seal(body.account_number, _account_context(body.store_id))
+    except crypto.AccountCryptoError as exc:
+        raise UpstreamUnavailable(
+            "the account number could not be encrypted now; nothing was registered, try again",
+            code="ENCRYPTION_UNAVAILABLE",
+        ) from exc
     with db.transaction() as tx:
         # Insert first (a no-op for a known store), then lock the row: locking a row that does not exist yet takes
         # a gap lock, and two registrations of different new stores then deadlock on each other's INSERT.
-        tx.execute(
-            "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s) "
-            "ON DUPLICATE KEY UPDATE store_id = store_id",
-            (body.store_id, body.owner_id, body.name),
-        )
-        existing = tx.one(
-            "SELECT store_id, owner_id, toss_seller_id FROM stores WHERE store_id = %s FOR UPDATE", (body.store_id,)
-        )
+        stores_repo.insert_if_absent(tx, store_id=body.store_id, owner_id=body.owner_id, name=body.name)
+        existing = stores_repo.lock(tx, body.store_id)
         if existing and existing["toss_seller_id"]:
             raise Conflict("the store already has a registered payout account", code="STORE_ALREADY_REGISTERED")
     toss = toss or get_toss_client()
@@ -93,22 +98,19 @@ def register_store(principal: Principal, body: RegisterStoreBody, *, toss: TossC
     except TossError as exc:
         raise UpstreamUnavailable("Toss did not answer; try again (the same request is safe to repeat)") from exc
     with db.transaction() as tx:
-        tx.execute(
-            "UPDATE stores SET owner_id = %s, name = COALESCE(%s, name), bank_code = %s, account_number = %s, "
-            "holder_name = %s, business_type = %s, toss_seller_id = %s, seller_status = %s, registered_by = %s "
-            "WHERE store_id = %s",
-            (
-                body.owner_id,
-                body.name,
-                body.bank_code,
-                body.account_number,
-                body.holder_name,
-                body.business_type,
-                seller.get("id"),
-                seller.get("status"),
-                principal.user_id,
-                body.store_id,
-            ),
+        stores_repo.record_seller(
+            tx,
+            body.store_id,
+            owner_id=body.owner_id,
+            name=body.name,
+            bank_code=body.bank_code,
+            account=account,
+            account_last4=crypto.last4(body.account_number),
+            holder_name=body.holder_name,
+            business_type=body.business_type,
+            seller_id=seller.get("id"),
+            seller_status=seller.get("status"),
+            registered_by=principal.user_id,
         )
     logger.info(
         "store registered for payouts", extra={"store_id": body.store_id, "seller_status": seller.get("status")}
@@ -124,9 +126,23 @@ def register_store(principal: Principal, body: RegisterStoreBody, *, toss: TossC
     }
 
 
+def _account_context(store_id: str) -> crypto.EncryptionContext:
+    return crypto.encryption_context("stores", "account_number", store_id)
+
+
+def payout_account_number(store_id: str) -> str | None:
+    """The store's payout account number in clear, for the payout path only (re-sending a seller's account to
+    Toss). No other caller: answers show ``account_number_masked``; the template grants kms:Decrypt on the
+    stores context to ReleaseFunction alone."""
+    with db.reader() as tx:
+        stored = stores_repo.sealed_account(tx, store_id)
+    if stored is None:
+        return None
+    sealed, _last4 = stored
+    return crypto.open_sealed(sealed, _account_context(store_id))
+
+
 def apply_seller_status(seller: dict[str, Any]) -> str:
     with db.transaction() as tx:
-        changed = tx.execute(
-            "UPDATE stores SET seller_status = %s WHERE toss_seller_id = %s", (seller.get("status"), seller.get("id"))
-        )
+        changed = stores_repo.set_seller_status(tx, seller.get("id"), seller.get("status"))
     return "updated" if changed else "unknown_seller"

@@ -13,16 +13,20 @@ import hmac
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from escrow import db
 from escrow.config import get_settings, toss_keys
 from escrow.errors import DatabaseUnavailable, NotFound
 from escrow.observability import count, logger
+from escrow.repositories import payments as payments_repo
+from escrow.repositories import webhooks as webhooks_repo
 from escrow.services import payments as payment_service
+from escrow.services import payouts as payout_service
 from escrow.services import refunds as refund_service
-from escrow.services import release as release_service
 from escrow.services import stores as store_service
+from escrow.states import WebhookOutcome, WebhookVerification
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
 
@@ -45,10 +49,21 @@ _LOGGED_HEADERS = (
 )
 
 
+class Result(StrEnum):
+    """What became of a delivery, as the caller (the webhook function) needs it to answer Toss."""
+
+    PROCESSED = "processed"  # acted on
+    DUPLICATE = "duplicate"  # another delivery of the same event was processed
+    IGNORED = "ignored"  # an event type we do not act on
+    REJECTED = "rejected"  # not verified (see `reason`): Toss must not deliver it again as it is
+    RETRY_LATER = "retry_later"  # not processed now (Toss or the database unreachable): deliver it again
+    INVALID_JSON = "invalid_json"  # the body is not a JSON object
+
+
 @dataclass(frozen=True)
-class WebhookAnswer:
-    status: int
-    body: dict[str, Any]
+class Outcome:
+    result: Result
+    reason: str = ""  # why a delivery was rejected (safe to show the sender)
 
 
 def hmac_key(security_key: str, encoding: str) -> bytes:
@@ -98,50 +113,46 @@ def _log(headers: dict[str, str], raw: bytes, event_type: str | None, payload: d
     kept = {k: v for k, v in headers.items() if k in _LOGGED_HEADERS}
     retried = headers.get("tosspayments-webhook-transmission-retried-count")
     with db.transaction() as tx:
-        return tx.insert(
-            "INSERT INTO payment_webhooks (transmission_id, event_id, event_type, retried_count, transmission_time, "
-            "headers, raw_body, verification, outcome) VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', 'received')",
-            (
-                headers.get("tosspayments-webhook-transmission-id", "")[:100] or None,
-                str((payload or {}).get("eventId") or "")[:100] or None,
-                (event_type or "")[:64] or None,
-                int(retried) if retried and retried.isdigit() else None,
-                headers.get("tosspayments-webhook-transmission-time", "")[:64] or None,
-                json.dumps(kept),
-                raw.decode("utf-8", errors="replace"),
-            ),
+        return webhooks_repo.log(
+            tx,
+            transmission_id=headers.get("tosspayments-webhook-transmission-id", "")[:100] or None,
+            event_id=str((payload or {}).get("eventId") or "")[:100] or None,
+            event_type=(event_type or "")[:64] or None,
+            retried_count=int(retried) if retried and retried.isdigit() else None,
+            transmission_time=headers.get("tosspayments-webhook-transmission-time", "")[:64] or None,
+            headers=json.dumps(kept),
+            raw_body=raw.decode("utf-8", errors="replace"),
         )
 
 
 def _finish(
-    webhook_id: int, *, verification: str, outcome: str, detail: str = "", dedupe_key: str | None = None
+    webhook_id: int,
+    *,
+    verification: WebhookVerification,
+    outcome: WebhookOutcome,
+    detail: str = "",
+    dedupe_key: str | None = None,
 ) -> bool:
     """Record the result; with a dedupe key, claim it. False when another delivery of the same event won."""
     with db.transaction() as tx:
-        if dedupe_key is not None:
-            claimed = tx.execute(
-                "INSERT INTO webhook_receipts (dedupe_key, webhook_id) VALUES (%s, %s) "
-                "ON DUPLICATE KEY UPDATE webhook_id = webhook_id",
-                (dedupe_key[:128], webhook_id),
-            )
-            if claimed == 0:
-                outcome, detail = "duplicate", "already processed"
-        tx.execute(
-            "UPDATE payment_webhooks SET verification = %s, outcome = %s, detail = %s, processed_at = NOW(3) "
-            "WHERE id = %s",
-            (verification, outcome, detail[:500], webhook_id),
-        )
-    return outcome != "duplicate"
+        if dedupe_key is not None and not webhooks_repo.claim_receipt(tx, dedupe_key, webhook_id):
+            outcome, detail = WebhookOutcome.DUPLICATE, "already processed"
+        webhooks_repo.finish(tx, webhook_id, verification=verification, outcome=outcome, detail=detail)
+    return outcome != WebhookOutcome.DUPLICATE
 
 
 def _already_processed(dedupe_key: str) -> bool:
     with db.reader() as tx:
-        return tx.one("SELECT 1 AS x FROM webhook_receipts WHERE dedupe_key = %s", (dedupe_key[:128],)) is not None
+        return webhooks_repo.receipt_exists(tx, dedupe_key)
+
+
+def _processed(claimed: bool) -> Outcome:
+    return Outcome(Result.PROCESSED if claimed else Result.DUPLICATE)
 
 
 def receive(
     headers: dict[str, str], raw: bytes, *, toss: TossClient | None = None, now: datetime | None = None
-) -> WebhookAnswer:
+) -> Outcome:
     headers = {k.lower(): v for k, v in headers.items()}
     now = now or datetime.now(UTC)
     try:
@@ -152,8 +163,13 @@ def receive(
         json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes; was a 500
         webhook_id = _log(headers, raw, None, None)
-        _finish(webhook_id, verification="unreadable", outcome="rejected", detail="body is not a JSON object")
-        return WebhookAnswer(400, {"error": {"code": "INVALID_JSON", "message": "the body is not a JSON object"}})
+        _finish(
+            webhook_id,
+            verification=WebhookVerification.UNREADABLE,
+            outcome=WebhookOutcome.REJECTED,
+            detail="body is not a JSON object",
+        )
+        return Outcome(Result.INVALID_JSON, "the body is not a JSON object")
 
     event_type = _event_type(payload)
     webhook_id = _log(headers, raw, event_type, payload)
@@ -164,9 +180,14 @@ def receive(
         else (f"transmission:{transmission}" if transmission else None)
     )
     if dedupe_key and _already_processed(dedupe_key):
-        _finish(webhook_id, verification="skipped", outcome="duplicate", detail="already processed")
+        _finish(
+            webhook_id,
+            verification=WebhookVerification.SKIPPED,
+            outcome=WebhookOutcome.DUPLICATE,
+            detail="already processed",
+        )
         count("WebhooksDuplicate")
-        return WebhookAnswer(200, {"status": "duplicate"})
+        return Outcome(Result.DUPLICATE)
 
     try:
         if event_type == "PAYMENT_STATUS_CHANGED":
@@ -177,24 +198,24 @@ def receive(
             return _signed_event(webhook_id, event_type, payload, raw, headers, dedupe_key, now)
     except (TossError, DatabaseUnavailable) as exc:
         # Not processed: answer non-200 so Toss delivers it again (its retries are the safety net here).
-        _finish(webhook_id, verification="pending", outcome="error", detail=str(exc))
+        _finish(webhook_id, verification=WebhookVerification.PENDING, outcome=WebhookOutcome.ERROR, detail=str(exc))
         logger.warning("webhook not processed; Toss will retry", extra={"webhook_id": webhook_id})
-        return WebhookAnswer(503, {"error": {"code": "TRY_AGAIN", "message": "could not process the webhook now"}})
+        return Outcome(Result.RETRY_LATER, "could not process the webhook now")
     _finish(
         webhook_id,
-        verification="not_applicable",
-        outcome="ignored",
+        verification=WebhookVerification.NOT_APPLICABLE,
+        outcome=WebhookOutcome.IGNORED,
         detail=f"event type {event_type!r}",
         dedupe_key=dedupe_key,
     )
-    return WebhookAnswer(200, {"status": "ignored"})
+    return Outcome(Result.IGNORED)
 
 
-def _rejected(webhook_id: int, verification: str, detail: str) -> WebhookAnswer:
-    _finish(webhook_id, verification=verification, outcome="rejected", detail=detail)
+def _rejected(webhook_id: int, verification: WebhookVerification, detail: str) -> Outcome:
+    _finish(webhook_id, verification=verification, outcome=WebhookOutcome.REJECTED, detail=detail)
     count("WebhooksRejected")
     logger.warning("webhook rejected", extra={"webhook_id": webhook_id, "verification": verification})
-    return WebhookAnswer(401, {"error": {"code": "WEBHOOK_NOT_VERIFIED", "message": detail}})
+    return Outcome(Result.REJECTED, detail)
 
 
 def _apply_fetched(payment: Payment, toss: TossClient | None) -> str:
@@ -211,12 +232,12 @@ def _apply_fetched(payment: Payment, toss: TossClient | None) -> str:
 
 def _payment_status_changed(
     webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossClient | None
-) -> WebhookAnswer:
+) -> Outcome:
     raw_data = payload.get("data")
     data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
     payment_key, order_id = data.get("paymentKey"), data.get("orderId")
     if not isinstance(payment_key, str) and not isinstance(order_id, str):
-        return _rejected(webhook_id, "malformed", "no paymentKey or orderId in data")
+        return _rejected(webhook_id, WebhookVerification.MALFORMED, "no paymentKey or orderId in data")
     toss = toss or get_toss_client()
     # The body is only a trigger: what we act on is what Toss itself says now.
     try:
@@ -227,36 +248,41 @@ def _payment_status_changed(
         )
     except TossApiError as exc:
         if exc.code == "NOT_FOUND_PAYMENT":
-            return _rejected(webhook_id, "unknown_payment", "Toss does not know this payment")
+            return _rejected(webhook_id, WebhookVerification.UNKNOWN_PAYMENT, "Toss does not know this payment")
         raise
     outcome = _apply_fetched(fetched, toss)
     claimed = _finish(
         webhook_id,
-        verification="fetched",
-        outcome="processed",
+        verification=WebhookVerification.FETCHED,
+        outcome=WebhookOutcome.PROCESSED,
         detail=f"toss status {fetched.status}: {outcome}",
         dedupe_key=dedupe_key,
     )
     count("WebhooksProcessed")
-    return WebhookAnswer(200, {"status": "processed" if claimed else "duplicate"})
+    return _processed(claimed)
 
 
 def _deposit_callback(
     webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossClient | None
-) -> WebhookAnswer:
+) -> Outcome:
     order_id, secret = payload.get("orderId"), payload.get("secret")
     if not isinstance(order_id, str) or not isinstance(secret, str):
-        return _rejected(webhook_id, "malformed", "orderId and secret are required")
+        return _rejected(webhook_id, WebhookVerification.MALFORMED, "orderId and secret are required")
     with db.reader() as tx:
-        row = tx.one("SELECT secret FROM payments WHERE order_id = %s", (order_id,))
-    stored = (row or {}).get("secret") or ""
+        stored = payments_repo.secret_for_order(tx, order_id) or ""
     if not stored or not hmac.compare_digest(stored.encode(), secret.encode()):
-        return _rejected(webhook_id, "secret_mismatch", "the secret does not match the payment's")
+        return _rejected(webhook_id, WebhookVerification.SECRET_MISMATCH, "the secret does not match the payment's")
     fetched = (toss or get_toss_client()).get_payment_by_order(order_id, read_timeout=LOOKUP_READ_TIMEOUT)
     outcome = _apply_fetched(fetched, toss)
     dedupe = dedupe_key or f"deposit:{order_id}:{payload.get('transactionKey')}:{payload.get('status')}"
-    claimed = _finish(webhook_id, verification="secret", outcome="processed", detail=outcome, dedupe_key=dedupe)
-    return WebhookAnswer(200, {"status": "processed" if claimed else "duplicate"})
+    claimed = _finish(
+        webhook_id,
+        verification=WebhookVerification.SECRET,
+        outcome=WebhookOutcome.PROCESSED,
+        detail=outcome,
+        dedupe_key=dedupe,
+    )
+    return _processed(claimed)
 
 
 def _signed_event(
@@ -267,7 +293,7 @@ def _signed_event(
     headers: dict[str, str],
     dedupe_key: str | None,
     now: datetime,
-) -> WebhookAnswer:
+) -> Outcome:
     transmission_time = headers.get("tosspayments-webhook-transmission-time", "")
     valid = signature_valid(
         raw,
@@ -277,15 +303,21 @@ def _signed_event(
         get_settings().toss_webhook_hmac_key_encoding,
     )
     if not valid:
-        return _rejected(webhook_id, "bad_signature", "the signature does not verify")
+        return _rejected(webhook_id, WebhookVerification.BAD_SIGNATURE, "the signature does not verify")
     if not _fresh(transmission_time, now):
-        return _rejected(webhook_id, "stale", "the transmission time is too old or in the future")
+        return _rejected(webhook_id, WebhookVerification.STALE, "the transmission time is too old or in the future")
     entity = payload.get("entityBody")
     body: dict[str, Any] = entity if isinstance(entity, dict) else {}
     if event_type == "payout.changed":
-        outcome = release_service.apply_payout_status(body, actor="webhook")
+        outcome = payout_service.apply_payout_status(body, actor="webhook")
     else:
         outcome = store_service.apply_seller_status(body)
-    claimed = _finish(webhook_id, verification="signature", outcome="processed", detail=outcome, dedupe_key=dedupe_key)
+    claimed = _finish(
+        webhook_id,
+        verification=WebhookVerification.SIGNATURE,
+        outcome=WebhookOutcome.PROCESSED,
+        detail=outcome,
+        dedupe_key=dedupe_key,
+    )
     count("WebhooksVerified")
-    return WebhookAnswer(200, {"status": "processed" if claimed else "duplicate"})
+    return _processed(claimed)

@@ -1,0 +1,66 @@
+"""The reference chat client's local routes (local/demo.py): static files, the local-only token, the chat feed."""
+
+from __future__ import annotations
+
+import json
+
+import jwt
+
+from escrow.config import LOCAL_JWT_SECRET
+from local.demo import DemoSite, feed_text
+
+
+def answer_json(answer):
+    status, headers, body = answer
+    return status, dict(headers), json.loads(body)
+
+
+def test_the_client_is_served_as_static_files_and_nothing_outside_its_folder() -> None:
+    site = DemoSite()
+    status, headers, body = site.handle("GET", "/demo/", "", None)
+    assert status == 200 and headers[0] == ("content-type", "text/html; charset=utf-8")
+    assert "모임 예약금" in body.decode()
+    for name in ("app.js", "api.js", "success.html", "fail.html", "style.css"):
+        assert site.handle("GET", f"/demo/{name}", "", None)[0] == 200, name
+    assert site.handle("GET", "/demo/../demo.py", "", None)[0] == 404
+    assert site.handle("GET", "/demo/%2e%2e/demo.py", "", None)[0] == 404
+    assert site.handle("GET", "/demo/nope.html", "", None)[0] == 404
+    assert site.handle("GET", "/api/v1/payment/status/1", "", None) is None  # not ours
+    assert site.handle("GET", "/demonstration", "", None) is None
+    assert site.handle("DELETE", "/demo/app.js", "", None)[0] == 405
+
+
+def test_the_local_token_route_mints_a_token_the_api_accepts() -> None:
+    status, _, body = answer_json(DemoSite().handle("POST", "/demo/token", "", b'{"user_id": "user_2"}'))
+    assert status == 200
+    claims = jwt.decode(body["token"], LOCAL_JWT_SECRET, algorithms=["HS256"])
+    assert (claims["user_id"], claims["sub"]) == ("user_2", "user_2")
+    assert DemoSite().handle("POST", "/demo/token", "", b'{"user_id": ""}')[0] == 422
+    assert DemoSite().handle("POST", "/demo/token", "", b"not json")[0] == 422
+
+
+def test_notifications_become_the_room_feed_once_each_in_event_order() -> None:
+    site = DemoSite()
+    released = {
+        "detail-type": "EscrowReleased",
+        "time": "2026-01-01T00:00:00Z",
+        "detail": {"outbox_id": 9, "chat_room_id": 123, "payment_request_id": 1, "net_amount": 29100},
+    }
+    funded = {
+        "detail-type": "EscrowFunded",
+        "detail": {"outbox_id": 8, "chat_room_id": 123, "payment_request_id": 1, "total_amount": 30000},
+    }
+    for event in (released, funded, released):  # out of order, and a duplicate delivery
+        assert site.handle("POST", "/demo/chat", "", json.dumps(event).encode())[0] == 200
+    status, _, feed = answer_json(site.handle("GET", "/demo/feed", "chat_room_id=123", None))
+    assert status == 200
+    assert [(i["outbox_id"], i["type"]) for i in feed["items"]] == [(8, "EscrowFunded"), (9, "EscrowReleased")]
+    assert feed["items"][0]["text"].startswith("모두 결제했어요") and "30,000원" in feed["items"][0]["text"]
+    assert feed["items"][1]["text"] == "예약금이 가게로 정산되었어요 (29,100원)."
+    assert answer_json(site.handle("GET", "/demo/feed", "chat_room_id=124", None))[2]["items"] == []
+    assert site.handle("POST", "/demo/chat", "", b'{"detail": {}}')[0] == 400
+
+
+def test_a_feed_text_missing_a_field_still_says_what_happened() -> None:
+    assert feed_text({"detail-type": "EscrowFunded", "detail": {}}) == "모두 결제했어요."
+    assert feed_text({"detail-type": "Other", "detail": {}}) == "Other"
