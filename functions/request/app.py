@@ -3,71 +3,114 @@ and take the room's membership from the chat service."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.params import Path
 
 from escrow.errors import Forbidden, NotFound
-from escrow.http import Request, Router, current_principal, json_response, parse_body
+from escrow.http import BEARER, JSON, EscrowResolver, documented
+from escrow.models import (
+    CreatedRequest,
+    CreatePaymentRequestBody,
+    ParticipantAdded,
+    ParticipantBody,
+    ParticipantRemoved,
+    RoomMembers,
+    RoomMembersBody,
+    RoomStatus,
+)
 from escrow.observability import lambda_entry
 from escrow.services import requests as service
 from escrow.services import rooms
 
-app = Router()
+app = EscrowResolver()
 
-_MAX_ROOM_ID_DIGITS = 19  # 2**62 has 19 digits; int() of a longer string is wasted work (and over 4300 digits, a 500)
+ChatRoomId = Annotated[int, Path(ge=1, le=2**62, description="the chat room's id")]
 
 
-def _room_id(raw: str) -> int:
-    if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_ROOM_ID_DIGITS or not 0 < int(raw) <= 2**62:
+@app.post(
+    "/api/v1/payment/request",
+    summary="Open a payment request for a room (room owner)",
+    operation_id="post_payment_request",
+    security=BEARER,
+    status_code=201,
+    responses=documented(201, CreatedRequest, (400, 401, 403, 404, 409, 413, 422, 503)),
+)
+def create_request(body: CreatePaymentRequestBody) -> dict[str, Any]:
+    return service.create_payment_request(app.principal, body)
+
+
+@app.get(
+    "/api/v1/payment/status/<chatRoomId>",
+    summary="A room's payment status (room members)",
+    operation_id="get_payment_status_chatRoomId",
+    security=BEARER,
+    responses=documented(200, RoomStatus, (401, 403, 404, 503)),
+)
+def room_status(chatRoomId: ChatRoomId) -> dict[str, Any]:  # noqa: N803 - the brief's path parameter name
+    # Validation turned the segment into an int, and pydantic's int also takes "1.0"; a room id is written in digits.
+    segment = app.current_event.path.rsplit("/", 1)[-1]
+    if not (segment.isascii() and segment.isdigit()):
         raise NotFound("chatRoomId must be a positive integer", code="INVALID_CHAT_ROOM_ID")
-    return int(raw)
+    return service.room_status(app.principal, chatRoomId)
 
 
-@app.post("/api/v1/payment/request")
-def create_request(request: Request) -> dict[str, Any]:
-    from escrow.models import CreatePaymentRequestBody  # pydantic only where a body is parsed
-
-    principal = current_principal(request)
-    body = parse_body(request, CreatePaymentRequestBody)
-    return json_response(201, service.create_payment_request(principal, body))
+def _digits_only() -> None:
+    # Validation turned the segment into an int, and pydantic's int also takes "1.0"; a room id is written in digits.
+    segment = app.current_event.path.split("/")[5]
+    if not (segment.isascii() and segment.isdigit()):
+        raise NotFound("chatRoomId must be a positive integer", code="INVALID_CHAT_ROOM_ID")
 
 
-@app.get("/api/v1/payment/status/{chat_room_id}")
-def room_status(request: Request, chat_room_id: str) -> dict[str, Any]:
-    principal = current_principal(request)
-    return json_response(200, service.room_status(principal, _room_id(chat_room_id)))
+@app.post(
+    "/api/v1/payment/participants/add",
+    summary="Add a room member to the open request (room owner)",
+    operation_id="post_payment_participants_add",
+    security=BEARER,
+    status_code=201,
+    responses=documented(201, ParticipantAdded, (400, 401, 403, 404, 409, 413, 422, 503)),
+)
+def add_participant(body: ParticipantBody) -> dict[str, Any]:
+    return service.add_participant(app.principal, body)
 
 
-@app.post("/api/v1/payment/participants/add")
-def add_participant(request: Request) -> dict[str, Any]:
-    from escrow.models import ParticipantBody
+@app.post(
+    "/api/v1/payment/participants/remove",
+    summary="Remove a participant from the open request; what they hold is refunded (room owner)",
+    operation_id="post_payment_participants_remove",
+    security=BEARER,
+    responses=documented(
+        200,
+        ParticipantRemoved,
+        (400, 401, 403, 404, 409, 413, 422, 503),
+        also={
+            202: (
+                ParticipantRemoved,
+                "removed; the refund of what they held is still pending at Toss and is settled automatically",
+            )
+        },
+    ),
+)
+def remove_participant(body: ParticipantBody) -> Response[dict[str, Any]]:
+    result = service.remove_participant(app.principal, body)
+    return Response(202 if result["refund_status"] == "refund_pending" else 200, JSON, result)
 
-    principal = current_principal(request)
-    body = parse_body(request, ParticipantBody)
-    return json_response(201, service.add_participant(principal, body))
 
-
-@app.post("/api/v1/payment/participants/remove")
-def remove_participant(request: Request) -> dict[str, Any]:
-    from escrow.models import ParticipantBody
-
-    principal = current_principal(request)
-    body = parse_body(request, ParticipantBody)
-    result = service.remove_participant(principal, body)
-    return json_response(202 if result["refund_status"] == "refund_pending" else 200, result)
-
-
-@app.route("PUT", "/api/v1/admin/rooms/{chat_room_id}/members")
-def put_room_members(request: Request, chat_room_id: str) -> dict[str, Any]:
-    from escrow.models import RoomMembersBody
-
-    principal = current_principal(request)
-    if not rooms.is_trusted_source(principal):
+@app.put(
+    "/api/v1/admin/rooms/<chatRoomId>/members",
+    summary="The room's membership, from the chat service (a service or admin token)",
+    operation_id="put_admin_rooms_chatRoomId_members",
+    security=BEARER,
+    responses=documented(200, RoomMembers, (400, 401, 403, 404, 413, 422, 503)),
+)
+def put_room_members(chatRoomId: ChatRoomId, body: RoomMembersBody) -> dict[str, Any]:  # noqa: N803
+    if not rooms.is_trusted_source(app.principal):
         raise Forbidden("only the chat service or an administrator can set a room's members", code="SERVICE_ONLY")
-    body = parse_body(request, RoomMembersBody)
-    result = rooms.sync_membership(
-        _room_id(chat_room_id), body.owner_id, body.member_ids, updated_by=principal.user_id, version=body.version
+    _digits_only()
+    return rooms.sync_membership(
+        chatRoomId, body.owner_id, body.member_ids, updated_by=app.principal.user_id, version=body.version
     )
-    return json_response(200, result)
 
 
 lambda_handler = lambda_entry(app.resolve)

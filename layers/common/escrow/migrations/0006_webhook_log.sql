@@ -2,10 +2,13 @@
 -- what, its size and digest); its body is kept, with personal data masked, only once it verified. Lookups of a
 -- payment that webhooks trigger are counted per payment, so forged deliveries cannot make us call Toss endlessly.
 
+-- `subject` is what a delivery is about, as a well-formed id (payment:<paymentKey>, order:<orderId>, payout:<id>,
+-- seller:<id>): an operator's replay asks Toss about the subject again; it never trusts a body.
 ALTER TABLE payment_webhooks
     MODIFY raw_body LONGTEXT NULL,
     ADD COLUMN body_bytes INT UNSIGNED NULL AFTER raw_body,
-    ADD COLUMN body_sha256 CHAR(64) NULL AFTER body_bytes;
+    ADD COLUMN body_sha256 CHAR(64) NULL AFTER body_bytes,
+    ADD COLUMN subject VARCHAR(220) NULL AFTER event_type;
 
 CREATE TABLE webhook_lookups (
     lookup_key VARCHAR(200) NOT NULL PRIMARY KEY,

@@ -188,8 +188,8 @@ def webhooks(
 
 
 def webhook(tx: Tx, webhook_id: int) -> Row | None:
-    """One logged delivery with what a replay needs: the headers we kept and the raw body."""
-    return tx.one(f"SELECT {_WEBHOOK_COLUMNS}, headers, raw_body FROM payment_webhooks WHERE id = %s", (webhook_id,))
+    """One logged delivery with what a replay needs: the subject it named."""
+    return tx.one(f"SELECT {_WEBHOOK_COLUMNS}, subject FROM payment_webhooks WHERE id = %s", (webhook_id,))
 
 
 def webhook_by_user_agent(tx: Tx, user_agent: str, after_id: int) -> Row | None:

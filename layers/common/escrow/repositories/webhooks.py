@@ -20,19 +20,21 @@ def log(
     headers: str,
     body_bytes: int,
     body_sha256: str,
+    subject: str | None,
 ) -> int:
     """A delivery as it arrived, before anything else is done with it: metadata only (its body is kept once it
     verified, see `keep_body`)."""
     WEBHOOK_VERIFICATION.check_initial(WebhookVerification.PENDING)
     WEBHOOK_OUTCOME.check_initial(WebhookOutcome.RECEIVED)
     return tx.insert(
-        "INSERT INTO payment_webhooks (transmission_id, event_id, event_type, retried_count, transmission_time, "
-        "headers, raw_body, body_bytes, body_sha256, verification, outcome) "
-        "VALUES (%s, %s, %s, %s, %s, %s, NULL, %s, %s, %s, %s)",
+        "INSERT INTO payment_webhooks (transmission_id, event_id, event_type, subject, retried_count, "
+        "transmission_time, headers, raw_body, body_bytes, body_sha256, verification, outcome) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s, %s)",
         (
             transmission_id,
             event_id,
             event_type,
+            subject,
             retried_count,
             transmission_time,
             headers,

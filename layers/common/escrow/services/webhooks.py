@@ -80,6 +80,7 @@ _PERSONAL = frozenset(
         "email",
         "businessRegistrationNumber",
         "bankAccountNumber",
+        "secret",  # a virtual account's webhook secret: a credential, never kept
     }
 )
 _LOGGED_HEADERS = (
@@ -169,7 +170,48 @@ def _log(headers: dict[str, str], raw: bytes, event_type: str | None, payload: d
             headers=json.dumps(kept),
             body_bytes=len(raw),
             body_sha256=hashlib.sha256(raw).hexdigest(),
+            subject=subject_of(event_type, payload),
         )
+
+
+def subject_of(event_type: str | None, payload: dict[str, Any] | None) -> str | None:
+    """What a delivery is about, as a well-formed id, or None (an id that is not well formed is not kept)."""
+    if not payload:
+        return None
+    if event_type == "PAYMENT_STATUS_CHANGED":
+        raw_data = payload.get("data")
+        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+        key, order = data.get("paymentKey"), data.get("orderId")
+        if isinstance(key, str) and _PAYMENT_KEY.match(key):
+            return f"payment:{key}"
+        if isinstance(order, str) and _ORDER_ID.match(order):
+            return f"order:{order}"
+        return None
+    if event_type == "DEPOSIT_CALLBACK":
+        order = payload.get("orderId")
+        return f"order:{order}" if isinstance(order, str) and _ORDER_ID.match(order) else None
+    if event_type in SIGNED_EVENTS:
+        raw_entity = payload.get("entityBody")
+        entity: dict[str, Any] = raw_entity if isinstance(raw_entity, dict) else {}
+        entity_id = entity.get("id")
+        kind = "payout" if event_type == "payout.changed" else "seller"
+        return f"{kind}:{entity_id}" if isinstance(entity_id, str) and _PAYMENT_KEY.match(entity_id) else None
+    return None
+
+
+def apply_subject(subject: str, *, toss: TossClient | None = None) -> str:
+    """Ask Toss about a delivery's subject now and apply what Toss says (an operator's replay: the body of the
+    delivery, forged or not, is never trusted). Returns the outcome."""
+    kind, _, ident = subject.partition(":")
+    toss = toss or get_toss_client()
+    if kind in ("payment", "order"):
+        fetched = toss.get_payment(ident) if kind == "payment" else toss.get_payment_by_order(ident)
+        return f"toss status {fetched.status}: {_apply_fetched(fetched, toss)}"
+    if kind == "payout":
+        return str(payout_service.apply_payout_status(toss.get_payout(ident), actor="operator_replay"))
+    if kind == "seller":
+        return str(store_service.apply_seller_status(toss.get_seller(ident)))
+    raise ValueError(f"not a delivery subject: {subject!r}")
 
 
 def mask(value: Any) -> Any:
@@ -354,6 +396,8 @@ def _payment_status_changed(
         )
         count("WebhooksIgnored")
         return Outcome(Result.IGNORED)
+    with db.transaction() as tx:  # a payment of ours: its (masked) body is kept, whatever the lookup gives
+        webhooks_repo.keep_body(tx, webhook_id, json.dumps(mask(payload), ensure_ascii=False))
     if lookups > LOOKUPS_PER_WINDOW:
         _finish(
             webhook_id,
