@@ -14,7 +14,7 @@ every step the invariants compare that intent, Toss's own record (the sandbox), 
 * every answer is true: "refunded N" means Toss refunded N; "nothing was refunded" means Toss's balance did not
   move; "completed" means the share is fully held now.
 
-Budget: `MODEL_EXAMPLES` (default 12) examples of up to `MODEL_STEPS` (default 25) steps, with a fixed seed and
+Budget: `MODEL_EXAMPLES` (default 15) examples of up to `MODEL_STEPS` (default 30) steps, with a fixed seed and
 then a random one that is printed for reproduction (`MODEL_SEED=<n>` replays it). `make model ARGS="--examples
 2000"` runs longer. A failure shrinks to a short sequence of steps, printed by Hypothesis.
 """
@@ -898,7 +898,7 @@ class RoomMachine(RuleBasedStateMachine):
 
 
 def _budget() -> tuple[int, int]:
-    return int(os.environ.get("MODEL_EXAMPLES", "12")), int(os.environ.get("MODEL_STEPS", "25"))
+    return int(os.environ.get("MODEL_EXAMPLES", "15")), int(os.environ.get("MODEL_STEPS", "30"))
 
 
 @pytest.fixture()
