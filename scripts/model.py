@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import subprocess  # noqa: S404
 import sys
 from pathlib import Path
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_audit:
         env["MODEL_AUDIT"] = "0"
     command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:randomly", "tests/e2e/test_room_model.py"]
-    return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
+    return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode  # noqa: S603 - our own command
 
 
 if __name__ == "__main__":
