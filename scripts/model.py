@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess  # noqa: S404
+import subprocess
 import sys
 from pathlib import Path
 
