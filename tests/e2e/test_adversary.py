@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import eventually
-from tests.e2e.test_money_out_and_back import admin, register_store
+from tests.e2e.test_money_out_and_back import register_store
 from tests.e2e.test_room_gets_paid import open_request, pay, prepare, rows
 from tests.support.events import token
 
@@ -409,63 +409,7 @@ def test_a_five_thousand_digit_room_id_is_a_4xx(as_user, make_room):
     assert 400 <= r.status_code < 500, r.text
 
 
-# --- 10. store registration ----------------------------------------------------------------------------------------
-
-
-def test_a_corrected_store_registration_is_not_answered_with_the_first_one(as_user, toss, make_room, sql, schedule):
-    room = make_room(1)
-    post = admin(as_user)
-    body = {
-        "store_id": room.store_id,
-        "owner_id": "store_owner",
-        "bank_code": "88",
-        "account_number": "110123456789",
-        "holder_name": "홍길동",
-        "business_type": "CORPORATE",  # refused: a corporation needs company details
-        "email": "owner@example.com",
-        "phone": "01012345678",
-    }
-    r = post("/api/v1/admin/stores", body)
-    assert r.status_code == 422, r.text  # caught before Toss
-    body["business_type"] = "INDIVIDUAL"
-    toss.faults(failure_code="INVALID_REQUEST", count=1, paths=["/v2/sellers"])
-    r = post("/api/v1/admin/stores", body)
-    assert r.status_code in (201, 202), r.text
-    schedule(jobs=["sellers"])
-    body["holder_name"] = "김철수"  # the admin corrects the holder and registers again
-    r = post("/api/v1/admin/stores", body)
-    assert r.status_code in (201, 202), r.text
-    schedule(jobs=["sellers"])
-    store = rows(sql, "SELECT toss_seller_id, seller_status FROM stores WHERE store_id = %s", room.store_id)[0]
-    assert store["toss_seller_id"], store
-    keys = [c["idempotency_key"] for c in toss.calls("/v2/sellers", "POST")]
-    assert len(set(keys)) == len(keys)  # every attempt with different content or after an error has its own key
-
-
-def test_a_crafted_store_id_cannot_take_another_stores_toss_seller(as_user, toss, make_room, sql, schedule):
-    import hashlib
-
-    long_id = "store_" + uuid.uuid4().hex + "_long_enough_to_be_hashed"
-    crafted = "st" + hashlib.sha256(long_id.encode()).hexdigest()[:18]  # the old scheme's ref for long_id
-    post = admin(as_user)
-    for store_id in (crafted, long_id):
-        r = post(
-            "/api/v1/admin/stores",
-            {
-                "store_id": store_id,
-                "owner_id": "o",
-                "bank_code": "88",
-                "account_number": "110123456789",
-                "holder_name": "홍길동",
-                "email": "owner@example.com",
-                "phone": "01012345678",
-            },
-        )
-        assert r.status_code in (201, 202), r.text
-    schedule(jobs=["sellers"])
-    stores = rows(sql, "SELECT store_id, toss_seller_id FROM stores WHERE store_id IN (%s, %s)", crafted, long_id)
-    assert len(stores) == 2 and all(s["toss_seller_id"] for s in stores), stores
-    assert len({s["toss_seller_id"] for s in stores}) == 2
+# --- 10. store registration: tests/e2e/test_store_registration.py (with the asynchronous registration) --------------
 
 
 # --- 11. the webhook endpoint is not a free write ----------------------------------------------------------------
