@@ -10,6 +10,8 @@ Steps (each printed with the HTTP status and the answer, secrets never):
   1. with --admin: POST /api/v1/admin/stores registers the store (answered 202 at once with the seller pending; the
      scheduled run registers it with Toss, and on a stack without Toss payouts shows it refused; the store row is
      all a payment request needs);
+  1b. with --admin and without --room-has-members: the room's membership, as the chat service sends it (PUT
+     /api/v1/admin/rooms/{room}/members: the owner and --payer; a room we have no membership for is refused);
   2. the owner opens a request for --payer (POST /request; an open request of the room is reused);
   3. GET /status;  4. the payer prepares an order (POST /prepare): orderId and amount for Toss's payment window;
   5. the payer pays in Toss's test window (the widget with your test client key, orderId and amount) and the
@@ -130,6 +132,16 @@ def run(args: argparse.Namespace) -> int:
             },
         )
         show("1. register store (admin)", status, answer)
+        if not args.room_has_members:
+            status, answer = call(
+                "PUT",
+                f"{api}/api/v1/admin/rooms/{room}/members",
+                admin,
+                {"owner_id": args.owner, "member_ids": [args.payer]},
+            )
+            show("1b. room membership (chat service)", status, answer)
+            if status != 200:
+                raise SmokeFailed("the room's membership was not accepted")
 
     if not args.order_id:
         body: dict[str, Any] = {
@@ -138,8 +150,6 @@ def run(args: argparse.Namespace) -> int:
             "amount": args.amount,
             "message": "smoke test deposit",
         }
-        if not args.room_has_members:
-            body["participant_ids"] = [args.payer]
         status, answer = call("POST", f"{api}/api/v1/payment/request", owner, body)
         show("2. open request (owner)", status, answer)
         if status not in (200, 201) and not (isinstance(answer, dict) and "OPEN_REQUEST_EXISTS" in json.dumps(answer)):

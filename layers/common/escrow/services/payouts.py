@@ -54,6 +54,7 @@ from escrow.observability import count, logger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import settlements as settlements_repo
 from escrow.repositories.settlements import Refusal
+from escrow.services import isolation
 from escrow.states import PAYABLE_SELLER_STATUSES, PAYOUT_FINAL, InvalidTransition, PayoutStatus, PayoutWaitingFor
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
@@ -576,7 +577,15 @@ def payouts_due(
             if deadline():
                 _unclaim([s for rest in batches[i:] for s in rest])
                 break
-            _send(batch, run)
+            try:
+                _send(batch, run)
+            except Exception as exc:
+                if isolation.infrastructure(exc):
+                    raise
+                # One batch must not stop everyone's payouts: it goes back to `scheduled` with the back-off (a new
+                # key next time; its refPayoutIds guard a payout Toss made), counted and alarmed as a refusal.
+                logger.exception("payout batch failed", extra={"settlement_ids": [s["id"] for s in batch][:10]})
+                _refused(batch, TossApiError(0, "UNEXPECTED_ERROR", f"{type(exc).__name__}: {exc}"[:300]), run)
         claimed += sum(len(batch) for batch in batches)
     with db.transaction() as tx:
         if run.budget.exhausted_at is not None:

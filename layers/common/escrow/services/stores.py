@@ -36,6 +36,7 @@ from escrow.errors import Conflict, Forbidden, NotFound, UpstreamUnavailable, Va
 from escrow.observability import count, logger
 from escrow.repositories import settlements as settlements_repo
 from escrow.repositories import stores as stores_repo
+from escrow.services import isolation
 from escrow.services.payouts import retry_after
 from escrow.states import PAYABLE_SELLER_STATUSES, SellerRegistration
 from escrow.toss import TossApiError, TossError
@@ -258,17 +259,29 @@ def register_due_sellers(
     """Send due registrations to Toss: pending ones (a new attempt) and those whose answer was lost (the same key)."""
     tally: Counter[str] = Counter()
     with db.transaction() as tx:
-        due = stores_repo.lock_due_registrations(tx, db_time(now()), limit)
+        locked = stores_repo.lock_due_registrations(tx, db_time(now()), limit)
+        # A store a failure set aside waits for its time (services/isolation): it must not stop the others.
+        waiting = isolation.waiting("sellers", "store", [s["store_id"] for s in locked], now()) if locked else set()
+        due = [s for s in locked if s["store_id"] not in waiting]
         stores_repo.mark_sending(tx, due, lease_until=db_time(now() + SELLER_LEASE))
     if not due:
         return {"seller_calls": 0, "sellers_registered": 0, "sellers_refused": 0, "sellers_unanswered": 0}
+    retried = isolation.set_aside_before("sellers", "store", [s["store_id"] for s in due])
     toss = toss or get_toss_client()
     for store in due:
         if deadline():
             break  # claimed, not sent: its lease runs out and the next run sends it (no answer yet, the same key)
         fresh = store["seller_registration"] == SellerRegistration.PENDING
         attempt = int(store["seller_attempts"]) + (1 if fresh else 0)
-        _send(dict(store), attempt, toss, now, tally)
+        try:
+            _send(dict(store), attempt, toss, now, tally)
+        except Exception as exc:
+            if isolation.infrastructure(exc):
+                raise
+            # Set aside (counted, alarmed, tried again later); it stays `sending`, so it goes again with its key.
+            isolation.set_aside("sellers", "store", store["store_id"], exc)
+            continue
+        isolation.cleared("sellers", "store", [store["store_id"]], retried)
     return {
         "seller_calls": tally["calls"],
         "sellers_registered": tally["registered"],
@@ -282,6 +295,9 @@ def _send(
 ) -> None:
     try:
         content = _content(store, _open_account(store))
+    except banks.UnknownBank:  # a stored code no bank has (a row from before escrow.banks): the admin corrects it
+        _refused(store, TossApiError(0, "UNKNOWN_BANK", "the store's bank code names no bank we know"), tally)
+        return
     except crypto.AccountCryptoError as exc:
         # Nothing was sent: the key service could not open the number now (or the row was tampered with).
         _not_now(
