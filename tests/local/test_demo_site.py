@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import jwt
+import pytest
 
 from escrow.config import LOCAL_JWT_SECRET
 from local.demo import DemoSite, feed_text
@@ -20,7 +21,7 @@ def test_the_client_is_served_as_static_files_and_nothing_outside_its_folder() -
     status, headers, body = site.handle("GET", "/demo/", "", None)
     assert status == 200 and headers[0] == ("content-type", "text/html; charset=utf-8")
     assert "모임 예약금" in body.decode()
-    for name in ("app.js", "api.js", "success.html", "fail.html", "style.css"):
+    for name in ("app.js", "api.js", "checkout.js", "success.html", "fail.html", "style.css"):
         assert site.handle("GET", f"/demo/{name}", "", None)[0] == 200, name
     assert site.handle("GET", "/demo/../demo.py", "", None)[0] == 404
     assert site.handle("GET", "/demo/%2e%2e/demo.py", "", None)[0] == 404
@@ -30,6 +31,36 @@ def test_the_client_is_served_as_static_files_and_nothing_outside_its_folder() -
     assert site.handle("DELETE", "/demo/app.js", "", None)[0] == 405
 
 
+def test_config_json_says_which_payment_window_and_where_the_sandbox_is(monkeypatch) -> None:
+    monkeypatch.setenv("TOSS_API_BASE", "http://127.0.0.1:4999/")
+    monkeypatch.delenv("DEMO_PAYMENT_WINDOW", raising=False)
+    status, _, config = answer_json(DemoSite().handle("GET", "/demo/config.json", "", None))
+    assert status == 200
+    assert config == {
+        "payment_window": "sandbox",
+        "toss_client_key": "test_ck_D5GePWvyJnrK0W0k6q8gLzN97Eoq",
+        "toss_sandbox": "http://127.0.0.1:4999",
+        "toss_sdk_url": "https://js.tosspayments.com/v2/standard",
+        "api_base": "",
+        "token_url": "/demo/token",
+    }
+    monkeypatch.setenv("DEMO_PAYMENT_WINDOW", "toss")
+    monkeypatch.setenv("TOSS_CLIENT_KEY", "test_gck_docs_Ovk5rk1EwkEbP0W43n07xlzm")
+    config = answer_json(DemoSite().handle("GET", "/demo/config.json", "", None))[2]
+    assert (config["payment_window"], config["toss_client_key"]) == ("toss", "test_gck_docs_Ovk5rk1EwkEbP0W43n07xlzm")
+    # A site without a token route (the client against a deployed stack) says so, and has no /demo/token.
+    site = DemoSite(token=None, feed=False)
+    assert answer_json(site.handle("GET", "/demo/config.json", "", None))[2]["token_url"] is None
+    assert site.handle("POST", "/demo/token", "", b'{"user_id": "user_2"}')[0] == 405
+    assert site.handle("GET", "/demo/feed", "chat_room_id=1", None)[0] == 404
+
+
+def test_an_unknown_payment_window_is_refused_at_once(monkeypatch) -> None:
+    monkeypatch.setenv("DEMO_PAYMENT_WINDOW", "widget")
+    with pytest.raises(ValueError, match="payment_window"):
+        DemoSite().handle("GET", "/demo/config.json", "", None)
+
+
 def test_the_local_token_route_mints_a_token_the_api_accepts() -> None:
     status, _, body = answer_json(DemoSite().handle("POST", "/demo/token", "", b'{"user_id": "user_2"}'))
     assert status == 200
@@ -37,6 +68,7 @@ def test_the_local_token_route_mints_a_token_the_api_accepts() -> None:
     assert (claims["user_id"], claims["sub"]) == ("user_2", "user_2")
     assert DemoSite().handle("POST", "/demo/token", "", b'{"user_id": ""}')[0] == 422
     assert DemoSite().handle("POST", "/demo/token", "", b"not json")[0] == 422
+    assert DemoSite().handle("POST", "/demo/token", "", b'{"user_id": "a b"}')[0] == 422
 
 
 def test_notifications_become_the_room_feed_once_each_in_event_order() -> None:

@@ -1,0 +1,144 @@
+"""A room's deposit, as its members live it in the reference chat client (local/demo/), in headless Chromium.
+
+Each test drives the pages as people do (clicks in the room page and in the Toss sandbox's payment window) and then
+checks what matters behind them: the API's status, and what Toss was asked (the sandbox records every call).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from playwright.sync_api import expect
+
+from tests.browser.conftest import Person, Stack
+
+DEMO_ROOM = 123
+
+
+def pay_in_window(person: Person, stack: Stack, *, decline: str | None = None) -> None:
+    """The person presses 결제하기 and pays (or declines with `decline`) in the sandbox's payment window."""
+    page = person.page
+    expect(page.locator("#pay")).to_be_enabled()
+    page.click("#pay")
+    page.wait_for_url(re.compile(re.escape(stack.sandbox) + r"/sandbox/checkout\?"))
+    if decline:
+        page.select_option("#code", decline)
+        page.click("#decline")
+        page.wait_for_url(re.compile(r".*/demo/fail\.html\?"))
+        expect(page.locator("#code")).to_have_text(decline)
+    else:
+        page.click("#pay-card")
+        page.wait_for_url(re.compile(r".*/demo/success\.html\?"))
+        expect(page.locator("#title")).to_have_text("결제 완료")
+
+
+def test_a_room_is_paid_in_the_payment_window_one_member_declined_first_and_the_owner_releases(
+    stack: Stack, people: Callable[[str, int], Person], shot: Callable[[Any, str], Any]
+) -> None:
+    stack.register_store("store_123")
+
+    # The owner opens the request: both members owe their share.
+    owner = people("user_1", DEMO_ROOM)
+    owner.page.fill("#open-request [name=amount]", "15000")
+    owner.page.click("#open")
+    owner.expect_request("pending")
+    owner.expect_share("user_2", "pending")
+    owner.expect_share("user_3", "pending")
+    shot(owner.page, "1-owner-opens-the-request")
+
+    # user_2's card is declined in the window: the fail page says so, and nothing was charged.
+    user_2 = people("user_2", DEMO_ROOM)
+    page = user_2.page
+    expect(page.locator("#pay")).to_be_enabled()
+    page.click("#pay")
+    page.wait_for_url(re.compile(re.escape(stack.sandbox) + r"/sandbox/checkout\?"))
+    expect(page.locator("#amount")).to_have_text("15,000원")
+    page.select_option("#code", "REJECT_CARD_PAYMENT")
+    shot(page, "2-payment-window")
+    page.click("#decline")
+    page.wait_for_url(re.compile(r".*/demo/fail\.html\?"))
+    expect(page.locator("#code")).to_have_text("REJECT_CARD_PAYMENT")
+    expect(page.locator("#advice")).to_contain_text("청구되지 않았어요")
+    shot(page, "3-card-declined")
+    declined_order = re.search(r"orderId=([^&]+)", page.url).group(1)  # type: ignore[union-attr]
+    user_2.back_to_room()
+    user_2.expect_share("user_2", "pending")
+
+    # user_2 tries again and pays; user_3 pays at the first try.
+    pay_in_window(user_2, stack)
+    shot(user_2.page, "4-payment-confirmed")
+    user_2.back_to_room()
+    user_2.expect_share("user_2", "completed")
+    user_3 = people("user_3", DEMO_ROOM)
+    pay_in_window(user_3, stack)
+    user_3.back_to_room()
+
+    # Everyone paid: the request is funded, the shares are held, and the chat feed says so.
+    owner.expect_request("completed")
+    owner.expect_share("user_2", "completed")
+    owner.expect_share("user_3", "completed")
+    expect(owner.row("user_2").locator(".held-amount")).to_have_text("15,000원")
+    owner.expect_feed("EscrowFunded", "모두 결제했어요")
+    shot(owner.page, "5-everyone-paid")
+
+    # The owner releases: every share is released to the store, and the feed says so.
+    expect(owner.page.locator("#release")).to_be_enabled()
+    owner.page.click("#release")
+    owner.expect_request("released")
+    owner.expect_share("user_2", "released")
+    owner.expect_share("user_3", "released")
+    expect(owner.row("user_3").locator(".held-amount")).to_have_text("0원")
+    owner.expect_feed("EscrowReleased", "예약금이 가게로 정산되었어요")
+    user_3.expect_request("released")  # every member's page follows
+    shot(owner.page, "6-released")
+
+    # Behind the pages: the API agrees, and Toss was asked to confirm twice, both approved: the declined attempt never
+    # reached confirm (the window refused it), and the retry paid the same prepared order.
+    status = stack.status(DEMO_ROOM)
+    assert status["payment_request"]["status"] == "released"
+    assert {p["payer_id"]: p["payment_status"] for p in status["payments"]} == {
+        "user_2": "released",
+        "user_3": "released",
+    }
+    confirms = stack.toss_calls("/v1/payments/confirm", "POST")
+    assert [c["responseStatus"] for c in confirms] == [200, 200]
+    assert declined_order in {c["requestBody"]["orderId"] for c in confirms}
+
+
+def test_a_member_cancels_their_share_and_the_room_sees_the_refund(
+    stack: Stack, people: Callable[[str, int], Person], shot: Callable[[Any, str], Any]
+) -> None:
+    room, store = stack.new_room()
+    owner = people("user_1", room)
+    owner.page.fill("#open-request [name=store_id]", store)
+    owner.page.fill("#open-request [name=amount]", "12000")
+    owner.page.click("#open")
+    owner.expect_request("pending")
+
+    user_2 = people("user_2", room)
+    pay_in_window(user_2, stack)
+    user_2.back_to_room()
+    user_2.expect_share("user_2", "completed")
+
+    # user_2 changes their mind: the share is refunded in full and the room (owner's page, feed) sees it.
+    expect(user_2.page.locator("#cancel-share")).to_be_enabled()
+    user_2.page.click("#cancel-share")
+    expect(user_2.page.locator("#error")).to_contain_text("12,000원 환불")
+    user_2.expect_share("user_2", "refunded")
+    expect(user_2.row("user_2").locator(".refunded-amount")).to_have_text("12,000원")
+    expect(user_2.row("user_2").locator(".held-amount")).to_have_text("0원")
+    owner.expect_share("user_2", "refunded")
+    owner.expect_feed("PaymentRefunded", "user_2님에게 12,000원이 환불되었어요")
+    shot(owner.page, "7-member-cancelled-their-share")
+
+    # Toss refunded exactly that payment, in full.
+    key = stack.toss_calls("/v1/payments/confirm", "POST")[-1]["requestBody"]["paymentKey"]
+    cancels = [c for c in stack.toss_calls(f"/v1/payments/{key}/cancel", "POST") if c["responseStatus"] == 200]
+    assert len(cancels) == 1 and cancels[0]["requestBody"].get("cancelAmount") in (None, 12000)
+
+    # The owner then cancels the whole request: the feed tells the room.
+    owner.page.click("#cancel-request")
+    owner.expect_request("cancelled")
+    owner.expect_feed("PaymentRequestCancelled", "방장이 예약금 요청을 취소했어요")
