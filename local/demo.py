@@ -48,7 +48,9 @@ DEFAULT_CLIENT_KEY = "test_ck_D5GePWvyJnrK0W0k6q8gLzN97Eoq"
 TOSS_SDK_URL = "https://js.tosspayments.com/v2/standard"  # Toss's browser SDK v2 (TossPayments(clientKey))
 PAYMENT_WINDOWS = ("sandbox", "toss")
 FEED_LIMIT = 200
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")  # the API's user id pattern (escrow.models.ID_PATTERN)
+# The API's user id pattern (escrow.models.ID_PATTERN), less a leading "-": a token command must never take a user id
+# for an option (python -m local.jwt --admin).
+USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@][A-Za-z0-9_.:@-]{0,63}$")
 
 # What the chat service would post into the room for each event: the message, and a shorter one for a body that
 # lacks a field the message names.
@@ -300,13 +302,21 @@ def make_handler(site: DemoSite, api: str) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def make_server(
+    api: str, config: DemoConfig, token: Callable[[str], str] | None, host: str = "127.0.0.1", port: int = 8080
+) -> ThreadingHTTPServer:
+    """The client's server for a deployed stack: static files, config.json, /api/ passed on to `api`."""
+    site = DemoSite(config=lambda: config, token=token, feed=False)
+    return ThreadingHTTPServer((host, port), make_handler(site, api.rstrip("/")))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m local.demo",
         description="Serve the reference chat client against a deployed stack (Toss test mode, Toss's widget).",
     )
     parser.add_argument(
-        "--api", required=True, help="the deployed API, e.g. https://<id>.execute-api.<region>.amazonaws.com"
+        "--api", required=True, help="the deployed API: https://<id>.execute-api.<region>.amazonaws.com"
     )
     parser.add_argument("--client-key", required=True, help="Toss widget client key (test_gck_...)")
     parser.add_argument("--window", choices=PAYMENT_WINDOWS, default="toss", help="payment window (default: toss)")
@@ -318,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     config = DemoConfig(
         payment_window=args.window, toss_client_key=args.client_key, toss_sandbox=args.sandbox.rstrip("/")
     )
-    site = DemoSite(config=lambda: config, token=command_token(args.token_cmd) if args.token_cmd else None, feed=False)
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(site, args.api.rstrip("/")))
+    token = command_token(args.token_cmd) if args.token_cmd else None
+    server = make_server(args.api, config, token, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"reference chat client on http://{host}:{port}{PREFIX}/ (API {args.api}, window {args.window})", flush=True)
     try:

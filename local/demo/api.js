@@ -89,6 +89,8 @@ const Escrow = (() => {
     NOT_ROOM_OWNER: "방장만 할 수 있어요.",
     OPEN_REQUEST_EXISTS: "이 방에는 이미 진행 중인 요청이 있어요.",
     REQUEST_NOT_FUNDED: "모두 결제한 뒤에 정산할 수 있어요.",
+    ORDER_ID_ALREADY_USED: "이 주문은 더 이상 쓸 수 없어요 (청구되지 않았어요). 방으로 돌아가 결제하기를 다시 누르세요.",
+    ALREADY_PAID: "이미 결제했어요. 다시 결제하지 마세요.",
     TOKEN_REQUIRED: "",
   };
 

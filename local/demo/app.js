@@ -5,6 +5,7 @@
 const $ = (selector) => document.querySelector(selector);
 const won = (n) => `${Number(n || 0).toLocaleString("ko-KR")}원`;
 const POLL_MS = 2000;
+const clock = (iso) => new Date(iso).toLocaleTimeString("ko-KR");
 
 // A share's state as the room sees it: [label, badge class]. "held" = paid and kept in escrow.
 const SHARE_STATES = {
@@ -174,7 +175,7 @@ async function refreshFeed() {
         "li",
         { "data-type": item.type },
         item.text,
-        element("small", {}, `${item.type} · #${item.payment_request_id} · ${item.time || ""}`),
+        element("small", {}, `${item.type} · 요청 #${item.payment_request_id}${item.time ? ` · ${clock(item.time)}` : ""}`),
       ),
     ),
   );

@@ -285,18 +285,32 @@ class Person:
 
 
 @pytest.fixture()
-def people(browser: Any, stack: Stack) -> Iterator[Callable[[str, int], Person]]:
+def people(browser: Any, stack: Stack) -> Iterator[Callable[..., Person]]:
+    """`people(user, room)`: that member on the room page, in a browser context of their own. `before_open(context)`
+    runs first (routes, say); `outside` lists the URLs outside this machine the page may ask for (none by default:
+    the client loads nothing from elsewhere, and the machine has no internet)."""
     contexts: list[Any] = []
     persons: list[Person] = []
 
-    def person(user: str, room: int) -> Person:
+    def person(
+        user: str, room: int, *, before_open: Callable[[Any], None] | None = None, outside: tuple[str, ...] = ()
+    ) -> Person:
         context = browser.new_context(viewport=VIEWPORT, locale="ko-KR", timezone_id="Asia/Seoul")
         contexts.append(context)
         page = context.new_page()
         p = Person(user, room, page, stack)
-        # A script error on any of our pages fails the test; so does an error logged to the console.
+        # A script error on any of our pages fails the test; so does a request that leaves this machine.
         page.on("pageerror", lambda error: p.errors.append(f"pageerror: {error}"))
         page.on("console", lambda m: m.type == "error" and p.errors.append(f"console: {m.text} at {page.url}"))
+
+        def leaves_machine(request: Any) -> None:
+            url = request.url
+            if not url.startswith(("http://127.0.0.1:", "data:", "about:")) and url not in outside:
+                p.errors.append(f"request outside this machine: {url}")
+
+        context.on("request", leaves_machine)
+        if before_open:
+            before_open(context)
         persons.append(p)
         p.open_room()
         return p
@@ -330,10 +344,15 @@ def screenshots_dir() -> Iterator[Path]:
 
 
 @pytest.fixture()
-def shot(screenshots_dir: Path) -> Callable[[Any, str], Path]:
-    def take(page: Any, name: str) -> Path:
+def shot(screenshots_dir: Path) -> Callable[..., Path]:
+    """`shot(page, name)`: the viewport; `shot(page, name, "main")`: one element (the single-card pages)."""
+
+    def take(page: Any, name: str, selector: str | None = None) -> Path:
         path = screenshots_dir / f"{name}.png"
-        page.screenshot(path=str(path))
+        if selector:
+            page.locator(selector).screenshot(path=str(path))
+        else:
+            page.screenshot(path=str(path))
         assert path.stat().st_size > 1000, path
         return path
 

@@ -31,11 +31,11 @@ def pay_in_window(person: Person, stack: Stack, *, decline: str | None = None) -
     else:
         page.click("#pay-card")
         page.wait_for_url(re.compile(r".*/demo/success\.html\?"))
-        expect(page.locator("#title")).to_have_text("결제 완료")
+        expect(page.locator("main")).to_contain_text("결제 완료")  # on failure, the page's message is in the report
 
 
 def test_a_room_is_paid_in_the_payment_window_one_member_declined_first_and_the_owner_releases(
-    stack: Stack, people: Callable[[str, int], Person], shot: Callable[[Any, str], Any]
+    stack: Stack, people: Callable[..., Person], shot: Callable[..., Any]
 ) -> None:
     stack.register_store("store_123")
 
@@ -56,19 +56,19 @@ def test_a_room_is_paid_in_the_payment_window_one_member_declined_first_and_the_
     page.wait_for_url(re.compile(re.escape(stack.sandbox) + r"/sandbox/checkout\?"))
     expect(page.locator("#amount")).to_have_text("15,000원")
     page.select_option("#code", "REJECT_CARD_PAYMENT")
-    shot(page, "2-payment-window")
+    shot(page, "2-payment-window", "main")
     page.click("#decline")
     page.wait_for_url(re.compile(r".*/demo/fail\.html\?"))
     expect(page.locator("#code")).to_have_text("REJECT_CARD_PAYMENT")
     expect(page.locator("#advice")).to_contain_text("청구되지 않았어요")
-    shot(page, "3-card-declined")
+    shot(page, "3-card-declined", "main")
     declined_order = re.search(r"orderId=([^&]+)", page.url).group(1)  # type: ignore[union-attr]
     user_2.back_to_room()
     user_2.expect_share("user_2", "pending")
 
     # user_2 tries again and pays; user_3 pays at the first try.
     pay_in_window(user_2, stack)
-    shot(user_2.page, "4-payment-confirmed")
+    shot(user_2.page, "4-payment-confirmed", "main")
     user_2.back_to_room()
     user_2.expect_share("user_2", "completed")
     user_3 = people("user_3", DEMO_ROOM)
@@ -108,7 +108,7 @@ def test_a_room_is_paid_in_the_payment_window_one_member_declined_first_and_the_
 
 
 def test_a_member_cancels_their_share_and_the_room_sees_the_refund(
-    stack: Stack, people: Callable[[str, int], Person], shot: Callable[[Any, str], Any]
+    stack: Stack, people: Callable[..., Person], shot: Callable[..., Any]
 ) -> None:
     room, store = stack.new_room()
     owner = people("user_1", room)
@@ -142,3 +142,60 @@ def test_a_member_cancels_their_share_and_the_room_sees_the_refund(
     owner.page.click("#cancel-request")
     owner.expect_request("cancelled")
     owner.expect_feed("PaymentRequestCancelled", "방장이 예약금 요청을 취소했어요")
+
+
+def test_the_pages_show_our_errors_and_an_unknown_outcome_is_settled_without_paying_twice(
+    stack: Stack, people: Callable[..., Person], shot: Callable[..., Any]
+) -> None:
+    room, store = stack.new_room()
+    owner = people("user_1", room)
+    owner.page.fill("#open-request [name=store_id]", store)
+    owner.page.click("#open")
+    owner.expect_request("pending")
+
+    # Toss confirms user_3's payment but its answer is lost, and so is every lookup meanwhile: our API says
+    # PAYMENT_OUTCOME_UNKNOWN and the page says not to pay again. The room shows the share being checked (no pay
+    # button) until the schedule settles it with Toss once Toss answers again.
+    user_3 = people("user_3", room)
+    stack.control("faults", {"lose_answer_rate": 1, "timeout_seconds": 5})
+    user_3.page.click("#pay")
+    user_3.page.wait_for_url(re.compile(re.escape(stack.sandbox) + r"/sandbox/checkout\?"))
+    user_3.page.click("#pay-card")
+    user_3.page.wait_for_url(re.compile(r".*/demo/success\.html\?"))
+    expect(user_3.page.locator("body")).to_have_attribute("data-code", "PAYMENT_OUTCOME_UNKNOWN")
+    expect(user_3.page.locator("#message")).to_contain_text("다시 결제하지 마세요")
+    shot(user_3.page, "8-outcome-unknown-do-not-pay-again", "main")
+    order_3 = re.search(r"orderId=([^&]+)", user_3.page.url).group(1)  # type: ignore[union-attr]
+    user_3.back_to_room()
+    expect(user_3.page.locator("#my-share")).to_contain_text("다시 결제하지 마세요")
+    expect(user_3.page.locator("#pay")).to_be_disabled()
+    stack.control("faults", method="DELETE")
+    user_3.expect_share("user_3", "completed")  # settled by the schedule's lookup at Toss
+    expect(user_3.page.locator("#pay")).to_be_disabled()
+    confirms = [c for c in stack.toss_calls("/v1/payments/confirm", "POST") if c["requestBody"]["orderId"] == order_3]
+    assert len({c["requestBody"]["paymentKey"] for c in confirms}) == 1  # one payment at Toss, never two
+
+    # The window's redirect comes back with another amount (a tampered query): success.html refuses to confirm,
+    # and shows AMOUNT_MISMATCH. Toss is never asked to confirm that order.
+    user_2 = people("user_2", room)
+    page = user_2.page
+
+    def tamper(route: Any) -> None:
+        answer = route.fetch(max_redirects=0)
+        location = re.sub(r"amount=\d+", "amount=100", answer.headers["location"])
+        route.fulfill(status=answer.status, headers={**answer.headers, "location": location}, body=answer.body())
+
+    page.route(f"{stack.sandbox}/sandbox/checkout", tamper)
+    page.click("#pay")
+    page.wait_for_url(re.compile(re.escape(stack.sandbox) + r"/sandbox/checkout\?"))
+    page.click("#pay-card")
+    page.wait_for_url(re.compile(r".*/demo/success\.html\?.*amount=100"))
+    expect(page.locator("body")).to_have_attribute("data-code", "AMOUNT_MISMATCH")
+    expect(page.locator("#message")).to_contain_text("결제를 승인하지 않았어요")
+    order = re.search(r"orderId=([^&]+)", page.url).group(1)  # type: ignore[union-attr]
+    assert not [c for c in stack.toss_calls("/v1/payments/confirm") if c["requestBody"]["orderId"] == order]
+    page.unroute(f"{stack.sandbox}/sandbox/checkout")
+    user_2.back_to_room()
+    user_2.expect_share("user_2", "pending")  # nothing charged; the owner's page agrees
+    owner.expect_share("user_2", "pending")
+    owner.expect_request("pending")
