@@ -76,9 +76,18 @@ def _json(status: int, body: Any) -> Answer:
     return status, [("content-type", "application/json; charset=utf-8")], json.dumps(body, ensure_ascii=False).encode()
 
 
+# EscrowUnfunded corrects an earlier "모두 결제했어요"; what to say depends on why (its detail's `reason`).
+UNFUNDED_TEXT = {
+    "participant_added": "참여자가 추가되어 아직 모두 결제하지 않았어요.",
+    "participant_removed": "참여자가 제외되어 예약금 합계가 바뀌었어요.",
+}
+
+
 def feed_text(event: dict[str, Any]) -> str:
     detail = event.get("detail") or {}
     kind = str(event.get("detail-type"))
+    if kind == "EscrowUnfunded" and detail.get("reason") in UNFUNDED_TEXT:
+        return UNFUNDED_TEXT[detail["reason"]]
     if kind not in FEED_TEXT:
         return kind
     message, short = FEED_TEXT[kind]

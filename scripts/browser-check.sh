@@ -14,7 +14,7 @@ LOG="${TMPDIR:-/tmp}/escrow-browser-apt.log"
 
 say() { echo "browser test: $*"; }
 
-have_fonts() { fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; }
+have_fonts() { fc-list : family 2>/dev/null | grep -i "Noto Sans CJK" >/dev/null; }  # no -q: with pipefail, an early exit makes fc-list fail
 
 if [[ ! -x "$CHROMIUM" ]] || ! have_fonts; then
   if [[ "$CHROMIUM" != /usr/bin/chromium && ! -x "$CHROMIUM" ]]; then

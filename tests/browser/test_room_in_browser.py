@@ -17,8 +17,9 @@ from tests.browser.conftest import Person, Stack
 DEMO_ROOM = 123
 
 
-def pay_in_window(person: Person, stack: Stack, *, decline: str | None = None) -> None:
-    """The person presses 결제하기 and pays (or declines with `decline`) in the sandbox's payment window."""
+def pay_in_window(person: Person, stack: Stack, *, decline: str | None = None) -> str:
+    """The person presses 결제하기 and pays (or declines with `decline`) in the sandbox's payment window; the
+    paymentKey (or the decline code) that the window's redirect carried."""
     page = person.page
     expect(page.locator("#pay")).to_be_enabled()
     page.click("#pay")
@@ -28,10 +29,11 @@ def pay_in_window(person: Person, stack: Stack, *, decline: str | None = None) -
         page.click("#decline")
         page.wait_for_url(re.compile(r".*/demo/fail\.html\?"))
         expect(page.locator("#code")).to_have_text(decline)
-    else:
-        page.click("#pay-card")
-        page.wait_for_url(re.compile(r".*/demo/success\.html\?"))
-        expect(page.locator("main")).to_contain_text("결제 완료")  # on failure, the page's message is in the report
+        return decline
+    page.click("#pay-card")
+    page.wait_for_url(re.compile(r".*/demo/success\.html\?"))
+    expect(page.locator("main")).to_contain_text("결제 완료")  # on failure, the page's message is in the report
+    return re.search(r"paymentKey=([^&]+)", page.url).group(1)  # type: ignore[union-attr]
 
 
 def test_a_room_is_paid_in_the_payment_window_one_member_declined_first_and_the_owner_releases(
@@ -67,12 +69,12 @@ def test_a_room_is_paid_in_the_payment_window_one_member_declined_first_and_the_
     user_2.expect_share("user_2", "pending")
 
     # user_2 tries again and pays; user_3 pays at the first try.
-    pay_in_window(user_2, stack)
+    key_2 = pay_in_window(user_2, stack)
     shot(user_2.page, "4-payment-confirmed", "main")
     user_2.back_to_room()
     user_2.expect_share("user_2", "completed")
     user_3 = people("user_3", DEMO_ROOM)
-    pay_in_window(user_3, stack)
+    key_3 = pay_in_window(user_3, stack)
     user_3.back_to_room()
 
     # Everyone paid: the request is funded, the shares are held, and the chat feed says so.
@@ -102,9 +104,17 @@ def test_a_room_is_paid_in_the_payment_window_one_member_declined_first_and_the_
         "user_2": "released",
         "user_3": "released",
     }
-    confirms = stack.toss_calls("/v1/payments/confirm", "POST")
-    assert [c["responseStatus"] for c in confirms] == [200, 200]
-    assert declined_order in {c["requestBody"]["orderId"] for c in confirms}
+    confirms = [
+        c
+        for c in stack.toss_calls("/v1/payments/confirm", "POST")
+        if c["requestBody"]["paymentKey"] in (key_2, key_3) or c["requestBody"]["orderId"] == declined_order
+    ]
+    assert sorted((c["requestBody"]["paymentKey"], c["responseStatus"]) for c in confirms) == sorted(
+        [(key_2, 200), (key_3, 200)]
+    )
+    assert [c["requestBody"]["paymentKey"] for c in confirms if c["requestBody"]["orderId"] == declined_order] == [
+        key_2
+    ]
 
 
 def test_a_member_cancels_their_share_and_the_room_sees_the_refund(
@@ -118,7 +128,7 @@ def test_a_member_cancels_their_share_and_the_room_sees_the_refund(
     owner.expect_request("pending")
 
     user_2 = people("user_2", room)
-    pay_in_window(user_2, stack)
+    key = pay_in_window(user_2, stack)
     user_2.back_to_room()
     user_2.expect_share("user_2", "completed")
 
@@ -134,7 +144,6 @@ def test_a_member_cancels_their_share_and_the_room_sees_the_refund(
     shot(owner.page, "7-member-cancelled-their-share")
 
     # Toss refunded exactly that payment, in full.
-    key = stack.toss_calls("/v1/payments/confirm", "POST")[-1]["requestBody"]["paymentKey"]
     cancels = [c for c in stack.toss_calls(f"/v1/payments/{key}/cancel", "POST") if c["responseStatus"] == 200]
     assert len(cancels) == 1 and cancels[0]["requestBody"].get("cancelAmount") in (None, 12000)
 

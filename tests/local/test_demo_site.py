@@ -100,6 +100,10 @@ def test_notifications_become_the_room_feed_once_each_in_event_order() -> None:
 
 def test_a_feed_text_missing_a_field_still_says_what_happened() -> None:
     assert feed_text({"detail-type": "EscrowFunded", "detail": {}}) == "모두 결제했어요."
+    unfunded = {"detail-type": "EscrowUnfunded", "detail": {"reason": "participant_added"}}
+    assert feed_text(unfunded) == "참여자가 추가되어 아직 모두 결제하지 않았어요."
+    unfunded["detail"]["reason"] = "refund"
+    assert feed_text(unfunded) == "환불이 있어 아직 모두 결제하지 않았어요."
     assert feed_text({"detail-type": "Other", "detail": {}}) == "Other"
 
 
