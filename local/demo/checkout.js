@@ -90,8 +90,13 @@ const PaymentWindow = (() => {
   }
 
   async function open(order, config, customerName, elements) {
-    if (config.payment_window === "toss") return openTossWidget(order, config, customerName, elements);
-    return openSandboxWindow(order, config, customerName);
+    if (config.payment_window !== "toss") return openSandboxWindow(order, config, customerName);
+    try {
+      return await openTossWidget(order, config, customerName, elements);
+    } catch (error) {
+      elements.dialog.hidden = true; // nothing was charged: the room page shows the error, 결제하기 works again
+      throw error;
+    }
   }
 
   return { open };
