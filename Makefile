@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup run test lint typecheck sam-check sam-local browser-test screenshots iac-lint template-resources smoke bench audit chaos migrate seed clean
+.PHONY: setup run test lint typecheck sam-check sam-local browser-test screenshots iac-lint template-resources smoke bench audit chaos migrate seed openapi clean
 
 $(STAMP): requirements-dev.txt layers/common/requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,10 @@ smoke: $(STAMP)
 	@test -n "$(API)" || { echo "usage: make smoke API=https://<api-id>.execute-api.<region>.amazonaws.com TOKEN_CMD='<command that prints a JWT for the user id given as its last argument>' [ARGS=...]" >&2; exit 2; }
 	@test -n "$(TOKEN_CMD)" || { echo "TOKEN_CMD is required (e.g. TOKEN_CMD='$(PY) -m local.jwt' locally)" >&2; exit 2; }
 	$(PY) scripts/smoke.py --api "$(API)" --token-cmd "$(TOKEN_CMD)" $(ARGS)
+
+# openapi.json is generated from the functions' Powertools resolvers; a test fails when it is stale.
+openapi: $(STAMP)
+	$(PY) -m local.openapi > openapi.json
 
 bench: setup
 	$(PY) -m bench

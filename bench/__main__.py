@@ -8,10 +8,7 @@ with one summary table and the machine it ran on. Each sub-command takes its own
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -26,22 +23,12 @@ COMMANDS = ("cold", "latency", "jobs", "connections", "all", "counts")
 ALL_JOBS_ARGS = ["--due", "2000", "--expiring", "2000", "--stores", "20"]
 
 
-def _cold(argv: list[str]) -> tuple[int, dict[str, dict[str, float]]]:
-    """bench.cold_start's own table, echoed, and its figures read back from it for the summary."""
+def _cold(argv: list[str]) -> tuple[int, dict[str, Any]]:
+    """bench.cold_start's own tables, and its figures for the summary."""
     from bench import cold_start
 
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        code = cold_start.main(argv)
-    text = buffer.getvalue()
-    print(text, end="", flush=True)
-    columns = ["bytecode", "no bytecode", "bytecode + X-Ray SDK"]
-    figures: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        values = re.findall(r"(\d+(?:\.\d+)?) ms", line)
-        if len(values) == len(columns) and ("init" in line or "boto3" in line):
-            figures[line[:28].strip()] = dict(zip(columns, map(float, values), strict=True))
-    return code, figures
+    code = cold_start.main(argv)
+    return code, dict(cold_start.LAST_FIGURES)
 
 
 def _section(title: str) -> None:
@@ -65,9 +52,7 @@ def run_all(argv: list[str]) -> int:
     return max(codes.values())
 
 
-def summary(
-    cold: dict[str, dict[str, float]], rows: list[Any], jobs: dict[str, Any], waves: list[Any], seconds: float
-) -> None:
+def summary(cold: dict[str, Any], rows: list[Any], jobs: dict[str, Any], waves: list[Any], seconds: float) -> None:
     from bench.jobs_scale import machine
 
     m = machine()
@@ -77,14 +62,16 @@ def summary(
         f"{m['os']}; load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     lines: list[tuple[str, str, str]] = []
-    if cold:
-        boto = cold.get("import boto3 (bare)", {}).get("bytecode")
-        inits = {k: v["bytecode"] for k, v in cold.items() if k.endswith("init")}
-        if inits:
-            name, slowest = max(inits.items(), key=lambda kv: kv[1])
-            lines.append(("cold start", "slowest function init (bytecode)", f"{slowest:.0f} ms ({name})"))
-        if boto is not None:
-            lines.append(("cold start", "bare import boto3 (bytecode)", f"{boto:.0f} ms"))
+    for mode, data in (cold.get("modes") or {}).items():
+        name, slowest = max(data["functions"].items(), key=lambda kv: kv[1]["total"])
+        lines.append(
+            (
+                "cold start",
+                f"{mode}: slowest function incl. first request",
+                f"{slowest['total']:.0f} ms ({name}) = {slowest['total'] / data['boto3']:.2f}x a bare import boto3 "
+                f"({data['boto3']:.0f} ms)",
+            )
+        )
     for r in rows:
         lines.append(
             (

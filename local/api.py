@@ -65,6 +65,20 @@ INTERNAL_ERROR = (500, {"message": "Internal Server Error"})
 UNAVAILABLE = (503, {"message": "Service Unavailable"})
 
 
+SWAGGER_PATH = "/swagger"
+
+
+def swagger_page(spec_json: str) -> str:
+    """Powertools' Swagger UI page for a spec, with its bundled swagger-ui script and styles inlined (offline)."""
+    from aws_lambda_powertools.event_handler.openapi import swagger_ui
+
+    assets = Path(swagger_ui.__file__).parent
+    js = (assets / "swagger-ui-bundle.min.js").read_text(encoding="utf-8")
+    css = (assets / "swagger-ui.min.css").read_text(encoding="utf-8")
+    # "</" inside the inlined spec would end the <script> element early.
+    return swagger_ui.generate_swagger_html(spec_json.replace("</", "<\\/"), js, css, "", None)
+
+
 # ------------------------------------------------------------------------------------------ worker pool
 
 
@@ -308,10 +322,10 @@ class LocalApi:
         demo = self.demo.handle(method, raw_path, raw_query, body)
         if demo is not None:
             return HttpResponse(*demo)
-        if method.upper() == "GET" and raw_path == "/openapi.json":
-            spec_file = self.base_dir / "openapi.json"
-            if spec_file.is_file():
-                return HttpResponse(200, [("content-type", "application/json")], spec_file.read_bytes())
+        if method.upper() == "GET" and raw_path in ("/openapi.json", SWAGGER_PATH):
+            docs = self._docs(raw_path, raw_query, dict((k.lower(), v) for k, v in header_items).get("host"))
+            if docs is not None:
+                return docs
         matched = self.template.match(method, raw_path)
         if matched is None:
             response = json_response(*NOT_FOUND)
@@ -378,6 +392,23 @@ class LocalApi:
             (time.perf_counter() - started) * 1000,
         )
         return response
+
+    def _docs(self, path: str, query: str, host: str | None) -> HttpResponse | None:
+        """The committed openapi.json, and Swagger UI over it (`/swagger`; `/swagger?format=json` is the spec with
+        this server as its server). The UI's script and styles are the copies Powertools ships in its package,
+        inlined into the page: nothing is fetched from a CDN."""
+        spec_file = self.base_dir / "openapi.json"
+        if not spec_file.is_file():
+            return None
+        if path == "/openapi.json":
+            return HttpResponse(200, [("content-type", "application/json")], spec_file.read_bytes())
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+        if host:
+            spec["servers"] = [{"url": f"http://{host}", "description": "this local API"}]
+        text = json.dumps(spec, ensure_ascii=False, indent=2)
+        if "format=json" in query.split("&"):
+            return HttpResponse(200, [("content-type", "application/json")], text.encode())
+        return HttpResponse(200, [("content-type", "text/html; charset=utf-8")], swagger_page(text).encode())
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -89,7 +89,9 @@ def banner(api_url: str, toss_url: str | None, schedule_interval: float, workers
         "",
         "Escrow local stack is up (Ctrl-C to stop)",
         f"  API            {api_url}   ({workers} workers = warm Lambda containers)",
-        f"  OpenAPI        {api_url}/openapi.json" if (REPO_ROOT / "openapi.json").exists() else None,
+        f"  OpenAPI        {api_url}/openapi.json, Swagger UI {api_url}/swagger"
+        if (REPO_ROOT / "openapi.json").exists()
+        else None,
         f"  Chat client    {api_url}/demo/  (reference client; the room's notifications feed)",
         f"  Toss sandbox   {toss_url}"
         if toss_url

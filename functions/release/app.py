@@ -6,30 +6,36 @@ from __future__ import annotations
 from typing import Any
 
 from escrow import db
-from escrow.http import Request, Router, current_principal, json_response, parse_body
+from escrow.http import BEARER, EscrowResolver, documented
+from escrow.models import RegisteredStore, RegisterStoreBody, ReleaseBody, Released
 from escrow.observability import lambda_entry, logger
 from escrow.services import release as service
 from escrow.services import stores
 
-app = Router()
+app = EscrowResolver()
 
 
-@app.post("/api/v1/payment/release")
-def release(request: Request) -> dict[str, Any]:
-    from escrow.models import ReleaseBody  # pydantic only where a body is parsed
+@app.post(
+    "/api/v1/payment/release",
+    summary="Release a fully paid room's deposit to the store (owner or admin)",
+    operation_id="post_payment_release",
+    security=BEARER,
+    responses=documented(200, Released, (400, 401, 403, 404, 409, 413, 422, 503)),
+)
+def release(body: ReleaseBody) -> dict[str, Any]:
+    return service.release_room(app.principal, body.chat_room_id)
 
-    principal = current_principal(request)
-    body = parse_body(request, ReleaseBody)
-    return json_response(200, service.release_room(principal, body.chat_room_id))
 
-
-@app.post("/api/v1/admin/stores")
-def register_store(request: Request) -> dict[str, Any]:
-    from escrow.models import RegisterStoreBody  # pydantic only where a body is parsed
-
-    principal = current_principal(request)
-    body = parse_body(request, RegisterStoreBody)
-    return json_response(201, stores.register_store(principal, body))
+@app.post(
+    "/api/v1/admin/stores",
+    summary="Register a store's payout account with Toss payouts (admin)",
+    operation_id="post_admin_stores",
+    security=BEARER,
+    status_code=201,
+    responses=documented(201, RegisteredStore, (400, 401, 403, 409, 413, 422, 503)),
+)
+def register_store(body: RegisterStoreBody) -> dict[str, Any]:
+    return stores.register_store(app.principal, body)
 
 
 def _scheduled(event: dict[str, Any], context: Any) -> dict[str, Any]:

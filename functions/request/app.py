@@ -2,31 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler.openapi.params import Path
 
 from escrow.errors import NotFound
-from escrow.http import Request, Router, current_principal, json_response, parse_body
+from escrow.http import BEARER, EscrowResolver, documented
+from escrow.models import CreatedRequest, CreatePaymentRequestBody, RoomStatus
 from escrow.observability import lambda_entry
 from escrow.services import requests as service
 
-app = Router()
+app = EscrowResolver()
+
+ChatRoomId = Annotated[int, Path(ge=1, le=2**62, description="the chat room's id")]
 
 
-@app.post("/api/v1/payment/request")
-def create_request(request: Request) -> dict[str, Any]:
-    from escrow.models import CreatePaymentRequestBody  # pydantic only where a body is parsed
+@app.post(
+    "/api/v1/payment/request",
+    summary="Open a payment request for a room (room owner)",
+    operation_id="post_payment_request",
+    security=BEARER,
+    status_code=201,
+    responses=documented(201, CreatedRequest, (400, 401, 403, 409, 413, 422, 503)),
+)
+def create_request(body: CreatePaymentRequestBody) -> dict[str, Any]:
+    return service.create_payment_request(app.principal, body)
 
-    principal = current_principal(request)
-    body = parse_body(request, CreatePaymentRequestBody)
-    return json_response(201, service.create_payment_request(principal, body))
 
-
-@app.get("/api/v1/payment/status/{chat_room_id}")
-def room_status(request: Request, chat_room_id: str) -> dict[str, Any]:
-    principal = current_principal(request)
-    if not chat_room_id.isascii() or not chat_room_id.isdigit() or not 0 < int(chat_room_id) <= 2**62:
+@app.get(
+    "/api/v1/payment/status/<chatRoomId>",
+    summary="A room's payment status (room members)",
+    operation_id="get_payment_status_chatRoomId",
+    security=BEARER,
+    responses=documented(200, RoomStatus, (401, 403, 404, 503)),
+)
+def room_status(chatRoomId: ChatRoomId) -> dict[str, Any]:  # noqa: N803 - the brief's path parameter name
+    # Validation turned the segment into an int, and pydantic's int also takes "1.0"; a room id is written in digits.
+    segment = app.current_event.path.rsplit("/", 1)[-1]
+    if not (segment.isascii() and segment.isdigit()):
         raise NotFound("chatRoomId must be a positive integer", code="INVALID_CHAT_ROOM_ID")
-    return json_response(200, service.room_status(principal, int(chat_room_id)))
+    return service.room_status(app.principal, chatRoomId)
 
 
 lambda_handler = lambda_entry(app.resolve)

@@ -1,31 +1,43 @@
-"""WebhookFunction: every Toss webhook delivery is logged, verified for its type and processed once. No JWT."""
+"""WebhookFunction: every Toss webhook delivery is logged, verified for its type and processed once. No JWT.
+
+The route takes the body as raw bytes, not as a validated model: every delivery is logged before it is parsed, and
+Toss's signatures are computed over the exact bytes sent.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from escrow.http import Request, Router, json_response, raw_body
+from aws_lambda_powertools.event_handler import Response
+
+from escrow.http import JSON, EscrowResolver, documented
+from escrow.models import WebhookAck
 from escrow.observability import lambda_entry
 from escrow.services import webhooks as service
 
-app = Router()
+app = EscrowResolver(authenticated=False)
 
 
-def _answer(outcome: service.Outcome) -> dict[str, Any]:
+def _answer(outcome: service.Outcome) -> Response[Any]:
     """What Toss is told: 200 stops its retries, 503 asks for the delivery again, 400/401 refuse it."""
     result = outcome.result
     if result in (service.Result.PROCESSED, service.Result.DUPLICATE, service.Result.IGNORED):
-        return json_response(200, {"status": result.value})
+        return Response(200, JSON, {"status": result.value})
     if result is service.Result.REJECTED:
-        return json_response(401, {"error": {"code": "WEBHOOK_NOT_VERIFIED", "message": outcome.reason}})
+        return Response(401, JSON, {"error": {"code": "WEBHOOK_NOT_VERIFIED", "message": outcome.reason}})
     if result is service.Result.INVALID_JSON:
-        return json_response(400, {"error": {"code": "INVALID_JSON", "message": "the body is not a JSON object"}})
-    return json_response(503, {"error": {"code": "TRY_AGAIN", "message": "could not process the webhook now"}})
+        return Response(400, JSON, {"error": {"code": "INVALID_JSON", "message": "the body is not a JSON object"}})
+    return Response(503, JSON, {"error": {"code": "TRY_AGAIN", "message": "could not process the webhook now"}})
 
 
-@app.post("/api/v1/payment/webhook")
-def webhook(request: Request) -> dict[str, Any]:
-    return _answer(service.receive(request.headers, raw_body(request)))
+@app.post(
+    "/api/v1/payment/webhook",
+    summary="Toss webhooks (no JWT; verified per event type)",
+    operation_id="post_payment_webhook",
+    responses=documented(200, WebhookAck, (400, 401, 413, 503), webhook=True),
+)
+def webhook() -> Response[Any]:
+    return _answer(service.receive(dict(app.current_event.headers), app.raw_body))
 
 
 lambda_handler = lambda_entry(app.resolve)

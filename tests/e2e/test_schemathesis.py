@@ -8,6 +8,7 @@ derandomized so CI is reproducible) and sends them to the local API with valid J
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,16 +59,14 @@ CHECKS = [
 
 def test_the_committed_description_is_what_the_code_generates():
     fresh = subprocess.run(
-        [sys.executable, "-m", "escrow.openapi"],
+        [sys.executable, "-m", "local.openapi"],
         cwd=ROOT,
-        env={"PYTHONPATH": f"{ROOT / 'layers/common'}", "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": f"{ROOT / 'layers/common'}{os.pathsep}{ROOT}", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert fresh == SPEC.read_text(encoding="utf-8"), (
-        "openapi.json is stale: run `python -m escrow.openapi > openapi.json`"
-    )
+    assert fresh == SPEC.read_text(encoding="utf-8"), "openapi.json is stale: run `make openapi`"
 
 
 def test_every_template_route_is_described_and_nothing_else(api):

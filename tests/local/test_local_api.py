@@ -6,6 +6,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -322,6 +323,31 @@ def test_openapi_json_is_served_from_the_project_root(fake_project: FakeProject)
     try:
         status, headers, data, _ = request(handle.url, "GET", "/openapi.json")
         assert (status, headers["content-type"], json.loads(data)) == (200, "application/json", {"openapi": "3.1.0"})
+    finally:
+        handle.stop()
+
+
+def test_swagger_ui_is_served_offline_over_the_committed_description(fake_project: FakeProject) -> None:
+    spec = {"openapi": "3.1.0", "info": {"title": "t</script>", "version": "1"}, "paths": {}}
+    (fake_project.root / "openapi.json").write_text(json.dumps(spec), encoding="utf-8")
+    handle = start_local_api(
+        port=0,
+        workers=1,
+        template_path=fake_project.template,
+        env_file=fake_project.env_file,
+        functions_dir=fake_project.functions_dir,
+    )
+    try:
+        status, headers, data, _ = request(handle.url, "GET", "/swagger")
+        page = data.decode("utf-8")
+        assert (status, headers["content-type"]) == (200, "text/html; charset=utf-8")
+        assert "SwaggerUIBundle" in page and ".swagger-ui" in page  # the script and the styles, inlined
+        assert not re.search(r"<(script|link)[^>]+(src|href)=", page)  # nothing to fetch from anywhere
+        assert "t</script>" not in page  # the spec cannot close the script element it sits in
+        status, _, data, _ = request(handle.url, "GET", "/swagger?format=json")
+        served = json.loads(data)
+        assert status == 200 and served["servers"] == [{"url": handle.url, "description": "this local API"}]
+        assert {k: v for k, v in served.items() if k != "servers"} == spec
     finally:
         handle.stop()
 

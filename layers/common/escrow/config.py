@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
+
+from escrow.errors import SecretsUnavailable
 
 # Local-only defaults; deployed stages take their keys from Secrets Manager (APP_ENV != local refuses these).
 LOCAL_JWT_SECRET = "local-dev-secret-change-me-0123456789abcdef"  # noqa: S105 - 32+ bytes for HS256
@@ -64,12 +68,16 @@ class Settings:
     outbox_publisher: str = "eventbridge"  # or "log": the local runner prints events instead of calling AWS
     reconcile_after_seconds: int = 60
     secrets_max_age_seconds: int = 300
+    secrets_timeout_seconds: float = 3.0
+    secrets_source: str = ""  # extension | sdk; empty = the extension on Lambda, the SDK elsewhere (the console)
 
     def __post_init__(self) -> None:
         if self.jwt_algorithm not in ("HS256", "RS256"):
             raise ValueError("JWT_ALGORITHM must be HS256 or RS256")
         if self.toss_webhook_hmac_key_encoding not in ("hex", "ascii"):
             raise ValueError("TOSS_WEBHOOK_HMAC_KEY_ENCODING must be hex or ascii")
+        if self.secrets_source not in ("", "extension", "sdk"):
+            raise ValueError("SECRETS_SOURCE must be extension or sdk (or empty: the extension on Lambda)")
         if self.db_tls not in ("", "required", "disabled"):
             raise ValueError("DB_TLS must be required or disabled")
         if self.accounts_local_key and len(self.accounts_local_key) != 64:
@@ -118,20 +126,185 @@ def settings_generation() -> int:
 
 
 def reset_settings() -> None:
-    """Forget cached settings (tests and the local runner change the environment between runs)."""
+    """Forget cached settings and secrets (tests and the local runner change the environment between runs)."""
     global _generation
     get_settings.cache_clear()
+    clear_secrets()
     _generation += 1
 
 
-def _secret(arn: str, *, as_json: bool, force_fetch: bool = False) -> object:
-    """A secret from Secrets Manager through Powertools Parameters (cached for secrets_max_age_seconds)."""
-    from aws_lambda_powertools.utilities import parameters  # imported only when a secret is really needed
+# --- secrets -------------------------------------------------------------------------------------------------
+# On Lambda every secret comes from the AWS Parameters and Secrets Lambda Extension (a layer in template.yaml): an
+# HTTP GET to localhost, answered from the extension's cache or by its own GetSecretValue call. No AWS SDK is
+# imported on the request path (boto3 and a Secrets Manager client cost a cold start about as much again as the
+# whole function), and the function keeps what it got for `secrets_max_age_seconds`. Elsewhere (the operator's
+# console against a deployed stack) there is no extension: one BatchGetSecretValue with the SDK.
 
+EXTENSION_HOST = "localhost"
+EXTENSION_DEFAULT_PORT = 2773  # PARAMETERS_SECRETS_EXTENSION_HTTP_PORT changes it, for the extension and for us
+
+_secrets: dict[str, tuple[float, str]] = {}
+_secrets_lock = threading.Lock()
+
+
+def clear_secrets() -> None:
+    """Forget fetched secrets (tests; a rotated secret is otherwise picked up after secrets_max_age_seconds)."""
+    with _secrets_lock:
+        _secrets.clear()
+
+
+def _secret(secret_id: str, *, force_fetch: bool = False) -> str:
+    """A secret's SecretString, from the in-process cache or the extension. SecretsUnavailable (503) when the
+    extension cannot be reached or does not give the secret; the reason is logged, never the secret.
+
+    A miss fetches every secret this function is configured with at once, in parallel: a cold start needs the JWT
+    and the database secrets one after the other, and the extension's first answer for each is a Secrets Manager
+    round trip. ``force_fetch`` (the database refused a rotated password) reads it from Secrets Manager itself."""
+    if force_fetch:
+        value = _fetch_from_secrets_manager(secret_id)
+        with _secrets_lock:
+            _secrets[secret_id] = (time.monotonic(), value)
+        return value
     max_age = get_settings().secrets_max_age_seconds
-    if as_json:
-        return parameters.get_secret(arn, max_age=max_age, transform="json", force_fetch=force_fetch)
-    return parameters.get_secret(arn, max_age=max_age, force_fetch=force_fetch)
+    now = time.monotonic()
+    with _secrets_lock:
+        cached = _secrets.get(secret_id)
+        if cached is not None and now - cached[0] < max_age:
+            return cached[1]
+        stale = [s for s in _configured_secrets() if s not in _secrets or now - _secrets[s][0] >= max_age]
+    others = [s for s in stale if s != secret_id]
+    if _secrets_source() == "sdk":
+        results = _batch_from_secrets_manager([secret_id, *others])
+        if secret_id not in results:
+            raise SecretsUnavailable("the secrets are not available right now; nothing was done, try again")
+        value = results[secret_id]
+    else:
+        results = {}
+        threads = [threading.Thread(target=_prefetch, args=(s, results), daemon=True) for s in others]
+        for thread in threads:
+            thread.start()
+        try:
+            value = _fetch_secret(secret_id)  # this one's failure is the caller's; the others' when they are needed
+        finally:
+            for thread in threads:
+                thread.join()
+        results[secret_id] = value
+    with _secrets_lock:
+        fetched_at = time.monotonic()
+        for key, text in results.items():
+            _secrets[key] = (fetched_at, text)
+    return value
+
+
+def _secrets_source() -> str:
+    return get_settings().secrets_source or ("extension" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else "sdk")
+
+
+def _configured_secrets() -> list[str]:
+    """The secret ids this function would ask for: those not replaced by a plain environment value."""
+    settings = get_settings()
+    wanted = [
+        (settings.db_secret_arn, not settings.database_url),
+        (settings.jwt_secret_arn, not settings.jwt_secret and settings.jwt_algorithm == "HS256"),
+        (settings.toss_secret_arn, not settings.toss_secret_key),
+    ]
+    return [secret_id for secret_id, needed in wanted if secret_id and needed]
+
+
+def _prefetch(secret_id: str, results: dict[str, str]) -> None:
+    try:
+        results[secret_id] = _fetch_secret(secret_id)
+    except Exception:  # noqa: BLE001, S110 - logged by _fetch_secret; fetched again, and raised, when it is needed
+        pass
+
+
+def _fetch_secret(secret_id: str) -> str:
+    import http.client
+
+    token = os.environ.get("AWS_SESSION_TOKEN", "")
+    if not token:
+        raise SecretsUnavailable("the secrets are not available (no AWS session token); nothing was done")
+    port = int(os.environ.get("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT") or EXTENSION_DEFAULT_PORT)
+    timeout = get_settings().secrets_timeout_seconds
+    conn = http.client.HTTPConnection(EXTENSION_HOST, port, timeout=timeout)
+    try:
+        conn.request(
+            "GET",
+            "/secretsmanager/get?secretId=" + quote(secret_id, safe=""),
+            headers={"X-Aws-Parameters-Secrets-Token": token},
+        )
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:  # refused, timed out, reset, malformed answer
+        _log_secret_failure(secret_id, f"{type(exc).__name__}: {exc}")
+        raise SecretsUnavailable("the secrets are not available right now; nothing was done, try again") from exc
+    finally:
+        conn.close()
+    if response.status != 200:
+        _log_secret_failure(secret_id, f"HTTP {response.status}: {body[:300].decode('utf-8', 'replace')}")
+        raise SecretsUnavailable("the secrets are not available right now; nothing was done, try again")
+    try:
+        value = json.loads(body)["SecretString"]
+    except (ValueError, KeyError, TypeError) as exc:
+        _log_secret_failure(secret_id, "the answer holds no SecretString")
+        raise SecretsUnavailable("the secrets are not available right now; nothing was done, try again") from exc
+    return str(value)
+
+
+def _fetch_from_secrets_manager(secret_id: str) -> str:
+    """GetSecretValue with the SDK, past both caches. Only after a rotation: the extension keeps a secret until its
+    own TTL and has no way to skip its cache, so the password it holds would be refused until then."""
+    try:
+        import boto3  # only on this rare path; the runtime provides it
+
+        answer = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)
+        return str(answer["SecretString"])
+    except Exception as exc:  # unreachable, refused, no credentials: the same 503 for the client (re-raised)
+        _log_secret_failure(secret_id, f"GetSecretValue: {type(exc).__name__}: {str(exc)[:300]}")
+        raise SecretsUnavailable("the secrets are not available right now; nothing was done, try again") from exc
+
+
+def _batch_from_secrets_manager(secret_ids: list[str]) -> dict[str, str]:
+    """Every given secret in one BatchGetSecretValue (the ones it could not give are logged and left out)."""
+    try:
+        import boto3
+
+        answer = boto3.client("secretsmanager").batch_get_secret_value(SecretIdList=secret_ids)
+    except Exception as exc:  # unreachable, refused, no credentials: the same 503 for the client (re-raised)
+        _log_secret_failure(",".join(secret_ids), f"BatchGetSecretValue: {type(exc).__name__}: {str(exc)[:300]}")
+        raise SecretsUnavailable("the secrets are not available right now; nothing was done, try again") from exc
+    for error in answer.get("Errors") or []:
+        _log_secret_failure(str(error.get("SecretId")), f"{error.get('ErrorCode')}: {error.get('Message')}")
+    found: dict[str, str] = {}
+    for value in answer.get("SecretValues") or []:
+        for asked in secret_ids:  # answered by ARN and name; asked by either
+            if asked in (value.get("ARN"), value.get("Name")) and "SecretString" in value:
+                found[asked] = str(value["SecretString"])
+    return found
+
+
+def _log_secret_failure(secret_id: str, reason: str) -> None:
+    from escrow.observability import logger
+
+    logger.error("secret not available", extra={"secret_id": secret_id, "reason": reason})
+
+
+def _json_secret(secret_id: str, *, force_fetch: bool = False) -> dict[str, Any]:
+    try:
+        value = json.loads(_secret(secret_id, force_fetch=force_fetch))
+    except ValueError as exc:
+        raise _malformed(f"the secret {secret_id} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise _malformed(f"the secret {secret_id} is not a JSON object")
+    return value
+
+
+def _malformed(reason: str) -> Exception:
+    """A secret that is there but not in the shape we need: the operator's to fix; the client gets a 503."""
+    from escrow.observability import logger
+
+    logger.error("secret malformed", extra={"reason": reason})
+    return SecretsUnavailable("the secrets are not usable right now; nothing was done")
 
 
 @dataclass(frozen=True)
@@ -165,15 +338,17 @@ def database_params(*, refresh: bool = False) -> DatabaseParams:
     if settings.database_url:
         params = parse_database_url(settings.database_url)
     elif settings.db_secret_arn:
-        secret = _secret(settings.db_secret_arn, as_json=True, force_fetch=refresh)
-        assert isinstance(secret, dict)
-        params = DatabaseParams(
-            host=str(secret.get("host", "")),
-            port=int(secret.get("port", 3306)),
-            user=str(secret["username"]),
-            password=str(secret["password"]),
-            database=str(secret.get("dbname", "escrow")),
-        )
+        secret = _json_secret(settings.db_secret_arn, force_fetch=refresh)
+        try:
+            params = DatabaseParams(
+                host=str(secret.get("host", "")),
+                port=int(secret.get("port", 3306)),
+                user=str(secret["username"]),
+                password=str(secret["password"]),
+                database=str(secret.get("dbname", "escrow")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _malformed("the database secret needs username, password and a numeric port") from exc
     else:
         params = parse_database_url("mysql://root:@127.0.0.1:3306/escrow")
     if settings.db_host:
@@ -188,11 +363,13 @@ def jwt_secret() -> str:
     if settings.jwt_secret:
         return settings.jwt_secret
     if settings.jwt_secret_arn:
-        value = _secret(settings.jwt_secret_arn, as_json=False)
-        text = value.decode() if isinstance(value, bytes) else str(value)
+        text = _secret(settings.jwt_secret_arn)
         # Accept either the plain secret or a JSON object {"secret": "..."}.
         if text.startswith("{"):
-            return str(json.loads(text)["secret"])
+            try:
+                return str(json.loads(text)["secret"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise _malformed('the JWT secret is JSON without a "secret"') from exc
         return text
     if settings.app_env == "local":
         return LOCAL_JWT_SECRET
@@ -212,8 +389,7 @@ def toss_keys() -> TossKeys:
     settings = get_settings()
     secret_key, security_key = settings.toss_secret_key, settings.toss_security_key
     if settings.toss_secret_arn and not secret_key:
-        secret = _secret(settings.toss_secret_arn, as_json=True)
-        assert isinstance(secret, dict)
+        secret = _json_secret(settings.toss_secret_arn)
         secret_key = str(secret.get("secret_key", ""))
         security_key = security_key or str(secret.get("security_key", ""))
     if not secret_key:

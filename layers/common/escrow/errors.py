@@ -74,3 +74,9 @@ class DatabaseUnavailable(AppError):
 
 class NotImplementedYet(AppError):
     status, code = 501, "NOT_IMPLEMENTED"
+
+
+class SecretsUnavailable(AppError):
+    """Secrets Manager (through the Parameters and Secrets extension) did not give a secret: nothing was done."""
+
+    status, code = 503, "SECRETS_UNAVAILABLE"

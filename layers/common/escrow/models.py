@@ -1,9 +1,15 @@
-"""Request bodies of the public API. The brief's field names are kept exactly; unknown fields are refused."""
+"""Request bodies and answers of the public API. The brief's field names are kept exactly; unknown fields in a
+request are refused.
+
+The request models are validated by Powertools' resolver (the handlers' signatures name them). The answer models
+describe what the services return, for the OpenAPI description only: nothing validates an answer at run time, and
+`defer_build` keeps them from costing a cold start anything.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -39,7 +45,8 @@ Amount = Annotated[StrictInt, Field(ge=MIN_AMOUNT, le=MAX_AMOUNT)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    # defer_build: a function builds the validator of the one or two bodies it takes, on first use, not all six.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, defer_build=True)
 
 
 def _aware_utc(value: datetime | None) -> datetime | None:
@@ -154,3 +161,150 @@ class RegisterStoreBody(_Body):
         if value not in BANK_CODES:
             raise ValueError("bank_code must be one of the brief's bank codes")
         return value
+
+
+# --- answers (documentation only) ----------------------------------------------------------------------------
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+
+class ErrorBody(_Answer):
+    code: str = Field(description="machine-readable error code")
+    message: str
+    toss_code: str | None = Field(default=None, description="Toss's own code, when Toss refused")
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(_Answer):
+    error: ErrorBody
+
+
+class CreatedRequest(_Answer):
+    payment_request_id: int
+    status: str = Field(description="pending")
+
+
+class RequestSummary(_Answer):
+    payment_request_id: int
+    requester_id: str
+    amount: int
+    status: str = Field(description="pending | completed | released | cancelled | expired")
+    chat_room_id: int
+    store_id: str
+    message: str | None
+    participant_count: int
+    paid_count: int
+    total_amount: int
+    release_at: str | None
+    expires_at: str | None
+    completed_at: str | None
+    created_at: str | None
+
+
+class ShareStatus(_Answer):
+    payer_id: str
+    payment_amount: int
+    payment_status: str = Field(
+        description="pending | in_progress | completed | failed | unknown | released | refunded | partially_refunded"
+    )
+    paid_at: str | None
+    refunded_amount: int
+
+
+class RoomStatus(_Answer):
+    payment_request: RequestSummary
+    payments: list[ShareStatus]
+
+
+class PreparedOrder(_Answer):
+    orderId: str  # noqa: N815
+    amount: int
+    orderName: str  # noqa: N815
+    chat_room_id: int
+    payment_request_id: int
+    customerKey: str  # noqa: N815
+
+
+class Confirmed(_Answer):
+    payment_status: str = Field(description="completed (or in_progress for a virtual account awaiting deposit)")
+    paymentKey: str | None = None  # noqa: N815
+    orderId: str | None = None  # noqa: N815
+    toss_status: str | None = None
+
+
+class RefundResult(_Answer):
+    success: bool
+    refund_status: str = Field(description="refunded | partially_refunded | refund_pending")
+    paymentKey: str | None = None  # noqa: N815
+    refunded_amount: int | None = None
+    remaining_amount: int | None = None
+    refunds: list[dict[str, Any]] | None = None
+    payment_request_status: str | None = None
+
+
+class ReleasedPayment(_Answer):
+    payer_id: str
+    paymentKey: str  # noqa: N815
+    status: str = Field(description="RELEASED")
+    amount: int
+
+
+class Settlement(_Answer):
+    settlement_id: int
+    gross_amount: int
+    platform_fee: int
+    net_amount: int
+    ref_payout_id: str
+    payout_id: str | None
+    payout_status: str = Field(description="scheduled | requesting | requested | in_progress | completed | failed")
+    payout_error_code: str | None
+    payout_completed_at: str | None
+
+
+class Released(_Answer):
+    released_payments: list[ReleasedPayment]
+    payment_request_id: int
+    settlement: Settlement
+
+
+class RegisteredStore(_Answer):
+    store_id: str
+    owner_id: str
+    seller_id: str | None
+    seller_status: str | None
+    bank_code: str
+    account_number_masked: str | None
+    holder_name: str
+
+
+class WebhookAck(_Answer):
+    status: str = Field(description="processed | duplicate | ignored")
+
+
+# What each error status means on the JWT-authenticated routes (the codes a client can act on).
+ERRORS = {
+    400: "INVALID_JSON: the body is not JSON (or is empty, nested too deep, not UTF-8, or holds a lone UTF-16 "
+    "surrogate); bodies are read as JSON whatever their content-type",
+    401: "AUTH_REQUIRED, INVALID_TOKEN, TOKEN_EXPIRED (with `WWW-Authenticate: Bearer`)",
+    402: "PAYMENT_DECLINED (with toss_code)",
+    403: "NOT_ROOM_OWNER, NOT_ROOM_MEMBER, NOT_A_PARTICIPANT, NOT_ALLOWED_TO_CANCEL, ADMIN_ONLY",
+    404: "PAYMENT_REQUEST_NOT_FOUND, PAYMENT_NOT_FOUND, INVALID_CHAT_ROOM_ID",
+    409: "OPEN_REQUEST_EXISTS, ALREADY_PAID, PAYMENT_IN_PROGRESS, PAYMENT_OUTCOME_UNKNOWN, ORDER_ID_ALREADY_USED, "
+    "PAYMENT_KEY_IN_USE, ALREADY_RELEASED, ALREADY_REFUNDED, NOT_REFUNDABLE, REFUND_IN_PROGRESS, "
+    "REQUEST_NOT_FUNDED, NOT_RELEASABLE, STORE_ALREADY_REGISTERED, REFUND_REFUSED, INVALID_STATE_TRANSITION, "
+    "AMOUNT_MISMATCH_REFUNDED, REQUEST_CLOSED_REFUNDED, SELLER_REFUSED",
+    413: "PAYLOAD_TOO_LARGE: bodies are limited to 64 KiB",
+    422: "VALIDATION_ERROR (with details [{field, message}]), AMOUNT_MISMATCH, NOT_ROOM_MEMBERS, NO_PARTICIPANTS, "
+    "UNKNOWN_STORE, CANCEL_AMOUNT_TOO_LARGE, COMPANY_DETAILS_REQUIRED",
+    502: "PAYMENT_OUTCOME_UNKNOWN, REFUND_OUTCOME_UNKNOWN: Toss gave no definite answer; settled automatically",
+    503: "DATABASE_UNAVAILABLE, DATABASE_BUSY, TOSS_UNAVAILABLE, SECRETS_UNAVAILABLE: nothing was changed, try again",
+}
+# The webhook (no JWT) answers its own codes; Toss retries anything but a 200.
+WEBHOOK_ERRORS = {
+    **ERRORS,
+    400: "INVALID_JSON: the body is not a JSON object (logged, not processed)",
+    401: "WEBHOOK_NOT_VERIFIED: bad or missing signature, stale transmission time, secret mismatch, unknown payment",
+    503: "DATABASE_UNAVAILABLE, TRY_AGAIN, SECRETS_UNAVAILABLE: not processed now; Toss delivers it again",
+}
