@@ -127,7 +127,15 @@ def test_a_member_cancels_their_share_and_the_room_sees_the_refund(
     owner.page.click("#open")
     owner.expect_request("pending")
 
+    # user_2 first closes the payment window: nothing happened, the fail page says so.
     user_2 = people("user_2", room)
+    user_2.page.click("#pay")
+    user_2.page.wait_for_url(re.compile(re.escape(stack.sandbox) + r"/sandbox/checkout\?"))
+    user_2.page.click("#cancel")
+    user_2.page.wait_for_url(re.compile(r".*/demo/fail\.html\?"))
+    expect(user_2.page.locator("#code")).to_have_text("PAY_PROCESS_CANCELED")
+    expect(user_2.page.locator("#advice")).to_contain_text("결제창을 닫았어요")
+    user_2.back_to_room()
     key = pay_in_window(user_2, stack)
     user_2.back_to_room()
     user_2.expect_share("user_2", "completed")

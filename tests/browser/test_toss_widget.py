@@ -49,6 +49,12 @@ def test_the_toss_widget_is_called_as_toss_documents_and_the_payment_is_confirme
 
     user_2 = people("user_2", room, before_open=toss_mode(stack, WIDGET_CLIENT_KEY), outside=(SDK_URL,))
     page = user_2.page
+    # The payer opens the widget and closes it: nothing was asked of Toss, the page says so and 결제하기 works again.
+    page.click("#pay")
+    expect(page.locator("#checkout")).to_be_visible()
+    page.click("#checkout-close")
+    expect(page.locator("#checkout")).to_be_hidden()
+    expect(page.locator("#error")).to_contain_text("결제를 취소했어요")
     page.click("#pay")
     expect(page.locator("#checkout")).to_be_visible()  # the widget's UI drawn into the page
     expect(page.locator("#payment-method")).to_contain_text("결제수단")
@@ -63,7 +69,7 @@ def test_the_toss_widget_is_called_as_toss_documents_and_the_payment_is_confirme
     order_id = re.search(r"orderId=([^&]+)", page.url).group(1)  # type: ignore[union-attr]
     confirms = [c for c in stack.toss_calls("/v1/payments/confirm", "POST") if c["requestBody"]["orderId"] == order_id]
     assert [(c["requestBody"]["amount"], c["responseStatus"]) for c in confirms] == [(20000, 200)]
-    assert [name for name, _ in calls] == [
+    assert [name for name, _ in calls][-6:] == [
         "TossPayments",
         "widgets",
         "setAmount",
@@ -71,7 +77,7 @@ def test_the_toss_widget_is_called_as_toss_documents_and_the_payment_is_confirme
         "renderAgreement",
         "requestPayment",
     ]
-    args = dict(calls)
+    args = dict(calls[-6:])  # the second opening (the first was closed before requestPayment)
     assert args["TossPayments"] == WIDGET_CLIENT_KEY
     assert args["widgets"] == {"customerKey": "user_2"}  # the customerKey our API's prepare gave
     assert args["setAmount"] == {"currency": "KRW", "value": 20000}
