@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup run test lint typecheck sam-check sam-local browser-test screenshots iac-lint template-resources smoke bench audit chaos migrate seed openapi clean
+.PHONY: setup run test lint typecheck sam-check sam-local browser-test screenshots iac-lint template-resources smoke bench audit chaos migrate seed openapi model clean
 
 $(STAMP): requirements-dev.txt layers/common/requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -83,6 +83,10 @@ smoke: $(STAMP)
 # openapi.json is generated from the functions' Powertools resolvers; a test fails when it is stale.
 openapi: $(STAMP)
 	$(PY) -m local.openapi > openapi.json
+
+# The model-based test with a longer budget: make model ARGS="--examples 2000 [--steps 40] [--seed N]"
+model: setup
+	$(PY) scripts/model.py $(ARGS)
 
 bench: setup
 	$(PY) -m bench

@@ -8,19 +8,23 @@ Everything stays on this machine: MariaDB on 127.0.0.1 (a fresh database of its 
 API on 127.0.0.1 ports chosen by the OS. Each room is driven over HTTP by one client thread, as the app would:
 the admin registers the store (the sandbox approves the seller), the owner opens a request, each participant
 prepares, pays in the sandbox widget and confirms; mixed in are duplicate confirms (one after the other and at
-once), duplicate requests (409), partial and full refunds, the owner cancelling whole requests (also while
-participants are still paying), releases and duplicate releases, automatic releases and expiries by the schedule,
-races of release against cancel and refund, and duplicate webhooks (a fresh delivery and its verbatim replay).
+once), duplicate requests (409), partial and full refunds (a refund unfunds the request: the payer pays the
+difference, or the whole share again, before the release), the owner removing a participant (refunded in the same
+flow) or adding a member, the owner cancelling whole requests (also while participants are still paying), releases
+and duplicate releases, automatic releases and expiries by the schedule, races of release against cancel and
+refund, and duplicate webhooks (a fresh delivery and its verbatim replay).
 
 Meanwhile the sandbox declines 10 % of confirms, loses 5 % of answers after processing them (hanging a little longer
 than our Toss read timeout), and adds latency; a chaos thread KILLs random connections to this run's database
 (and only this database's: other people use the server) every ~0.5 s; the schedule runs every 2 s. Clients retry
 502/503 (same body) a bounded number of times.
 
-Then faults stop, the schedule runs until nothing is left in flight (bounded in time), `escrow.audit` compares the
-ledger with the sandbox, and every payment and payout the sandbox holds is compared with the ledger as a whole (the
-one check the audit cannot make: Toss has no API to list payments). Exit status 1 on any audit finding, any 500
-answer, a mismatch of the totals, or a run that does not settle; such a run keeps its database for inspection.
+Then faults stop, the schedule runs until nothing is left in flight and no refund is owed (bounded in time; the
+settling passes run as if the payout leases and the refunds' back-offs had run out), `escrow.audit` compares the
+ledger with the sandbox and with what each room asked for, and every payment and payout the sandbox holds is
+compared with the ledger as a whole (the one check the audit cannot make: Toss has no API to list payments). Exit
+status 1 on any audit finding, any 500 answer, a mismatch of the totals, a room left open, or a run that does not
+settle; such a run keeps its database for inspection.
 The services' own log lines go to a log file (its path is printed), the figures to standard output.
 """
 
@@ -68,18 +72,26 @@ RETRIES = 6  # tries of one call on 502/503 (and on the codes a call says are wo
 PAY_ATTEMPTS = 6  # payment attempts of one participant (each declined attempt is paid again with a new order)
 SETTLE_SECONDS = 300  # the settle phase gives up after this long (the sandbox sends webhooks on one thread)
 REPLAY_WAIT = 120  # seconds the last replays may wait for their first delivery
+# A release waits for refunds in flight in the room (a removed participant's too); one whose answer was lost is asked
+# again by the schedule once its own worker's time is up (about 13 s here).
+RELEASE_TRIES = 12
+# Answers of a confirm that tell the payer the request closed (or they were removed) while they paid.
+CLOSED_WHILE_PAYING = ("REQUEST_CLOSED", "REQUEST_CLOSED_REFUNDED", "PARTICIPANT_REMOVED", "NOT_A_PARTICIPANT")
 AMOUNTS = (10_000, 15_000, 20_000, 30_000)
 KINDS = {  # flow kind -> weight
-    "release": 22,
-    "partial_refund_then_release": 12,
-    "refund_then_cancel": 10,
-    "owner_cancels": 10,
-    "cancel_while_paying": 8,
-    "expire": 10,
-    "pay_at_the_deadline": 6,
-    "auto_release": 10,
-    "release_races_cancel": 10,
-    "refund_races_release": 8,
+    "release": 18,
+    "partial_refund_pay_difference_release": 10,
+    "refund_pay_again_release": 8,
+    "remove_participant_release": 8,
+    "add_participant_release": 8,
+    "refund_then_cancel": 8,
+    "owner_cancels": 8,
+    "cancel_while_paying": 6,
+    "expire": 8,
+    "pay_at_the_deadline": 5,
+    "auto_release": 8,
+    "release_races_cancel": 8,
+    "refund_races_release": 7,
 }
 
 
@@ -241,7 +253,8 @@ class Room:
     kind: str
     rng: random.Random
     request_id: int | None = None
-    keys: dict[str, str] = field(default_factory=dict)  # payer -> paymentKey of the confirmed payment
+    keys: dict[str, str] = field(default_factory=dict)  # payer -> paymentKey of the latest confirmed payment
+    removed: list[str] = field(default_factory=list)  # participants the owner took out
 
 
 class Replays:
@@ -346,13 +359,13 @@ class Flows:
                 "/api/v1/payment/prepare",
                 {"chat_room_id": room.chat_room_id},
                 user=payer,
-                wait_for=("PAYMENT_IN_PROGRESS", "PAYMENT_OUTCOME_UNKNOWN"),
+                wait_for=("PAYMENT_IN_PROGRESS", "PAYMENT_OUTCOME_UNKNOWN", "REFUND_IN_PROGRESS"),
                 tries=8,
             )
             if prep.status == 409 and prep.code == "ALREADY_PAID":
                 return self._paid(room, payer)
-            if prep.status == 404:
-                return False  # the request was closed (cancelled or expired)
+            if prep.status == 404 or (prep.status == 403 and prep.code == "NOT_A_PARTICIPANT"):
+                return False  # the request was closed (cancelled or expired), or the payer removed from it
             if prep.status != 200:
                 self.unexpected(room, "prepare", prep)
                 time.sleep(0.5)
@@ -379,7 +392,8 @@ class Flows:
                 if rng.random() < 0.2:
                     self.figures.add("mixed_in", "duplicate confirm")
                     again = self._confirm(path, body, payer)
-                    if again.status != 200:
+                    # A repeat answers what is true now: the request may have closed, or the payer been removed.
+                    if again.status != 200 and not (again.status == 409 and again.code in CLOSED_WHILE_PAYING):
                         self.unexpected(room, "duplicate_confirm", again)
                 room.keys[payer] = key
                 if rng.random() < 0.15:
@@ -389,8 +403,8 @@ class Flows:
                 continue  # declined: pay again with a new order
             if answer.status == 409 and answer.code == "ALREADY_PAID":
                 return self._paid(room, payer)
-            if answer.status == 404:
-                return False
+            if answer.status == 404 or (answer.status in (403, 409) and answer.code in CLOSED_WHILE_PAYING):
+                return False  # the request closed (or the payer was removed) while they paid: refunded if charged
             if answer.status in (0, 502, 503):
                 continue  # still unknown after our retries: the schedule settles it; prepare waits for that
             self.unexpected(room, "confirm", answer)
@@ -436,6 +450,7 @@ class Flows:
             {"chat_room_id": room.chat_room_id},
             user=room.owner,
             wait_for=("REFUND_IN_PROGRESS",),
+            tries=RELEASE_TRIES,
         )
         fine = a.status == 200 or (a.status == 409 and a.code == "ALREADY_RELEASED")
         raced = a.status in (404, 409) and race
@@ -465,6 +480,50 @@ class Flows:
                 self.unexpected(room, "cancel_request", a)
         return a
 
+    def remove_participant(self, room: Room, user: str) -> bool:
+        """The owner takes a participant out; what they hold is refunded in the same flow. True once they are out
+        (also when an earlier try went through and its answer was lost: the retry answers NOT_A_PARTICIPANT)."""
+        a = self.api.post(
+            "/api/v1/payment/participants/remove",
+            {"chat_room_id": room.chat_room_id, "user_id": user, "reason": "모임에서 빠짐"},
+            user=room.owner,
+            wait_for=("PAYMENT_IN_PROGRESS", "REFUND_IN_PROGRESS"),
+            tries=10,
+        )
+        if a.status in (200, 202):
+            room.removed.append(user)
+            return True
+        removed = {p["payer_id"] for p in self.status(room).get("removed_participants", [])}
+        if user in removed:
+            room.removed.append(user)
+            return True
+        self.unexpected(room, "remove_participant", a)
+        return False
+
+    def add_participant(self, room: Room, user: str) -> bool:
+        a = self.api.post(
+            "/api/v1/payment/participants/add",
+            {"chat_room_id": room.chat_room_id, "user_id": user},
+            user=room.owner,
+            wait_for=("REFUND_IN_PROGRESS",),
+        )
+        if a.status == 201 or (a.status == 409 and a.code == "ALREADY_A_PARTICIPANT"):  # our retried add went through
+            return True
+        self.unexpected(room, "add_participant", a)
+        return False
+
+    def release_or_cancel(self, room: Room, done: str) -> str:
+        """Release a room the flow funded; a room it could not fund (a payer gave up) is cancelled."""
+        a = self.release(room, race=True)
+        if released(a):
+            return done
+        if a.status == 409 and a.code == "REQUEST_NOT_FUNDED":
+            self.cancel_request(room)
+            return "not funded: cancelled"
+        self.unexpected(room, "release", a)
+        self.cancel_request(room)
+        return "release refused: cancelled"
+
     # --- the flows ---
 
     def run(self, room: Room) -> str:
@@ -487,9 +546,15 @@ class Flows:
             extra["expires_at"] = (now + timedelta(seconds=rng.uniform(1.0, 2.5))).isoformat()
         elif kind == "auto_release":
             extra["release_at"] = (now + timedelta(seconds=rng.uniform(1, 4))).isoformat()
+        if kind == "add_participant_release":
+            extra["participant_ids"] = room.members[:-1]  # the last member is added later
         if not self.open_request(room, **extra):
             return "request not opened"
         payers = room.members
+        if kind == "add_participant_release":
+            return self._add_participant_flow(room)
+        if kind == "remove_participant_release":
+            return self._remove_participant_flow(room)
         if kind == "expire":
             payers = room.members[: rng.randint(0, len(room.members) - 1)]  # never everyone: it must expire
         if kind == "cancel_while_paying":
@@ -511,10 +576,21 @@ class Flows:
             return "not everyone could pay: cancelled"
         if kind == "release":
             return "released" if released(self.release(room)) else "release refused"
-        if kind == "partial_refund_then_release":
+        if kind == "partial_refund_pay_difference_release":
+            # A partial refund unfunds the request: the payer pays the difference, then the owner releases.
             payer = rng.choice(paid)
-            self.refund(room, payer, rng.randrange(1_000, room.amount // 2, 100))
-            return "partly refunded, released" if released(self.release(room)) else "release refused"
+            a = self.refund(room, payer, rng.randrange(1_000, room.amount // 2, 100))
+            if a.status in (200, 202) and not self.pay(room, payer):
+                self.cancel_request(room)
+                return "the difference not paid: cancelled"
+            return self.release_or_cancel(room, "partly refunded, difference paid, released")
+        if kind == "refund_pay_again_release":
+            payer = rng.choice(paid)
+            a = self.refund(room, payer, None)
+            if a.status in (200, 202) and not self.pay(room, payer):
+                self.cancel_request(room)
+                return "not paid again: cancelled"
+            return self.release_or_cancel(room, "refunded, paid again, released")
         if kind == "refund_then_cancel":
             self.refund(room, rng.choice(paid), None)
             self.cancel_request(room)
@@ -568,6 +644,52 @@ class Flows:
             }
             return outcomes[(refunded, went)]
         raise AssertionError(kind)
+
+    def _add_participant_flow(self, room: Room) -> str:
+        """The request is opened without the last member; the owner adds them (before or after the others paid:
+        a funded request waits for them again), they pay, and the owner releases."""
+        rng, newcomer = room.rng, room.members[-1]
+        first = room.members[:-1]
+        early = rng.random() < 0.4
+        if early and not self.add_participant(room, newcomer):
+            self.cancel_request(room)
+            return "add refused: cancelled"
+        paid = [payer for payer in first if self.pay(room, payer)]
+        if not early and not self.add_participant(room, newcomer):
+            self.cancel_request(room)
+            return "add refused: cancelled"
+        if len(paid) < len(first) or not self.pay(room, newcomer):
+            self.cancel_request(room)
+            return "not everyone could pay: cancelled"
+        return self.release_or_cancel(room, f"member added {'before' if early else 'after'} the others paid, released")
+
+    def _remove_participant_flow(self, room: Room) -> str:
+        """Everyone pays but one, who pays or not, or is paying right when the owner removes them; the owner removes
+        that one (what they paid is refunded, a charge landing after the removal too), the rest is funded without
+        them, and the owner releases."""
+        rng = room.rng
+        victim = rng.choice(room.members)
+        how = rng.choices(("paid", "unpaid", "paying"), (5, 3, 2))[0]
+        others = [m for m in room.members if m != victim]
+        payers = [*others, victim] if how == "paid" else list(others)
+        rng.shuffle(payers)
+        paid = [payer for payer in payers if self.pay(room, payer)]
+        if how == "paying":
+            self.figures.add("mixed_in", "removal while paying")
+            with ThreadPoolExecutor(1) as pool:
+                paying = pool.submit(self.pay, room, victim)
+                time.sleep(rng.uniform(0.0, 0.3))
+                removed = self.remove_participant(room, victim)
+                paying.result()
+        else:
+            removed = self.remove_participant(room, victim)
+        if not removed:
+            self.cancel_request(room)
+            return "removal refused: cancelled"
+        if any(m not in paid for m in others):
+            self.cancel_request(room)
+            return "not everyone left could pay: cancelled"
+        return self.release_or_cancel(room, f"{how} participant removed, released")
 
 
 def released(answer: Answer) -> bool:
@@ -636,6 +758,8 @@ class Inspector:
             "orders in flight": "SELECT COUNT(*) n FROM {db}.payment_orders "
             "WHERE status IN ('in_progress', 'unknown', 'refund_pending')",
             "refunds in flight": "SELECT COUNT(*) n FROM {db}.payment_cancels WHERE status IN ('requested', 'unknown')",
+            "refunds owed": "SELECT COUNT(*) n FROM {db}.payment_cancels "
+            "WHERE status = 'failed' AND next_attempt_at IS NOT NULL",
             "requests overdue": "SELECT COUNT(*) n FROM {db}.payment_requests WHERE "
             "(status = 'pending' AND expires_at <= UTC_TIMESTAMP(3)) OR "
             "(status = 'completed' AND release_at <= UTC_TIMESTAMP(3))",
@@ -861,6 +985,10 @@ def _run_stack(
         ).raise_for_status()
         rooms = plan_rooms(opts, rng)
         inspector.execute_many(
+            "INSERT INTO {db}.chat_rooms (chat_room_id, owner_id, updated_by) VALUES (%s, %s, 'chat-service')",
+            [(r.chat_room_id, r.owner) for r in rooms],
+        )
+        inspector.execute_many(
             "INSERT INTO {db}.chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s)",
             [(r.chat_room_id, r.owner, 1) for r in rooms] + [(r.chat_room_id, m, 0) for r in rooms for m in r.members],
         )
@@ -983,8 +1111,14 @@ def _run_stack(
             "wall": round(time.monotonic() - started, 1),
         },
     }
+    left_open = sum(n for status, n in requests_by_status.items() if status in ("pending", "completed"))
+    result["rooms_left_open"] = left_open
     result["ok"] = (
-        not report.findings and not figures.server_errors and not any(left.values()) and not cross["mismatches"]
+        not report.findings
+        and not figures.server_errors
+        and not any(left.values())
+        and not cross["mismatches"]
+        and not left_open
     )
     return result
 
@@ -1034,7 +1168,8 @@ def _payout_items(response: requests.Response) -> list[dict[str, Any]]:
 
 
 def settle(sandbox: Sandbox, inspector: Inspector) -> tuple[int, dict[str, int]]:
-    """Run the schedule until nothing is in flight, every webhook delivered and every payout final (bounded)."""
+    """Run the schedule until nothing is in flight, no refund is owed, every webhook delivered and every payout final
+    (bounded)."""
     from escrow.clock import utcnow
     from escrow.services import jobs, payouts
 
@@ -1048,6 +1183,13 @@ def settle(sandbox: Sandbox, inspector: Inspector) -> tuple[int, dict[str, int]]
         attempt += 1
         # From the second pass on, the schedule runs as if those minutes had passed.
         shift = later if attempt > 1 else timedelta(0)
+        if attempt > 1:
+            # Refunds Toss refused for a reason that passes are asked again after a back-off of minutes, compared
+            # with the database's clock: bring those next attempts forward, as if the back-off had run out.
+            inspector.all(
+                "UPDATE {db}.payment_cancels SET next_attempt_at = NOW(3) "
+                "WHERE status = 'failed' AND next_attempt_at > NOW(3)"
+            )
         try:
             jobs.run_scheduled(jobs="all", now=lambda shift=shift: utcnow() + shift)
         except Exception:  # noqa: BLE001 - a failed pass is followed by the next
@@ -1101,6 +1243,8 @@ def print_result(result: dict[str, Any], out: Any) -> None:
     left = {k: v for k, v in result["unsettled"].items() if v}
     p("settled after", f"{result['settle_passes']} pass(es); left: {_line(left)}")
     p("requests by status", _line(result["requests_by_status"]))
+    if result["rooms_left_open"]:
+        p("rooms left open", f"{result['rooms_left_open']} (every flow ends by releasing, cancelling or expiring)")
     p("ledger (KRW)", _line(result["ledger"]))
     c = result["cross_check"]
     p(

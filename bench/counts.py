@@ -75,10 +75,9 @@ def main() -> int:
     try:
         with db.transaction() as tx:
             tx.execute("INSERT INTO stores (store_id, owner_id) VALUES ('store_b', 'store_owner')")
-            tx.executemany(
-                "INSERT INTO chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s)",
-                [(77, "user_1", 1), (77, "user_2", 0), (77, "user_3", 0)],
-            )
+        from escrow.services import rooms
+
+        rooms.sync_membership(77, "user_1", ["user_2", "user_3"], updated_by="chat-service")
         measure(
             "POST /admin/stores",
             "release",

@@ -322,7 +322,8 @@ class Seeder:
         now = datetime.now(UTC).replace(tzinfo=None)
         request_id = self._next_id("payment_requests")
         payment_id = self._next_id("payments")
-        members, requests, payments, orders, ledger, outbox = [], [], [], [], [], []
+        members, requests, payments, orders, ledger, outbox, charges = [], [], [], [], [], [], []
+        known_rooms = []
         rooms = []
         first_render = True
         for k in range(n):
@@ -333,6 +334,7 @@ class Seeder:
             store_id = stores[k % len(stores)]
             room = Room(room_id, request_id if request_status else None, owner, store_id)
             members.append((room_id, owner, 1))
+            known_rooms.append((room_id, owner))
             for i, state in enumerate(states):
                 payer = f"u{room_id}_{i}"
                 members.append((room_id, payer, 0))
@@ -390,6 +392,9 @@ class Seeder:
                     )
                 )
                 orders.append((order_id, share.payment_id, share.payer_id, self.amount, "done", record.payment_key))
+                charges.append(
+                    (record.payment_key, order_id, share.payment_id, request_id, self.amount, "held", "DONE", now)
+                )
                 ledger.append(
                     (request_id, share.payment_id, "charge", self.amount, record.payment_key, share.payer_id, "confirm")
                 )
@@ -398,18 +403,21 @@ class Seeder:
                     (
                         "EscrowFunded",
                         str(request_id),
-                        f"EscrowFunded:{request_id}:{len(states)}:{len(states)}",
+                        f"EscrowFunded:{request_id}:1",
                         json.dumps({"payment_request_id": request_id, "chat_room_id": room_id}),
                         now,
                     )
                 )
             request_id += 1
+        self._insert(
+            "INSERT INTO chat_rooms (chat_room_id, owner_id, updated_by) VALUES (%s, %s, 'chat-service')", known_rooms
+        )
         self._insert("INSERT INTO chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s)", members)
         self._insert(
             "INSERT INTO payment_requests (id, chat_room_id, store_id, requester_id, amount, message, status, "
-            "participant_count, release_at, expires_at, completed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s, %s)",
-            requests,
+            "participant_count, funding_round, release_at, expires_at, completed_at) VALUES (%s, %s, %s, %s, %s, %s, "
+            "%s, %s, %s, %s, %s, %s)",
+            [(*r[:8], 1 if r[6] == "completed" else 0, *r[8:]) for r in requests],
         )
         self._insert(
             "INSERT INTO payments (id, payment_request_id, payer_id, amount, status, order_id, payment_key, method, "
@@ -422,6 +430,12 @@ class Seeder:
             "INSERT INTO payment_orders (order_id, payment_id, payer_id, amount, status, payment_key) "
             "VALUES (%s, %s, %s, %s, %s, %s)",
             orders,
+        )
+        self._insert(
+            "INSERT INTO payment_charges (payment_key, order_id, payment_id, payment_request_id, amount, status, "
+            "toss_status, approved_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            charges,
+            chunk=500,
         )
         self._insert(
             "INSERT INTO ledger_entries (payment_request_id, payment_id, entry_type, amount, reference, actor, reason) "

@@ -234,6 +234,10 @@ def function_for(template: dict[str, Any], event: dict[str, Any]) -> str:
                 scheduled = json.loads(props.get("Input") or "{}")
                 if scheduled.get("source") == event.get("source"):
                     return str(logical_id)
+            elif spec.get("Type") == "EventBridgeRule" and "detail-type" in event:
+                # The rule's pattern names the detail-type (its source is a parameter: the chat service's).
+                if event["detail-type"] in ((props.get("Pattern") or {}).get("detail-type") or []):
+                    return str(logical_id)
     raise Failed(f"no function in template.yaml takes {event.get('routeKey') or event.get('source')!r}")
 
 
@@ -719,6 +723,27 @@ def invoke_phase(invoke: Invoker, settings: Settings, sandbox: Sandbox, report: 
     cancel = load_event("cancel.json")
     body = {**event_body(cancel), "paymentKey": key2}
     step("cancel.json", "200", refreshed(cancel, token=payer2, body=body), {"refund_status": "refunded"})
+    # The chat service sends the room's membership (a service token, then its event); the owner takes user_3 out of
+    # the request (nothing paid: nothing to refund) and adds them back.
+    step(
+        "room_members_put.json",
+        "200",
+        refreshed(load_event("room_members_put.json"), token=admin),
+        {"applied": True, "owner_id": "user_1"},
+    )
+    step("membership_changed.json", "ok", load_event("membership_changed.json"), {"applied": True})
+    step(
+        "participant_remove.json",
+        "200",
+        refreshed(load_event("participant_remove.json"), token=owner),
+        {"payment_status": "removed", "refund_status": "not_needed"},
+    )
+    step(
+        "participant_add.json",
+        "201",
+        refreshed(load_event("participant_add.json"), token=owner),
+        {"payment_status": "pending"},
+    )
     step(
         "cancel_room.json",
         "200",

@@ -9,6 +9,8 @@ when the command contains it (e.g. ``python -m local.jwt {user}``; deployed, you
 Steps (each printed with the HTTP status and the answer, secrets never):
   1. with --admin: POST /api/v1/admin/stores registers the store (on a stack without Toss payouts the seller is
      refused, but the store row is kept, which is all a payment request needs);
+  1b. with --admin and without --room-has-members: the room's membership, as the chat service sends it (PUT
+     /api/v1/admin/rooms/{room}/members: the owner and --payer; a room we have no membership for is refused);
   2. the owner opens a request for --payer (POST /request; an open request of the room is reused);
   3. GET /status;  4. the payer prepares an order (POST /prepare): orderId and amount for Toss's payment window;
   5. the payer pays in Toss's test window (the widget with your test client key, orderId and amount) and the
@@ -129,6 +131,16 @@ def run(args: argparse.Namespace) -> int:
             },
         )
         show("1. register store (admin)", status, answer)
+        if not args.room_has_members:
+            status, answer = call(
+                "PUT",
+                f"{api}/api/v1/admin/rooms/{room}/members",
+                admin,
+                {"owner_id": args.owner, "member_ids": [args.payer]},
+            )
+            show("1b. room membership (chat service)", status, answer)
+            if status != 200:
+                raise SmokeFailed("the room's membership was not accepted")
 
     if not args.order_id:
         body: dict[str, Any] = {
@@ -137,8 +149,6 @@ def run(args: argparse.Namespace) -> int:
             "amount": args.amount,
             "message": "smoke test deposit",
         }
-        if not args.room_has_members:
-            body["participant_ids"] = [args.payer]
         status, answer = call("POST", f"{api}/api/v1/payment/request", owner, body)
         show("2. open request (owner)", status, answer)
         if status not in (200, 201) and not (isinstance(answer, dict) and "OPEN_REQUEST_EXISTS" in json.dumps(answer)):

@@ -104,7 +104,11 @@ def make_room(sql: pymysql.connections.Connection):
                 "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s)",
                 (store_id, f"store_owner_{tag}", "테스트 가게"),
             )
-            if with_member_rows:
+            if with_member_rows:  # what the chat service's membership sync writes (escrow.services.rooms)
+                cur.execute(
+                    "INSERT INTO chat_rooms (chat_room_id, owner_id, updated_by) VALUES (%s, %s, 'chat-service')",
+                    (room_id, owner),
+                )
                 cur.executemany(
                     "INSERT INTO chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s)",
                     [(room_id, owner, 1)] + [(room_id, m, 0) for m in members],

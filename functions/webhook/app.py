@@ -27,6 +27,10 @@ def _answer(outcome: service.Outcome) -> Response[Any]:
         return Response(401, JSON, {"error": {"code": "WEBHOOK_NOT_VERIFIED", "message": outcome.reason}})
     if result is service.Result.INVALID_JSON:
         return Response(400, JSON, {"error": {"code": "INVALID_JSON", "message": "the body is not a JSON object"}})
+    if result is service.Result.TOO_LARGE:
+        return Response(413, JSON, {"error": {"code": "PAYLOAD_TOO_LARGE", "message": outcome.reason}})
+    if result is service.Result.THROTTLED:
+        return Response(429, JSON, {"error": {"code": "TOO_MANY_DELIVERIES", "message": outcome.reason}})
     return Response(503, JSON, {"error": {"code": "TRY_AGAIN", "message": "could not process the webhook now"}})
 
 
@@ -34,7 +38,7 @@ def _answer(outcome: service.Outcome) -> Response[Any]:
     "/api/v1/payment/webhook",
     summary="Toss webhooks (no JWT; verified per event type)",
     operation_id="post_payment_webhook",
-    responses=documented(200, WebhookAck, (400, 401, 413, 503), webhook=True),
+    responses=documented(200, WebhookAck, (400, 401, 413, 429, 503), webhook=True),
 )
 def webhook() -> Response[Any]:
     return _answer(service.receive(dict(app.current_event.headers), app.raw_body))

@@ -1,6 +1,8 @@
-"""A small chaos run (bench/chaos.py) in the suite: rooms paid, refunded, cancelled, released and expired at once
-while Toss declines, loses answers and lags, and database connections are killed; afterwards the schedule settles
-everything and the ledger audit finds nothing."""
+"""A small chaos run (bench/chaos.py) in the suite: rooms paid, refunded (then paid again: the difference after a
+partial refund, the whole share after a full one), regrouped (a participant removed, a member added), cancelled,
+released and expired at once while Toss declines, loses answers and lags, and database connections are killed;
+afterwards the schedule settles everything, every room is closed, and the ledger audit (Toss's record and the
+rules of intent) finds nothing."""
 
 from __future__ import annotations
 
@@ -57,4 +59,12 @@ def test_a_small_chaos_run_settles_with_no_audit_finding_and_no_500(tmp_path: Pa
     assert result["faults"].get("lose_answer", 0) > 0 and result["faults"].get("latency", 0) > 0
     assert result["toss"]["approvals"] > 0 and result["toss"]["cancels"] > 0 and result["toss"]["payouts"] > 0
     assert set(result["requests_by_status"]) <= {"released", "cancelled", "expired"}
+    assert result["rooms_left_open"] == 0
+    # The lifecycles of issue 7 ran: paying again after a refund, removing and adding a participant.
+    assert {
+        "partial_refund_pay_difference_release",
+        "refund_pay_again_release",
+        "remove_participant_release",
+        "add_participant_release",
+    } <= set(result["flows"])
     assert run.stdout.rstrip().endswith("result: PASS")

@@ -726,7 +726,7 @@ def test_signed_events_that_do_not_verify_are_logged_and_change_nothing(as_user,
             "tosspayments-webhook-transmission-time": (now + timedelta(seconds=1)).isoformat(timespec="seconds"),
         },
         "no transmission time": {k: v for k, v in fresh.items() if k != "tosspayments-webhook-transmission-time"},
-        "three hours old": signed_at(now - timedelta(hours=3)),
+        "nine days old (older than any retry of Toss's)": signed_at(now - timedelta(days=9)),
         "an hour in the future": signed_at(now + timedelta(hours=1)),
     }
     for name, headers in variants.items():
@@ -761,6 +761,14 @@ def test_signed_events_that_do_not_verify_are_logged_and_change_nothing(as_user,
     )
     replay = requests.post(hook, data=body, headers=fresh, timeout=10)
     assert replay.status_code == 200 and replay.json() == {"status": "duplicate"}
+    # Toss's own retry hours later, with the original transmission time (a resend from its dashboard): recognised,
+    # never refused as stale (a 401 there would make Toss retry for days, and seller.changed has no polling).
+    late = {
+        **signed_at(now - timedelta(hours=3)),
+        "tosspayments-webhook-transmission-id": fresh["tosspayments-webhook-transmission-id"],
+    }
+    late_answer = requests.post(hook, data=body, headers=late, timeout=10)
+    assert late_answer.status_code == 200 and late_answer.json() == {"status": "duplicate"}, late_answer.text
     again = {**signed_headers(body), "tosspayments-webhook-transmission-id": f"whtrans_{uuid.uuid4().hex}"}
     replay = requests.post(hook, data=body, headers=again, timeout=10)  # same eventId, new transmission
     assert replay.status_code == 200 and replay.json() == {"status": "duplicate"}
@@ -795,7 +803,8 @@ def test_payment_events_are_checked_with_toss_never_believed(as_user, toss, make
         assert logged[0]["verification"] == "fetched", logged  # what counts is what Toss says when asked
 
     crafted = [
-        ("unknown paymentKey", {"data": {"paymentKey": "tgen_20260101000000FAKE1", "status": "DONE"}}, 401),
+        # Not a payment of ours: not looked up at Toss, nothing kept, 200 (issue 7, finding 11).
+        ("unknown paymentKey", {"data": {"paymentKey": "tgen_20260101000000FAKE1", "status": "DONE"}}, 200),
         (
             "orderId only, claims DONE",
             {"data": {"orderId": order2["orderId"], "status": "DONE", "totalAmount": 15000}},
@@ -825,6 +834,11 @@ def test_payment_events_are_checked_with_toss_never_believed(as_user, toss, make
     assert toss.payment(refunded_key)["status"] == "CANCELED" and toss.payment(aborted_key)["status"] == "ABORTED"
 
 
+SHARE_OF_CHARGE = (
+    "SELECT p.status FROM payments p JOIN payment_charges c ON c.payment_id = p.id WHERE c.payment_key = %s"
+)
+
+
 def test_deposit_callbacks_need_the_payments_secret_and_toss_to_agree(as_user, toss, make_room, sql, api):
     hook = f"{api}/api/v1/payment/webhook"
     room = make_room(1)
@@ -837,7 +851,9 @@ def test_deposit_callbacks_need_the_payments_secret_and_toss_to_agree(as_user, t
         {"chat_room_id": room.chat_room_id, "amount": 15000, "paymentKey": key, "orderId": order["orderId"]},
     )
     assert r.status_code == 200 and r.json()["payment_status"] == "in_progress", r.text
-    secret = eventually(lambda: rows(sql, "SELECT secret FROM payments WHERE payment_key = %s", key)[0]["secret"])
+    secret = eventually(
+        lambda: rows(sql, "SELECT secret FROM payment_charges WHERE payment_key = %s", key)[0]["secret"]
+    )
     webhooks_settled(toss)
     before = fingerprint(sql)
 
@@ -864,11 +880,11 @@ def test_deposit_callbacks_need_the_payments_secret_and_toss_to_agree(as_user, t
     logged = finished_webhook_rows(sql, sent["transmissionId"])
     assert (logged[0]["verification"], logged[0]["outcome"]) == ("secret_mismatch", "rejected")
     assert fingerprint(sql) == before
-    assert rows(sql, "SELECT status FROM payments WHERE payment_key = %s", key)[0]["status"] == "in_progress"
+    assert rows(sql, SHARE_OF_CHARGE, key)[0]["status"] == "in_progress"
 
     # The real deposit: Toss's own callback completes it once; a replay of that delivery changes nothing more.
     toss.control(f"payments/{key}/deposit", {})
-    eventually(lambda: rows(sql, "SELECT status FROM payments WHERE payment_key = %s", key)[0]["status"] == "completed")
+    eventually(lambda: rows(sql, SHARE_OF_CHARGE, key)[0]["status"] == "completed")
     deposit = eventually(
         lambda: [
             w
@@ -892,7 +908,8 @@ def test_webhook_bodies_that_are_not_events_are_logged_and_refused(api, sql):
     cases = [
         ("not JSON", b"eventType=PAYMENT_STATUS_CHANGED", 400),
         ("an array", b"[]", 400),
-        ("deeply nested", b"[" * 30_000 + b"]" * 30_000, 400),
+        ("deeply nested", b"[" * 30_000 + b"]" * 30_000, 413),  # larger than any Toss webhook
+        ("deeply nested, small", b"[" * 10_000 + b"]" * 10_000, 400),
         ("lone surrogate", b'{"eventType": "\\ud800", "eventId": "\\udfff"}', 400),
         ("unknown event", json.dumps({"eventType": "DROP TABLE payments; --"}).encode(), 200),
         ("no event type", b"{}", 200),
@@ -957,6 +974,10 @@ class DbProxy:
     def down_when(self, pattern: bytes) -> None:
         self._arm(pattern, "down")
 
+    def cut_after(self, pattern: bytes) -> None:
+        """The statement containing `pattern` reaches MariaDB (and is done), but its answer never comes back."""
+        self._arm(pattern, "cut_after")
+
     def _arm(self, pattern: bytes, action: str) -> None:
         self.triggered.clear()
         with self._lock:
@@ -1018,14 +1039,14 @@ class DbProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                if from_client and self._fire(data, pair):
+                if from_client and self._fire(data, pair, dst):
                     return
                 dst.sendall(data)
         except OSError:
             pass
         self._drop(pair)
 
-    def _fire(self, data: bytes, pair: tuple[socket.socket, socket.socket]) -> bool:
+    def _fire(self, data: bytes, pair: tuple[socket.socket, socket.socket], dst: socket.socket) -> bool:
         with self._lock:
             if self._trigger is None or self._trigger[0] not in data:
                 return False
@@ -1033,7 +1054,11 @@ class DbProxy:
             self._trigger = None
             if action == "down":
                 self._mode = "refuse"
-        if action == "down":
+        if action == "cut_after":
+            dst.sendall(data)
+            time.sleep(0.3)  # MariaDB has done it; its answer is dropped with the connection
+            self._drop(pair)
+        elif action == "down":
             self._kill_all()
         else:
             self._drop(pair)
@@ -1280,3 +1305,57 @@ def test_an_unreachable_database_is_a_503_everywhere_and_recovery_needs_no_resta
     )
     assert funded[0]["n"] == 1
     assert os.path.exists(f"/proc/{fragile.pid}")  # the same process throughout
+
+
+# --- issue 7, finding 8: a 503 after a commit never says that nothing changed --------------------------------
+
+
+def test_a_release_whose_commit_answer_is_lost_says_so_and_the_retry_gets_the_first_outcome(
+    fragile, toss, make_room, sql, no_webhooks
+):
+    room = make_room(1)
+    owner = fragile.client(room.owner)
+    r = owner.post(
+        "/api/v1/payment/request", {"chat_room_id": room.chat_room_id, "store_id": room.store_id, "amount": 15000}
+    )
+    request_id = r.json()["payment_request_id"]
+    paid, _ = _pay_through(fragile, toss, room, room.members[0])
+    assert paid.status_code == 200, paid.text
+    fragile.proxy.cut_after(b"COMMIT")  # MariaDB commits; the answer to COMMIT never arrives
+    r = owner.post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
+    if r.status_code == 503:
+        error = r.json()["error"]
+        assert "nothing was changed" not in error["message"] and error.get("outcome") == "unknown", r.text
+    else:
+        assert r.status_code == 200, r.text
+    assert _request_status(sql, request_id) == "released"
+    retry = owner.post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
+    body = retry.json()
+    if retry.status_code == 409:
+        body = body["error"]
+        assert body["code"] == "ALREADY_RELEASED"
+    else:
+        assert retry.status_code == 200, retry.text
+    assert [p["amount"] for p in body["released_payments"]] == [15000]
+    assert body["settlement"]["gross_amount"] == 15000
+
+
+def test_a_room_cancel_whose_commit_answer_is_lost_is_answered_by_the_retry(fragile, toss, make_room, sql, no_webhooks):
+    room = make_room(1)
+    owner = fragile.client(room.owner)
+    r = owner.post(
+        "/api/v1/payment/request", {"chat_room_id": room.chat_room_id, "store_id": room.store_id, "amount": 15000}
+    )
+    request_id = r.json()["payment_request_id"]
+    paid, body = _pay_through(fragile, toss, room, room.members[0])
+    assert paid.status_code == 200, paid.text
+    fragile.proxy.cut_after(b"COMMIT")
+    cancel = {"chat_room_id": room.chat_room_id, "cancelReason": "가게 사정"}
+    r = owner.post("/api/v1/payment/cancel", cancel)
+    if r.status_code == 503:
+        assert "nothing was changed" not in r.json()["error"]["message"], r.text
+    assert _request_status(sql, request_id) == "cancelled"
+    retry = owner.post("/api/v1/payment/cancel", cancel)
+    assert retry.status_code in (200, 202), retry.text
+    assert retry.json()["payment_request_status"] == "cancelled"
+    eventually(lambda: toss.payment(body["paymentKey"])["balanceAmount"] == 0 or None, timeout=20)

@@ -25,6 +25,7 @@ from escrow.services import payments as payment_service
 from escrow.services import payouts as payout_service
 from escrow.services import release as release_service
 from escrow.services import requests as request_service
+from escrow.services import rooms as room_service
 from escrow.services import stores as store_service
 from escrow.toss.client import TossClient
 from tests.conftest import MYSQL_URL, ROOT
@@ -134,11 +135,7 @@ def funded_rooms(sql: Any, sandbox: Any, toss: TossClient, store_ids: list[str],
     base = uuid.uuid4().int % 10**9 * 1000
     for i in range(n):
         room, owner, payer = base + i, f"owner{i}", f"payer{i}"
-        with sql.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s)",
-                [(room, owner, 1), (room, payer, 0)],
-            )
+        room_service.sync_membership(room, owner, [payer], updated_by="chat-service")
         opened = request_service.create_payment_request(
             Principal(owner),
             CreatePaymentRequestBody(

@@ -250,7 +250,7 @@ def _forward_later(port: int, delay: float, target: tuple[str, int]) -> threadin
         listener = socket.create_server(("127.0.0.1", port))
         listener.settimeout(20)
         try:
-            for _ in range(8):  # the migration's few connections, then the test's end
+            for _ in range(64):  # the migration's connections (a few per migration file), then the test's end
                 try:
                     client, _ = listener.accept()
                 except TimeoutError:

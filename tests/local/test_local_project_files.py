@@ -13,7 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS = sorted((ROOT / "events").glob("*.json"))
 
 ARCHITECTURE_ROUTES = {
-    "RequestFunction": {"POST /api/v1/payment/request", "GET /api/v1/payment/status/{chatRoomId}"},
+    "RequestFunction": {
+        "POST /api/v1/payment/request",
+        "GET /api/v1/payment/status/{chatRoomId}",
+        "POST /api/v1/payment/participants/add",
+        "POST /api/v1/payment/participants/remove",
+        "PUT /api/v1/admin/rooms/{chatRoomId}/members",
+    },
     "ConfirmFunction": {
         "POST /api/v1/payment/prepare",
         "POST /api/v1/payment/initiate",
@@ -22,11 +28,13 @@ ARCHITECTURE_ROUTES = {
     "CancelFunction": {"POST /api/v1/payment/cancel"},
     "ReleaseFunction": {"POST /api/v1/payment/release", "POST /api/v1/admin/stores"},
     "WebhookFunction": {"POST /api/v1/payment/webhook"},
+    "MembershipFunction": set(),  # RoomMembershipChanged events from the chat service (EventBridge), no route
     "MigrateFunction": set(),  # the CloudFormation custom resource and manual runs; no route
 }
 SECRET_VARS = {
     "MigrateFunction": {"DB_SECRET_ARN"},
-    "RequestFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN"},
+    "MembershipFunction": {"DB_SECRET_ARN"},
+    "RequestFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN", "TOSS_SECRET_ARN"},  # a removed participant is refunded
     "ConfirmFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN", "TOSS_SECRET_ARN"},
     "CancelFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN", "TOSS_SECRET_ARN"},
     "ReleaseFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN", "TOSS_SECRET_ARN"},
@@ -89,9 +97,17 @@ def test_local_defaults_are_the_architecture_ones() -> None:
 def test_every_http_event_matches_a_route_of_the_template(path: Path, template) -> None:
     event = json.loads(path.read_text(encoding="utf-8"))
     if "routeKey" not in event:
-        assert event["source"] == "escrow.schedule", "a non-HTTP event must be the scheduled one"
-        schedule_input = template.functions["ReleaseFunction"].schedules[0]["input"]
-        assert set(event) == set(schedule_input)
+        # The other events: the schedule's, and the chat service's membership event (MembershipFunction's rule).
+        assert (event["source"], event.get("detail-type")) in (
+            ("escrow.schedule", None),
+            ("chat.service", "RoomMembershipChanged"),
+        ), "a non-HTTP event must be the scheduled one or a RoomMembershipChanged"
+        if event["source"] == "escrow.schedule":
+            schedule_input = template.functions["ReleaseFunction"].schedules[0]["input"]
+            assert set(event) == set(schedule_input)
+        else:  # an EventBridge event as the MembershipFunction's rule delivers it
+            assert {"version", "id", "detail-type", "source", "time", "region", "detail"} <= set(event)
+            assert {"chat_room_id", "owner_id", "member_ids"} <= set(event["detail"])
         return
     assert event["version"] == "2.0"
     assert event["routeKey"] == event["requestContext"]["routeKey"]

@@ -312,6 +312,10 @@ class Rooms:
                 "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s)",
                 (room.store_id, f"store_owner_{tag}", "테스트 가게"),
             )
+            cur.execute(  # what the chat service's membership sync writes (escrow.services.rooms)
+                "INSERT INTO chat_rooms (chat_room_id, owner_id, updated_by) VALUES (%s, %s, 'chat-service')",
+                (room_id, room.owner),
+            )
             cur.executemany(
                 "INSERT INTO chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s)",
                 [(room_id, room.owner, 1)] + [(room_id, m, 0) for m in room.members],

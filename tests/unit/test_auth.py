@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from escrow.auth import authenticate
 from escrow.config import LOCAL_JWT_SECRET, reset_settings
-from escrow.errors import Unauthorized
+from escrow.errors import AppError, Unauthorized
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +117,44 @@ def test_admin_role_claim_marks_admins():
     assert authenticate(bearer(hs({"user_id": "a", "exp": future(), "role": "admin"}))).is_admin
     assert authenticate(bearer(hs({"user_id": "a", "exp": future(), "role": ["x", "admin"]}))).is_admin
     assert not authenticate(bearer(hs({"user_id": "a", "exp": future()}))).is_admin
+
+
+# --- issue 7, finding 12: auth fails closed inside Lambda, exp is a number, tokens do not live for ever ----------
+
+
+def test_inside_lambda_an_unset_app_env_is_not_local(monkeypatch):
+    monkeypatch.delenv("APP_ENV", raising=False)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "escrow-dev-RequestFunction")
+    reset_settings()
+    with pytest.raises(AppError) as refused:
+        authenticate(bearer(hs({"user_id": "user_2", "exp": future()})))  # the repository's public local secret
+    assert (refused.value.status, refused.value.code) == (503, "AUTH_NOT_CONFIGURED")
+
+
+def test_inside_lambda_the_public_toss_test_key_is_not_used(monkeypatch):
+    from escrow.config import toss_keys
+
+    monkeypatch.delenv("APP_ENV", raising=False)
+    monkeypatch.delenv("TOSS_SECRET_KEY", raising=False)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "escrow-dev-ConfirmFunction")
+    reset_settings()
+    with pytest.raises(AppError) as refused:
+        toss_keys()
+    assert refused.value.status == 503
+
+
+def test_a_string_exp_is_refused():
+    with pytest.raises(Unauthorized):
+        authenticate(bearer(hs({"user_id": "user_2", "exp": str(future())})))
+
+
+def test_a_token_that_lives_longer_than_the_cap_is_refused(monkeypatch):
+    monkeypatch.setenv("JWT_MAX_LIFETIME_SECONDS", "3600")
+    reset_settings()
+    now = int(time.time())
+    assert authenticate(bearer(hs({"user_id": "u", "iat": now, "exp": now + 3000}))).user_id == "u"
+    with pytest.raises(Unauthorized) as refused:
+        authenticate(bearer(hs({"user_id": "u", "iat": now, "exp": now + 10 * 365 * 86400})))
+    assert refused.value.code == "TOKEN_LIFETIME_TOO_LONG"
+    with pytest.raises(Unauthorized):
+        authenticate(bearer(hs({"user_id": "u", "exp": now + 10 * 365 * 86400})))  # no iat: exp itself is capped

@@ -22,6 +22,7 @@ def _request(request_id: int, status: str = "completed") -> dict:
 def _share(share_id: int, request_id: int, status: str = "completed", paid: int = 10_000, refunded: int = 0) -> dict:
     return {
         "id": share_id,
+        "amount": 10_000,
         "payment_request_id": request_id,
         "payer_id": f"user_{share_id}",
         "payment_key": f"pk_{share_id}",
@@ -31,27 +32,27 @@ def _share(share_id: int, request_id: int, status: str = "completed", paid: int 
     }
 
 
-def test_a_funded_request_releases_every_held_share_minus_the_fee():
+def test_a_funded_request_releases_every_current_share_minus_the_fee():
     shares = [
         _share(1, 7),
-        _share(2, 7, "partially_refunded", refunded=4_000),
-        _share(3, 7, "refunded", refunded=10_000),
+        _share(2, 7),
+        _share(3, 7, "removed", refunded=10_000),  # taken out of the request; refunded
     ]
 
     plan = plan_release([_request(7)], shares, set(), fee_bps=300, actor="user_1")
 
     (release,) = plan.releases
-    assert [s["id"] for s in release.shares] == [1, 2]  # the refunded share holds nothing
-    assert (release.gross, release.fee, release.net) == (16_000, 480, 15_520)
+    assert [s["id"] for s in release.shares] == [1, 2]  # the removed participant's share is not the store's
+    assert (release.gross, release.fee, release.net) == (20_000, 600, 19_400)
     assert [(e.payment_id, e.amount, e.reference) for e in plan.ledger_entries] == [
         (1, 10_000, "release:1"),
-        (2, 6_000, "release:2"),
+        (2, 10_000, "release:2"),
     ]
     (settlement,) = plan.settlements
     assert (settlement.gross, settlement.fee, settlement.net, settlement.payout_status) == (
-        16_000,
-        480,
-        15_520,
+        20_000,
+        600,
+        19_400,
         "scheduled",
     )
     (event,) = plan.events({7: 55})
@@ -61,9 +62,16 @@ def test_a_funded_request_releases_every_held_share_minus_the_fee():
         "payer_id": "user_2",
         "paymentKey": "pk_2",
         "status": "RELEASED",
-        "amount": 6_000,
+        "amount": 10_000,
     }
     assert plan.postponed == {}
+
+
+def test_a_completed_request_with_a_share_not_held_in_full_is_not_released():
+    # Funding counts intent: a share partly refunded does not fund the request, whatever its status row says.
+    shares = [_share(1, 7), _share(2, 7, "partially_refunded", refunded=1)]
+    plan = plan_release([_request(7)], shares, set(), fee_bps=300, actor="user_1")
+    assert plan.releases == [] and plan.postponed == {7: "REQUEST_NOT_FUNDED"}
 
 
 def test_unfunded_requests_and_refunds_in_flight_postpone_the_release():
@@ -80,7 +88,8 @@ def test_unfunded_requests_and_refunds_in_flight_postpone_the_release():
 
 
 def test_a_request_whose_fee_takes_everything_needs_no_payout():
-    plan = plan_release([_request(1)], [_share(1, 1, paid=3)], set(), fee_bps=10_000, actor="schedule")
+    share = {**_share(1, 1, paid=3), "amount": 3}
+    plan = plan_release([_request(1)], [share], set(), fee_bps=10_000, actor="schedule")
 
     assert plan.settlements[0].net == 0
     assert plan.settlements[0].payout_status == "not_needed"

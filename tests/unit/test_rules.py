@@ -29,11 +29,33 @@ def test_allowed_payment_transitions(current, new):
 
 @pytest.mark.parametrize(
     ("current", "new"),
-    [("pending", "completed"), ("released", "refunded"), ("refunded", "completed"), ("completed", "in_progress")],
+    [
+        ("pending", "completed"),
+        ("released", "refunded"),
+        ("released", "in_progress"),
+        ("removed", "completed"),
+        ("removed", "in_progress"),
+        ("completed", "in_progress"),
+        ("in_progress", "removed"),
+    ],
 )
 def test_refused_payment_transitions(current, new):
     with pytest.raises(InvalidTransition):
         check_payment(current, new)
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [
+        ("refunded", "in_progress"),  # the payer pays the whole share again
+        ("partially_refunded", "in_progress"),  # ... or the refunded difference
+        ("in_progress", "partially_refunded"),  # that attempt did not charge: back to what the share holds
+        ("completed", "removed"),  # the owner takes the participant out (their money is refunded)
+        ("removed", "pending"),  # ... and adds them back
+    ],
+)
+def test_the_lifecycle_of_a_group_is_allowed(current, new):
+    check_payment(current, new)
 
 
 def test_request_cannot_leave_a_final_state():

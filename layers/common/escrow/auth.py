@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import jwt
 
-from escrow.config import get_settings, jwt_secret
+from escrow.config import NotConfigured, get_settings, jwt_secret
 from escrow.errors import Unauthorized
 
 _USER_ID_MAX = 64
@@ -19,6 +20,10 @@ class Principal:
     user_id: str
     is_admin: bool = False
     claims: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    roles: frozenset[str] = frozenset()
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
 
 
 @lru_cache(maxsize=4)
@@ -41,7 +46,7 @@ def _signing_key(token: str) -> Any:
     settings = get_settings()
     if settings.jwt_algorithm == "RS256":
         if not settings.jwt_jwks_url:
-            raise RuntimeError("JWT_ALGORITHM=RS256 needs JWT_JWKS_URL")
+            raise NotConfigured("JWT_ALGORITHM=RS256 needs JWT_JWKS_URL", code="AUTH_NOT_CONFIGURED")
         try:
             return _jwks_client(settings.jwt_jwks_url).get_signing_key_from_jwt(token).key
         except jwt.PyJWKClientError as exc:
@@ -53,7 +58,7 @@ def decode_token(token: str) -> dict[str, Any]:
     settings = get_settings()
     options: Any = {"require": ["exp"], "verify_aud": bool(settings.jwt_audience)}
     try:
-        return jwt.decode(
+        claims: dict[str, Any] = jwt.decode(
             token,
             _signing_key(token),
             algorithms=[settings.jwt_algorithm],  # pinned: never taken from the token's own header
@@ -66,6 +71,26 @@ def decode_token(token: str) -> dict[str, Any]:
         raise Unauthorized("the token has expired", code="TOKEN_EXPIRED") from exc
     except jwt.InvalidTokenError as exc:
         raise Unauthorized("the token is not valid", code="INVALID_TOKEN") from exc
+    _check_lifetime(claims, settings.jwt_max_lifetime_seconds)
+    return claims
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_lifetime(claims: dict[str, Any], max_lifetime: int) -> None:
+    """`exp` (and `iat`, `nbf` when present) are NumericDate numbers (RFC 7519 §2): PyJWT turns the string "123"
+    into a number and accepts it. A token may live at most `max_lifetime` seconds: from `iat`, or from now."""
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and not _numeric(claims[name]):
+            raise Unauthorized(f"the token's {name} claim must be a number", code="INVALID_TOKEN")
+    start = claims["iat"] if "iat" in claims else time.time()
+    if claims["exp"] - start > max_lifetime + 30:  # 30 s of leeway, as for exp itself
+        raise Unauthorized(
+            f"the token lives longer than {max_lifetime} seconds; ask for a shorter-lived one",
+            code="TOKEN_LIFETIME_TOO_LONG",
+        )
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
@@ -79,8 +104,8 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     if not user_id or len(user_id) > _USER_ID_MAX or not user_id.isprintable():
         raise Unauthorized("the token's user id is empty, too long or not printable", code="INVALID_TOKEN")
     role = claims.get(settings.admin_role_claim)
-    roles = role if isinstance(role, list) else [role]
-    return Principal(user_id=user_id, is_admin=settings.admin_role in roles, claims=claims)
+    roles = frozenset(r for r in (role if isinstance(role, list) else [role]) if isinstance(r, str))
+    return Principal(user_id=user_id, is_admin=settings.admin_role in roles, claims=claims, roles=roles)
 
 
 def authenticate(headers: dict[str, str] | None) -> Principal:

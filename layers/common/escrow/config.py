@@ -12,11 +12,17 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
-from escrow.errors import SecretsUnavailable
+from escrow.errors import AppError, SecretsUnavailable
 
 # Local-only defaults; deployed stages take their keys from Secrets Manager (APP_ENV != local refuses these).
 LOCAL_JWT_SECRET = "local-dev-secret-change-me-0123456789abcdef"  # noqa: S105 - 32+ bytes for HS256
 TOSS_PUBLIC_TEST_SECRET_KEY = "test_sk_zXLkKEypNArWmo50nX3lmeaxYG5R"  # noqa: S105 - printed in Toss docs
+
+
+class NotConfigured(AppError, RuntimeError):
+    """A setting the service needs is missing: a 503 with a code, never a guess and never a stack trace."""
+
+    status, code = 503, "SERVICE_NOT_CONFIGURED"
 
 
 def _bool(value: str) -> bool:
@@ -50,6 +56,7 @@ class Settings:
     jwt_audience: str = ""
     admin_role_claim: str = "role"
     admin_role: str = "admin"
+    jwt_max_lifetime_seconds: int = 86400
 
     toss_api_base: str = "https://api.tosspayments.com"
     toss_secret_key: str = ""
@@ -92,6 +99,13 @@ class Settings:
             raise ValueError("PLATFORM_FEE_BPS must be between 0 and 10000")
         if self.reconcile_after_seconds < 0:
             raise ValueError("RECONCILE_AFTER_SECONDS must not be negative")
+        if self.jwt_max_lifetime_seconds <= 0:
+            raise ValueError("JWT_MAX_LIFETIME_SECONDS must be positive")
+
+    @property
+    def is_local(self) -> bool:
+        """Only an explicit local run may use the repository's public local keys."""
+        return self.app_env == "local"
 
     @property
     def db_tls_required(self) -> bool:
@@ -100,6 +114,9 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         values: dict[str, Any] = {}
+        if not environ.get("APP_ENV") and environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+            # Inside Lambda an unset APP_ENV fails closed: never the public local JWT secret or Toss test key.
+            values["app_env"] = "unset"
         for spec in fields(cls):
             raw = environ.get(spec.name.upper())
             if raw is None or raw == "":
@@ -371,9 +388,9 @@ def jwt_secret() -> str:
             except (ValueError, KeyError, TypeError) as exc:
                 raise _malformed('the JWT secret is JSON without a "secret"') from exc
         return text
-    if settings.app_env == "local":
+    if settings.is_local:
         return LOCAL_JWT_SECRET
-    raise RuntimeError("no JWT secret configured (JWT_SECRET or JWT_SECRET_ARN)")
+    raise NotConfigured("no JWT secret is configured (JWT_SECRET or JWT_SECRET_ARN)", code="AUTH_NOT_CONFIGURED")
 
 
 @dataclass(frozen=True)
@@ -393,7 +410,7 @@ def toss_keys() -> TossKeys:
         secret_key = str(secret.get("secret_key", ""))
         security_key = security_key or str(secret.get("security_key", ""))
     if not secret_key:
-        if settings.app_env != "local":
-            raise RuntimeError("no Toss secret key configured (TOSS_SECRET_KEY or TOSS_SECRET_ARN)")
+        if not settings.is_local:
+            raise NotConfigured("no Toss secret key is configured (TOSS_SECRET_KEY or TOSS_SECRET_ARN)")
         secret_key = TOSS_PUBLIC_TEST_SECRET_KEY
     return TossKeys(secret_key=secret_key, security_key=security_key)

@@ -134,6 +134,21 @@ def connection() -> pymysql.connections.Connection:
 def new_invocation() -> None:
     """Mark the start of an invocation; the connection is checked on its first use, not before."""
     _local.needs_ping = True
+    _local.saved = False  # a transaction of this invocation committed (or may have: its COMMIT got no answer)
+
+
+def unavailable(code: str = "DATABASE_UNAVAILABLE") -> DatabaseUnavailable:
+    """The 503 for a lost database, saying what is true: nothing was changed, unless this invocation committed a
+    transaction (or sent a COMMIT whose answer never came). Then the change may be saved, and the same request
+    repeated answers its outcome (every operation is idempotent on its natural keys)."""
+    if getattr(_local, "saved", False):
+        return DatabaseUnavailable(
+            "the database connection was lost after this request may have saved its change; repeat the same request "
+            "to learn its outcome (it is safe to repeat)",
+            code=code,
+            outcome="unknown",
+        )
+    return DatabaseUnavailable("the database connection was lost; nothing was changed, try again", code=code)
 
 
 def close() -> None:
@@ -188,7 +203,7 @@ class Tx:
 def _translate(exc: BaseException) -> BaseException:
     if is_connection_error(exc):
         close()
-        return DatabaseUnavailable("the database connection was lost; nothing was changed, try again")
+        return unavailable()
     if isinstance(exc, OperationalError) and exc.args and exc.args[0] in (DEADLOCK, LOCK_WAIT_TIMEOUT):
         return DatabaseUnavailable("the database is busy; nothing was changed, try again", code="DATABASE_BUSY")
     return exc
@@ -205,7 +220,12 @@ def transaction() -> Iterator[Tx]:
     try:
         with conn.cursor() as cur:
             yield Tx(cur)
-        conn.commit()
+        try:
+            conn.commit()
+        except OperationalError:
+            _local.saved = True  # the COMMIT was sent: MariaDB may have applied it before the answer was lost
+            raise
+        _local.saved = True
     except BaseException as exc:
         try:
             conn.rollback()

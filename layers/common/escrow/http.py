@@ -30,7 +30,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from escrow import db
-from escrow.errors import AppError, BadRequest, DatabaseUnavailable, NotFound, PayloadTooLarge, ValidationFailed
+from escrow.errors import AppError, BadRequest, NotFound, PayloadTooLarge, ValidationFailed
 from escrow.models import ERRORS, WEBHOOK_ERRORS, ErrorResponse
 from escrow.observability import logger
 
@@ -241,7 +241,7 @@ class EscrowResolver(APIGatewayHttpResolver):
     def _unexpected(exc: Exception) -> Response[Any]:
         if db.is_connection_error(exc):
             db.close()
-            return EscrowResolver._app_error(DatabaseUnavailable("the database is not reachable; nothing was changed"))
+            return EscrowResolver._app_error(db.unavailable())
         logger.exception("unhandled error")  # the last line of defence: a clear 500, never a stack trace
         return _internal_error()
 

@@ -22,9 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-MIN_AMOUNT = 100  # KRW; Toss refuses tiny card payments (BELOW_MINIMUM_AMOUNT)
-MAX_AMOUNT = 10_000_000  # KRW per participant; a deposit above this is a typo, not a booking
-MAX_PARTICIPANTS = 100
+from escrow.money import MAX_AMOUNT, MAX_PARTICIPANTS, MIN_AMOUNT
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
 ORDER_ID_PATTERN = r"^[A-Za-z0-9_-]{6,64}$"
@@ -116,6 +114,22 @@ class ReleaseBody(_Body):
     chat_room_id: RoomId
 
 
+class ParticipantBody(_Body):
+    """A participant added to or removed from the room's open request (room owner only)."""
+
+    chat_room_id: RoomId
+    user_id: UserId
+    reason: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
+
+
+class RoomMembersBody(_Body):
+    """The chat service's membership of a room: its owner and its other members."""
+
+    owner_id: UserId
+    member_ids: Annotated[list[UserId], Field(max_length=1000)]
+    version: Annotated[StrictInt, Field(ge=0, le=2**62)] | None = None
+
+
 BANK_CODES = {
     "04": "KB국민은행",
     "05": "하나은행",
@@ -194,9 +208,12 @@ class RequestSummary(_Answer):
     chat_room_id: int
     store_id: str
     message: str | None
-    participant_count: int
-    paid_count: int
-    total_amount: int
+    owner_id: str | None = Field(default=None, description="the room's current owner (from the chat service)")
+    participant_count: int = Field(description="current participants (removed ones not counted)")
+    paid_count: int = Field(description="participants whose share is held in full (or released)")
+    total_amount: int = Field(description="amount x current participants")
+    held_amount: int = Field(default=0, description="what the current participants hold now")
+    funding_round: int = Field(default=0, description="how many times the request became fully funded")
     release_at: str | None
     expires_at: str | None
     completed_at: str | None
@@ -211,11 +228,51 @@ class ShareStatus(_Answer):
     )
     paid_at: str | None
     refunded_amount: int
+    held_amount: int = Field(default=0, description="held now (paid - refunded); completed: held == payment_amount")
+    owed_amount: int = Field(default=0, description="what the participant pays to hold their share in full again")
+
+
+class RemovedParticipant(_Answer):
+    payer_id: str
+    payment_status: str = Field(description="removed")
+    refunded_amount: int
+    held_amount: int = Field(description="0 once the refund of what they held is done")
+    removed_at: str | None
 
 
 class RoomStatus(_Answer):
     payment_request: RequestSummary
-    payments: list[ShareStatus]
+    payments: list[ShareStatus] = Field(description="the current participants")
+    removed_participants: list[RemovedParticipant] = Field(default_factory=list)
+
+
+class ParticipantAdded(_Answer):
+    payment_request_id: int
+    payer_id: str
+    payment_amount: int
+    payment_status: str = Field(description="pending")
+    participant_count: int
+    payment_request_status: str = Field(description="pending (a funded request waits for the new participant)")
+
+
+class ParticipantRemoved(_Answer):
+    payment_request_id: int
+    payer_id: str
+    payment_status: str = Field(description="removed")
+    refund_status: str = Field(description="not_needed | refunded | refund_pending")
+    refunded_amount: int
+    refunds: list[dict[str, Any]]
+    participant_count: int
+    payment_request_status: str = Field(description="pending | completed (everyone left holds their share)")
+
+
+class RoomMembers(_Answer):
+    chat_room_id: int
+    applied: bool = Field(description="false for an update older than the one applied (version)")
+    owner_id: str | None = None
+    member_ids: list[str] | None = None
+    owner_changed: bool | None = None
+    reason: str | None = None
 
 
 class PreparedOrder(_Answer):
@@ -225,10 +282,15 @@ class PreparedOrder(_Answer):
     chat_room_id: int
     payment_request_id: int
     customerKey: str  # noqa: N815
+    share_amount: int | None = Field(default=None, description="the share's whole amount")
+    held_amount: int | None = Field(default=None, description="what the share holds already; amount is what is owed")
 
 
 class Confirmed(_Answer):
-    payment_status: str = Field(description="completed (or in_progress for a virtual account awaiting deposit)")
+    payment_status: str = Field(
+        description="completed; in_progress for a virtual account awaiting deposit; released when a confirm Toss "
+        "approved earlier is sent again after the release"
+    )
     paymentKey: str | None = None  # noqa: N815
     orderId: str | None = None  # noqa: N815
     toss_status: str | None = None
@@ -238,10 +300,12 @@ class RefundResult(_Answer):
     success: bool
     refund_status: str = Field(description="refunded | partially_refunded | refund_pending")
     paymentKey: str | None = None  # noqa: N815
-    refunded_amount: int | None = None
+    refunded_amount: int | None = Field(default=None, description="refunded of this paymentKey so far")
     remaining_amount: int | None = None
     refunds: list[dict[str, Any]] | None = None
     payment_request_status: str | None = None
+    already_cancelled: bool | None = Field(default=None, description="the request was cancelled by an earlier call")
+    message: str | None = None
 
 
 class ReleasedPayment(_Answer):
@@ -289,22 +353,30 @@ ERRORS = {
     "surrogate); bodies are read as JSON whatever their content-type",
     401: "AUTH_REQUIRED, INVALID_TOKEN, TOKEN_EXPIRED (with `WWW-Authenticate: Bearer`)",
     402: "PAYMENT_DECLINED (with toss_code)",
-    403: "NOT_ROOM_OWNER, NOT_ROOM_MEMBER, NOT_A_PARTICIPANT, NOT_ALLOWED_TO_CANCEL, ADMIN_ONLY",
-    404: "PAYMENT_REQUEST_NOT_FOUND, PAYMENT_NOT_FOUND, INVALID_CHAT_ROOM_ID",
+    403: "NOT_ROOM_OWNER, NOT_ROOM_MEMBER, NOT_A_PARTICIPANT, NOT_ALLOWED_TO_CANCEL, ADMIN_ONLY, SERVICE_ONLY",
+    404: "ROOM_NOT_FOUND (no membership from the chat service yet), PAYMENT_REQUEST_NOT_FOUND, PAYMENT_NOT_FOUND, "
+    "INVALID_CHAT_ROOM_ID, NOT_A_PARTICIPANT",
     409: "OPEN_REQUEST_EXISTS, ALREADY_PAID, PAYMENT_IN_PROGRESS, PAYMENT_OUTCOME_UNKNOWN, ORDER_ID_ALREADY_USED, "
-    "PAYMENT_KEY_IN_USE, ALREADY_RELEASED, ALREADY_REFUNDED, NOT_REFUNDABLE, REFUND_IN_PROGRESS, "
-    "REQUEST_NOT_FUNDED, NOT_RELEASABLE, STORE_ALREADY_REGISTERED, REFUND_REFUSED, INVALID_STATE_TRANSITION, "
-    "AMOUNT_MISMATCH_REFUNDED, REQUEST_CLOSED_REFUNDED, SELLER_REFUSED",
+    "PAYMENT_KEY_IN_USE, ALREADY_RELEASED (with the first release's released_payments and settlement), "
+    "ALREADY_REFUNDED, NOT_REFUNDABLE, REFUND_IN_PROGRESS, REQUEST_NOT_FUNDED, NOT_RELEASABLE, "
+    "STORE_ALREADY_REGISTERED, REFUND_REFUSED, INVALID_STATE_TRANSITION, AMOUNT_MISMATCH_REFUNDED, "
+    "REQUEST_CLOSED_REFUNDED, SELLER_REFUSED, REQUEST_CLOSED, PAYMENT_REFUNDED, PARTICIPANT_REMOVED, ORDER_OUTDATED, "
+    "ALREADY_A_PARTICIPANT, LAST_PARTICIPANT, REQUEST_CHANGED",
     413: "PAYLOAD_TOO_LARGE: bodies are limited to 64 KiB",
     422: "VALIDATION_ERROR (with details [{field, message}]), AMOUNT_MISMATCH, NOT_ROOM_MEMBERS, NO_PARTICIPANTS, "
-    "UNKNOWN_STORE, CANCEL_AMOUNT_TOO_LARGE, COMPANY_DETAILS_REQUIRED",
+    "UNKNOWN_STORE, CANCEL_AMOUNT_TOO_LARGE, COMPANY_DETAILS_REQUIRED, TOO_MANY_PARTICIPANTS, TOO_MANY_MEMBERS",
     502: "PAYMENT_OUTCOME_UNKNOWN, REFUND_OUTCOME_UNKNOWN: Toss gave no definite answer; settled automatically",
-    503: "DATABASE_UNAVAILABLE, DATABASE_BUSY, TOSS_UNAVAILABLE, SECRETS_UNAVAILABLE: nothing was changed, try again",
+    503: "DATABASE_UNAVAILABLE, DATABASE_BUSY, TOSS_UNAVAILABLE, SECRETS_UNAVAILABLE, SERVICE_NOT_CONFIGURED, "
+    "AUTH_NOT_CONFIGURED: nothing was changed, try again (with `outcome: unknown` when the database connection was "
+    "lost after the change may have been saved: repeat the same request to learn its outcome)",
 }
 # The webhook (no JWT) answers its own codes; Toss retries anything but a 200.
 WEBHOOK_ERRORS = {
     **ERRORS,
     400: "INVALID_JSON: the body is not a JSON object (logged, not processed)",
-    401: "WEBHOOK_NOT_VERIFIED: bad or missing signature, stale transmission time, secret mismatch, unknown payment",
+    401: "WEBHOOK_NOT_VERIFIED: bad or missing signature, transmission time older than Toss's retries, secret "
+    "mismatch, malformed ids",
+    413: "PAYLOAD_TOO_LARGE: larger than any Toss webhook (32 KiB)",
+    429: "TOO_MANY_DELIVERIES: too many deliveries for one payment just now; Toss delivers it again",
     503: "DATABASE_UNAVAILABLE, TRY_AGAIN, SECRETS_UNAVAILABLE: not processed now; Toss delivers it again",
 }

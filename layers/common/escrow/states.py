@@ -50,50 +50,123 @@ class PaymentStatus(StrEnum):
     PENDING = "pending"  # nothing paid yet
     IN_PROGRESS = "in_progress"  # a confirm was sent to Toss
     UNKNOWN = "unknown"  # Toss's answer to the confirm was lost; the schedule looks it up
-    FAILED = "failed"  # the last attempt did not charge; the payer may pay again
-    COMPLETED = "completed"  # charged; the money is held
-    PARTIALLY_REFUNDED = "partially_refunded"  # charged, part of it refunded; the rest is held
+    FAILED = "failed"  # the last attempt did not charge and nothing is held; the payer may pay again
+    COMPLETED = "completed"  # the whole share is held
+    PARTIALLY_REFUNDED = "partially_refunded"  # part of the share was refunded; the rest is held, the rest is owed
     RELEASED = "released"  # what was held went to the store
-    REFUNDED = "refunded"  # refunded in full
+    REFUNDED = "refunded"  # refunded in full: nothing held, the whole share owed again
+    REMOVED = "removed"  # the owner took the participant out of the request; what they held is refunded
 
 
 PAYMENT = Machine(
     "a payment",
     initial={PaymentStatus.PENDING},
     transitions={
-        PaymentStatus.PENDING: {PaymentStatus.IN_PROGRESS},
+        PaymentStatus.PENDING: {PaymentStatus.IN_PROGRESS, PaymentStatus.REMOVED},
         # Toss's record wins: an attempt we had marked failed that Toss reports approved is completed.
-        PaymentStatus.FAILED: {PaymentStatus.IN_PROGRESS, PaymentStatus.COMPLETED},
-        PaymentStatus.IN_PROGRESS: {PaymentStatus.COMPLETED, PaymentStatus.FAILED, PaymentStatus.UNKNOWN},
-        PaymentStatus.UNKNOWN: {PaymentStatus.COMPLETED, PaymentStatus.FAILED, PaymentStatus.UNKNOWN},
-        PaymentStatus.COMPLETED: {PaymentStatus.RELEASED, PaymentStatus.REFUNDED, PaymentStatus.PARTIALLY_REFUNDED},
-        PaymentStatus.PARTIALLY_REFUNDED: {
+        PaymentStatus.FAILED: {PaymentStatus.IN_PROGRESS, PaymentStatus.COMPLETED, PaymentStatus.REMOVED},
+        # -> partially_refunded / refunded: an attempt to pay again (the difference, or the whole share after a full
+        # refund) did not charge; the share is back to what it holds.
+        PaymentStatus.IN_PROGRESS: {
+            PaymentStatus.COMPLETED,
+            PaymentStatus.FAILED,
+            PaymentStatus.UNKNOWN,
+            PaymentStatus.PARTIALLY_REFUNDED,
+            PaymentStatus.REFUNDED,
+        },
+        PaymentStatus.UNKNOWN: {
+            PaymentStatus.COMPLETED,
+            PaymentStatus.FAILED,
+            PaymentStatus.UNKNOWN,
+            PaymentStatus.PARTIALLY_REFUNDED,
+            PaymentStatus.REFUNDED,
+        },
+        PaymentStatus.COMPLETED: {
             PaymentStatus.RELEASED,
             PaymentStatus.REFUNDED,
             PaymentStatus.PARTIALLY_REFUNDED,
+            PaymentStatus.REMOVED,
+        },
+        # -> in_progress: the payer pays the refunded difference. -> completed: Toss's record of such an attempt wins
+        # over our record of its failure.
+        PaymentStatus.PARTIALLY_REFUNDED: {
+            PaymentStatus.IN_PROGRESS,
+            PaymentStatus.COMPLETED,
+            PaymentStatus.REFUNDED,
+            PaymentStatus.PARTIALLY_REFUNDED,
+            PaymentStatus.REMOVED,
         },
         PaymentStatus.RELEASED: set(),
         # A refund Toss lists that we had not recorded, for a share already refunded in full, is recorded (its
         # ledger entry and refunded_amount) and the share stays refunded: the status is written again unchanged.
-        PaymentStatus.REFUNDED: {PaymentStatus.REFUNDED},
+        # -> in_progress: the payer pays the whole share again.
+        PaymentStatus.REFUNDED: {
+            PaymentStatus.REFUNDED,
+            PaymentStatus.IN_PROGRESS,
+            PaymentStatus.COMPLETED,
+            PaymentStatus.REMOVED,
+        },
+        # -> pending: the owner adds the participant back (nothing held, nothing in flight). removed -> removed:
+        # a refund of what they held is recorded.
+        PaymentStatus.REMOVED: {PaymentStatus.PENDING, PaymentStatus.REMOVED},
     },
 )
 
-# Money we hold for the share: it can be released or refunded.
-HELD: frozenset[PaymentStatus] = frozenset({PaymentStatus.COMPLETED, PaymentStatus.PARTIALLY_REFUNDED})
-# Toss approved a charge for the share, whatever happened to the money since (a share in one of these is never
-# charged again).
-PAID: frozenset[PaymentStatus] = frozenset(
-    {PaymentStatus.COMPLETED, PaymentStatus.RELEASED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED}
+# A share that holds money in full and may be released: funding counts these (and only for current participants).
+HELD: frozenset[PaymentStatus] = frozenset({PaymentStatus.COMPLETED})
+# A share that may hold money (some of it): refunds, removal and closing a request look at these shares' charges.
+MAY_HOLD: frozenset[PaymentStatus] = frozenset(
+    {PaymentStatus.COMPLETED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.FAILED, PaymentStatus.REFUNDED}
 )
-# What the status answer counts as paid (`paid_count`): charged and not refunded in full.
-PAID_NOT_FULLY_REFUNDED: frozenset[PaymentStatus] = frozenset(
-    {PaymentStatus.COMPLETED, PaymentStatus.RELEASED, PaymentStatus.PARTIALLY_REFUNDED}
-)
+# What the status answer counts as paid (`paid_count`): the share is fully held, or was released.
+PAID_IN_FULL: frozenset[PaymentStatus] = frozenset({PaymentStatus.COMPLETED, PaymentStatus.RELEASED})
 # A confirm whose outcome we do not know yet.
 CONFIRMING: frozenset[PaymentStatus] = frozenset({PaymentStatus.IN_PROGRESS, PaymentStatus.UNKNOWN})
-# A share whose refunds we record (HELD, or refunded in full already: a refund we had not recorded yet).
-REFUND_RECORDABLE: frozenset[PaymentStatus] = HELD | {PaymentStatus.REFUNDED}
+# A share that may start a payment (the owed amount is what it does not hold).
+PAYABLE: frozenset[PaymentStatus] = frozenset(
+    {PaymentStatus.PENDING, PaymentStatus.FAILED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED}
+)
+# A share whose refunds we record (anything that may hold money, and a removed participant's).
+REFUND_RECORDABLE: frozenset[PaymentStatus] = MAY_HOLD | {PaymentStatus.REMOVED}
+
+
+def share_status_for(held: int, amount: int, *, ever_paid: bool) -> PaymentStatus:
+    """The status a share not being confirmed has, from what it holds of what it owes."""
+    if held >= amount:
+        return PaymentStatus.COMPLETED
+    if held > 0:
+        return PaymentStatus.PARTIALLY_REFUNDED
+    return PaymentStatus.REFUNDED if ever_paid else PaymentStatus.FAILED
+
+
+# --- charges (`payment_charges.status`): the Toss payments that fund a share -------------------------------
+
+
+class ChargeStatus(StrEnum):
+    WAITING_FOR_DEPOSIT = "waiting_for_deposit"  # a virtual account was issued; nothing deposited yet
+    HELD = "held"  # money we hold for the share (amount - refunded_amount of it)
+    RELEASED = "released"  # what it held went to the store
+    REFUNDED = "refunded"  # refunded in full
+    CANCELLED = "cancelled"  # a virtual account cancelled before any deposit
+
+
+CHARGE = Machine(
+    "a charge",
+    initial={ChargeStatus.HELD, ChargeStatus.WAITING_FOR_DEPOSIT},
+    transitions={
+        ChargeStatus.WAITING_FOR_DEPOSIT: {ChargeStatus.HELD, ChargeStatus.CANCELLED},
+        # held -> held: a partial refund. -> waiting_for_deposit: Toss reverses a deposit (a deposit error).
+        ChargeStatus.HELD: {
+            ChargeStatus.HELD,
+            ChargeStatus.RELEASED,
+            ChargeStatus.REFUNDED,
+            ChargeStatus.WAITING_FOR_DEPOSIT,
+        },
+        ChargeStatus.RELEASED: {ChargeStatus.WAITING_FOR_DEPOSIT},  # a deposit error after release: alarmed
+        ChargeStatus.REFUNDED: {ChargeStatus.REFUNDED},
+        ChargeStatus.CANCELLED: set(),
+    },
+)
 
 
 # --- payment requests (`payment_requests.status`) ----------------------------------------------------------
@@ -313,6 +386,10 @@ WEBHOOK_VERIFICATION = Machine(
 
 
 # --- the checks every status write goes through ------------------------------------------------------------
+
+
+def check_charge(current: str, new: str) -> None:
+    CHARGE.check(current, new)
 
 
 def check_payment(current: str, new: str) -> None:

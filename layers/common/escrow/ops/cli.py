@@ -613,8 +613,8 @@ def replay_webhook(
     yes: YesOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Process a logged delivery again through the webhook service. Verification still applies: a delivery that
-    cannot be verified is not trusted because an operator replays it."""
+    """Ask Toss again about what a logged delivery named (its payment, order, payout or seller) and apply what Toss
+    says now. Nothing in the delivery is believed, so replaying a forged one changes nothing."""
     from escrow.repositories import ops as ops_repo
     from escrow.services import operator as service
 
@@ -633,21 +633,19 @@ def replay_webhook(
             )
         _confirm(f"Replay delivery {webhook_id} as {who}?", yes)
         result = service.replay_webhook(webhook_id, operator=who, reason=reason)
+    applied = result["result"] == "applied"
     if as_json:
         _emit_json(result)
     else:
-        accepted = result["result"] in service.ACCEPTED_RESULTS
         out.print(
             Text(
-                f"Delivery {webhook_id} replayed as delivery {result['replay_webhook_id']} (operator action "
-                f"{result['operator_action_id']} by {who}): {result['result']}, verification "
-                f"{result['verification']}, outcome {result['outcome']}"
-                + (f": {result['detail']}" if result["detail"] else ""),
-                style="green" if accepted else "bold red",
+                f"Delivery {webhook_id} ({result['subject'] or 'no subject'}) replayed (operator action "
+                f"{result['operator_action_id']} by {who}): {result['result']}: {result['detail']}",
+                style="green" if applied else "bold red",
             ),
             soft_wrap=True,
         )
-    if result["result"] not in service.ACCEPTED_RESULTS:
+    if not applied:
         raise typer.Exit(2)
 
 

@@ -13,7 +13,6 @@ from typing import Any, Protocol
 
 from escrow import db
 from escrow.repositories import ops as ops_repo
-from escrow.states import HELD, PAID
 from escrow.toss import TossApiError, TossError
 from escrow.toss.models import Payment
 
@@ -87,45 +86,74 @@ def _payment_view(payment: Payment) -> dict[str, Any]:
     }
 
 
-def expected_toss_status(share: dict[str, Any]) -> tuple[str, ...] | None:
-    """The Toss statuses that agree with our share's status (None: any, the share is being settled)."""
-    status, refunded = share["status"], share["refunded_amount"]
-    if status == "completed":
-        return ("DONE",)
-    if status == "partially_refunded":
-        return ("PARTIAL_CANCELED",)
+def expected_toss_status(charge: dict[str, Any]) -> tuple[str, ...] | None:
+    """The Toss statuses that agree with one of our charges (None: any)."""
+    status, refunded = charge["status"], int(charge["refunded_amount"])
+    if status == "held":
+        return ("DONE",) if refunded == 0 else ("PARTIAL_CANCELED",)
     if status == "refunded":
         return ("CANCELED", "PARTIAL_CANCELED")
     if status == "released":
         return ("DONE",) if refunded == 0 else ("PARTIAL_CANCELED",)
+    if status == "waiting_for_deposit":
+        return ("WAITING_FOR_DEPOSIT",)
+    if status == "cancelled":
+        return ("CANCELED",)
     return None
 
 
-def share_differences(share: dict[str, Any], toss: dict[str, Any] | None, error: str | None) -> list[str]:
+def charge_differences(charge: dict[str, Any], toss: dict[str, Any] | None, error: str | None) -> list[str]:
+    """One Toss payment that funds a share, ours against Toss's."""
+    key = charge["payment_key"]
     if error:
-        return [f"not compared: {error}"]
-    paid = share["status"] in PAID
+        return [f"{key}: not compared: {error}"]
     if toss is None:
-        return (
-            [f"we hold it as {share['status']}, Toss does not know paymentKey {share['payment_key']}"] if paid else []
-        )
+        return [f"{key}: we hold it as {charge['status']}, Toss does not know it"]
     out = []
-    expected = expected_toss_status(share)
+    expected = expected_toss_status(charge)
     if expected and toss["status"] not in expected:
-        out.append(f"status: ours {share['status']}, Toss {toss['status']} (expected {' or '.join(expected)})")
-    if share["status"] == "refunded" and toss["balanceAmount"] != 0:
-        out.append(f"refunded here, but Toss still holds {toss['balanceAmount']}")
-    if paid:
-        if toss["totalAmount"] != share["paid_amount"]:
-            out.append(f"amount: ours paid {share['paid_amount']}, Toss total {toss['totalAmount']}")
-        held = share["paid_amount"] - share["refunded_amount"]
-        if toss["balanceAmount"] != held:
-            out.append(f"balance: ours {held}, Toss {toss['balanceAmount']}")
-        if toss["refunded"] != share["refunded_amount"]:
-            out.append(f"refunded: ours {share['refunded_amount']}, Toss {toss['refunded']}")
-    if share["order_id"] and toss["orderId"] != share["order_id"]:
-        out.append(f"orderId: ours {share['order_id']}, Toss {toss['orderId']}")
+        out.append(f"{key}: status ours {charge['status']}, Toss {toss['status']} (expected {' or '.join(expected)})")
+    if toss["totalAmount"] != charge["amount"]:
+        out.append(f"{key}: amount ours {charge['amount']}, Toss total {toss['totalAmount']}")
+    if charge["status"] in ("held", "refunded", "released"):
+        balance = int(charge["amount"]) - int(charge["refunded_amount"])
+        if toss["balanceAmount"] != balance:
+            out.append(f"{key}: balance ours {balance}, Toss {toss['balanceAmount']}")
+    if toss["orderId"] != charge["order_id"]:
+        out.append(f"{key}: orderId ours {charge['order_id']}, Toss {toss['orderId']}")
     return out
+
+
+def share_differences(share: dict[str, Any], charge_rows: list[dict[str, Any]]) -> list[str]:
+    """A share against its charges: what it holds is what its charges hold, never more than it owes."""
+    out = [d for row in charge_rows for d in row["differences"]]
+    counted = [r["ours"] for r in charge_rows if r["ours"]["status"] in ("held", "released", "refunded")]
+    paid = sum(int(c["amount"]) for c in counted)
+    refunded = sum(int(c["refunded_amount"]) for c in counted)
+    if (paid, refunded) != (int(share["paid_amount"]), int(share["refunded_amount"])):
+        out.append(f"share paid/refunded {share['paid_amount']}/{share['refunded_amount']}, charges {paid}/{refunded}")
+    held = int(share["paid_amount"]) - int(share["refunded_amount"])
+    if held > int(share["amount"]):
+        out.append(f"holds {held}, more than the {share['amount']} it owes")
+    if share["status"] == "completed" and held != int(share["amount"]):
+        out.append(f"completed, but holds {held} of {share['amount']}")
+    return out
+
+
+def _share_toss_view(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Toss's view of a share: its charges' payments together."""
+    views = [r["toss"] for r in rows if r["toss"] is not None]
+    if not views:
+        return None
+    return {
+        "paymentKeys": [v["paymentKey"] for v in views],
+        "orderId": views[-1]["orderId"],
+        "status": "+".join(v["status"] for v in views),
+        "totalAmount": sum(v["totalAmount"] for v in views),
+        "balanceAmount": sum(v["balanceAmount"] for v in views),
+        "refunded": sum(v["refunded"] for v in views),
+        "cancels": [c for v in views for c in v["cancels"]],
+    }
 
 
 def order_differences(order: dict[str, Any], share: dict[str, Any], toss: dict[str, Any] | None) -> list[str]:
@@ -135,8 +163,6 @@ def order_differences(order: dict[str, Any], share: dict[str, Any], toss: dict[s
         return [f"order {order['status']} here, but Toss holds {toss['balanceAmount']} on it"]
     if order["status"] == "done" and toss is None:
         return ["done here, Toss does not know the order"]
-    if order["status"] == "done" and order["order_id"] != share["order_id"]:
-        return ["done, but it is not the share's live order"]
     return []
 
 
@@ -170,7 +196,7 @@ def _totals(ledger: list[dict[str, Any]], shares: list[dict[str, Any]]) -> dict[
     sums: dict[str, int] = defaultdict(int)
     for entry in ledger:
         sums[entry["entry_type"]] += int(entry["amount"])
-    held = sum(s["paid_amount"] - s["refunded_amount"] for s in shares if s["status"] in HELD)
+    held = sum(s["paid_amount"] - s["refunded_amount"] for s in shares if s["status"] != "released")
     return {
         "charged": sums["charge"],
         "refunded": sums["refund"],
@@ -186,6 +212,7 @@ def room_view(chat_room_id: int, toss: TossReader) -> dict[str, Any]:
         members = ops_repo.members(tx, chat_room_id)
         request_ids = [r["id"] for r in requests]
         shares = ops_repo.shares(tx, request_ids)
+        charges = ops_repo.charges(tx, request_ids)
         orders = ops_repo.orders(tx, [s["id"] for s in shares])
         ledger = ops_repo.ledger(tx, request_ids)
         cancels = ops_repo.cancels(tx, request_ids)
@@ -219,13 +246,19 @@ def room_view(chat_room_id: int, toss: TossReader) -> dict[str, Any]:
         own_ledger = [e for e in ledger if e["payment_request_id"] == rid]
         share_rows: list[dict[str, Any]] = []
         for share in own_shares:
-            toss_view, error = payment_by_key(share["payment_key"]) if share["payment_key"] else (None, None)
-            differences = share_differences(share, toss_view, error)
+            charge_rows = []
+            for charge in (c for c in charges if c["payment_id"] == share["id"]):
+                charge_view, error = payment_by_key(charge["payment_key"])
+                charge_rows.append(
+                    {"ours": charge, "toss": charge_view, "differences": charge_differences(charge, charge_view, error)}
+                )
+            toss_view = _share_toss_view(charge_rows)
+            differences = share_differences(share, charge_rows)
             known = {c["transaction_key"] for c in cancels if c["payment_id"] == share["id"] and c["transaction_key"]}
             for c in (toss_view or {}).get("cancels", []):
                 if (c["cancelStatus"] or "DONE") == "DONE" and c["transactionKey"] not in known:
                     differences.append(f"Toss lists a cancel we have not recorded: {c['transactionKey']}")
-            share_rows.append({"ours": share, "toss": toss_view, "differences": differences})
+            share_rows.append({"ours": share, "toss": toss_view, "charges": charge_rows, "differences": differences})
         order_rows: list[dict[str, Any]] = []
         for order in orders:
             owner = next((s for s in own_shares if s["id"] == order["payment_id"]), None)

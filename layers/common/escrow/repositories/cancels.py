@@ -11,8 +11,8 @@ from escrow.repositories._sql import assignments, in_order, marks
 from escrow.states import CANCEL, CANCEL_IN_FLIGHT, CancelStatus
 
 _COLUMNS = (
-    "id, payment_id, payment_request_id, request_key, requested_by, reason, requested_amount, status, "
-    "transaction_key, cancel_amount, refund_status, toss_code, updated_at"
+    "id, payment_id, payment_request_id, payment_key, request_key, requested_by, reason, requested_amount, status, "
+    "attempt, next_attempt_at, transaction_key, cancel_amount, refund_status, toss_code, toss_message, updated_at"
 )
 
 
@@ -24,14 +24,27 @@ def find_by_key(tx: Tx, request_key: str) -> Row | None:
 
 
 def insert(
-    tx: Tx, *, payment_id: int, request_id: int, request_key: str, requested_by: str, reason: str, amount: int | None
+    tx: Tx,
+    *,
+    payment_id: int,
+    request_id: int,
+    payment_key: str,
+    request_key: str,
+    requested_by: str,
+    reason: str,
+    amount: int | None,
 ) -> int:
+    """A refund of (part of) one charge, `amount` None meaning all it holds."""
     CANCEL.check_initial(CancelStatus.REQUESTED)
     return tx.insert(
-        "INSERT INTO payment_cancels (payment_id, payment_request_id, request_key, requested_by, reason, "
-        "requested_amount, status) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (payment_id, request_id, request_key, requested_by, reason, amount, CancelStatus.REQUESTED),
+        "INSERT INTO payment_cancels (payment_id, payment_request_id, payment_key, request_key, requested_by, reason, "
+        "requested_amount, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (payment_id, request_id, payment_key, request_key, requested_by, reason, amount, CancelStatus.REQUESTED),
     )
+
+
+def get(tx: Tx, cancel_id: int) -> Row | None:
+    return tx.one(f"SELECT {_COLUMNS} FROM payment_cancels WHERE id = %s", (cancel_id,))
 
 
 def set_status(tx: Tx, cancel_id: int, current: str, new: CancelStatus, **fields: Any) -> None:
@@ -82,22 +95,29 @@ def payments_with_refund_in_flight(tx: Tx, payment_ids: Sequence[int]) -> set[in
 
 
 def for_payment(tx: Tx, payment_id: int) -> list[Row]:
-    """Every refund row of the payment: its status and the Toss transaction it recorded (if any)."""
-    return tx.all("SELECT id, status, transaction_key FROM payment_cancels WHERE payment_id = %s", (payment_id,))
+    """Every refund row of the share, oldest first."""
+    return tx.all(f"SELECT {_COLUMNS} FROM payment_cancels WHERE payment_id = %s ORDER BY id", (payment_id,))
+
+
+def for_request(tx: Tx, request_id: int) -> list[Row]:
+    return tx.all(f"SELECT {_COLUMNS} FROM payment_cancels WHERE payment_request_id = %s ORDER BY id", (request_id,))
 
 
 def stale(tx: Tx, older_than_seconds: int, limit: int) -> list[Row]:
+    """Refunds with no recorded outcome untouched for this long, and refunds Toss refused for a reason that passes
+    whose back-off has run out (asked again with a new key)."""
     open_ = in_order(CANCEL_IN_FLIGHT)
     return tx.all(
-        f"SELECT {_COLUMNS} FROM payment_cancels WHERE status IN ({marks(open_)}) "
-        "AND updated_at < NOW(3) - INTERVAL %s SECOND ORDER BY id LIMIT %s",
-        (*open_, older_than_seconds, limit),
+        f"SELECT {_COLUMNS} FROM payment_cancels WHERE (status IN ({marks(open_)}) "
+        "AND updated_at < NOW(3) - INTERVAL %s SECOND) OR (status = %s AND next_attempt_at <= NOW(3)) "
+        "ORDER BY id LIMIT %s",
+        (*open_, older_than_seconds, CancelStatus.FAILED, limit),
     )
 
 
 def claim(tx: Tx, cancel_id: int, seen_updated_at: datetime) -> bool:
     """Take a refund for this worker unless someone touched it since we read it (`updated_at` as we saw it)."""
-    open_ = in_order(CANCEL_IN_FLIGHT)
+    open_ = in_order({*CANCEL_IN_FLIGHT, CancelStatus.FAILED})
     taken = tx.execute(
         "UPDATE payment_cancels SET updated_at = NOW(3) "
         f"WHERE id = %s AND status IN ({marks(open_)}) AND updated_at = %s",

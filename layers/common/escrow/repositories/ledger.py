@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 
-from escrow.db import Tx
+from escrow.db import Row, Tx
 from escrow.repositories._sql import rows
 
 
@@ -48,4 +48,13 @@ def record_many(tx: Tx, entries: Sequence[Entry]) -> None:
         "INSERT INTO ledger_entries (payment_request_id, payment_id, entry_type, amount, reference, actor, reason) "
         f"VALUES {rows(len(entries), 7)} ON DUPLICATE KEY UPDATE id = id",
         [value for entry in entries for value in astuple(entry)],
+    )
+
+
+def released_shares(tx: Tx, request_id: int) -> list[Row]:
+    """The shares a request's release moved to the store, with what each released and its paymentKey."""
+    return tx.all(
+        "SELECT p.payer_id, p.payment_key, l.amount FROM ledger_entries l JOIN payments p ON p.id = l.payment_id "
+        "WHERE l.payment_request_id = %s AND l.entry_type = 'release' ORDER BY p.id",
+        (request_id,),
     )

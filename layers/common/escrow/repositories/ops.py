@@ -43,6 +43,18 @@ def shares(tx: Tx, request_ids: Sequence[int]) -> list[Row]:
     )
 
 
+def charges(tx: Tx, request_ids: Sequence[int]) -> list[Row]:
+    """The Toss payments that fund the requests' shares (one per paymentKey), oldest first."""
+    if not request_ids:
+        return []
+    return tx.all(
+        "SELECT payment_key, order_id, payment_id, payment_request_id, amount, refunded_amount, status, toss_status, "
+        f"approved_at FROM payment_charges WHERE payment_request_id IN ({_marks(request_ids)}) "
+        "ORDER BY created_at, payment_key",
+        list(request_ids),
+    )
+
+
 def orders(tx: Tx, payment_ids: Sequence[int]) -> list[Row]:
     if not payment_ids:
         return []
@@ -176,8 +188,8 @@ def webhooks(
 
 
 def webhook(tx: Tx, webhook_id: int) -> Row | None:
-    """One logged delivery with what a replay needs: the headers we kept and the raw body."""
-    return tx.one(f"SELECT {_WEBHOOK_COLUMNS}, headers, raw_body FROM payment_webhooks WHERE id = %s", (webhook_id,))
+    """One logged delivery with what a replay needs: the subject it named."""
+    return tx.one(f"SELECT {_WEBHOOK_COLUMNS}, subject FROM payment_webhooks WHERE id = %s", (webhook_id,))
 
 
 def webhook_by_user_agent(tx: Tx, user_agent: str, after_id: int) -> Row | None:

@@ -7,11 +7,11 @@ from typing import Any
 
 from escrow.db import Row, Tx
 from escrow.repositories._sql import assignments, in_order, marks
-from escrow.states import HELD, ORDER, ORDER_TO_RECONCILE, PAYMENT, OrderStatus, PaymentStatus
+from escrow.states import ORDER, ORDER_TO_RECONCILE, PAYMENT, ChargeStatus, OrderStatus, PaymentStatus
 
 _COLUMNS = (
     "id, payment_request_id, payer_id, amount, status, order_id, payment_key, method, toss_status, approved_at, "
-    "paid_amount, refunded_amount, secret, failure_code, confirm_started_at, updated_at"
+    "paid_amount, refunded_amount, secret, failure_code, confirm_started_at, removed_at, updated_at"
 )
 
 
@@ -23,9 +23,17 @@ def insert_shares(tx: Tx, request_id: int, payer_ids: Sequence[str], amount: int
     )
 
 
+def insert_share(tx: Tx, request_id: int, payer_id: str, amount: int) -> int:
+    PAYMENT.check_initial(PaymentStatus.PENDING)
+    return tx.insert(
+        "INSERT INTO payments (payment_request_id, payer_id, amount, status) VALUES (%s, %s, %s, %s)",
+        (request_id, payer_id, amount, PaymentStatus.PENDING),
+    )
+
+
 def for_request(tx: Tx, request_id: int) -> list[Row]:
     return tx.all(
-        "SELECT payer_id, amount, status, paid_amount, refunded_amount, approved_at, payment_key "
+        "SELECT id, payer_id, amount, status, paid_amount, refunded_amount, approved_at, payment_key, removed_at "
         "FROM payments WHERE payment_request_id = %s ORDER BY id",
         (request_id,),
     )
@@ -38,6 +46,11 @@ def lock_share(tx: Tx, request_id: int, payer_id: str) -> Row | None:
     )
 
 
+def find(tx: Tx, payment_id: int) -> Row | None:
+    """The share, without a lock."""
+    return tx.one(f"SELECT {_COLUMNS} FROM payments WHERE id = %s", (payment_id,))
+
+
 def lock(tx: Tx, payment_id: int) -> Row | None:
     return tx.one(f"SELECT {_COLUMNS} FROM payments WHERE id = %s FOR UPDATE", (payment_id,))
 
@@ -45,7 +58,7 @@ def lock(tx: Tx, payment_id: int) -> Row | None:
 def lock_for_request(tx: Tx, request_id: int) -> list[Row]:
     """Every share of one request, locked in id order."""
     return tx.all(
-        "SELECT id, payment_key, paid_amount, refunded_amount, status FROM payments "
+        "SELECT id, payer_id, amount, payment_key, paid_amount, refunded_amount, status FROM payments "
         "WHERE payment_request_id = %s ORDER BY id FOR UPDATE",
         (request_id,),
     )
@@ -54,36 +67,10 @@ def lock_for_request(tx: Tx, request_id: int) -> list[Row]:
 def lock_for_requests(tx: Tx, request_ids: Sequence[int]) -> list[Row]:
     """Every share of these requests, locked in id order (one statement for a chunk of requests)."""
     return tx.all(
-        "SELECT id, payment_request_id, payer_id, payment_key, status, paid_amount, refunded_amount FROM payments "
-        f"WHERE payment_request_id IN ({marks(request_ids)}) ORDER BY id FOR UPDATE",
+        "SELECT id, payment_request_id, payer_id, amount, payment_key, status, paid_amount, refunded_amount "
+        f"FROM payments WHERE payment_request_id IN ({marks(request_ids)}) ORDER BY id FOR UPDATE",
         list(request_ids),
     )
-
-
-def find_ids_by_key(tx: Tx, payment_key: str) -> Row | None:
-    """The share's ids (they never change), by its paymentKey."""
-    return tx.one("SELECT id, payment_request_id FROM payments WHERE payment_key = %s", (payment_key,))
-
-
-def find_with_room_by_key(tx: Tx, payment_key: str) -> Row | None:
-    """The share holding this paymentKey and its request's room (no lock)."""
-    return tx.one(
-        "SELECT p.id, p.payment_request_id, p.payer_id, p.order_id, p.amount, p.status, r.chat_room_id "
-        "FROM payments p JOIN payment_requests r ON r.id = p.payment_request_id WHERE p.payment_key = %s",
-        (payment_key,),
-    )
-
-
-def refund_view(tx: Tx, payment_id: int) -> Row | None:
-    """What a refund of the share needs to know (no lock)."""
-    return tx.one("SELECT payment_key, paid_amount, refunded_amount FROM payments WHERE id = %s", (payment_id,))
-
-
-def secret_for_order(tx: Tx, order_id: str) -> str | None:
-    """The share's `secret` (Toss's, for DEPOSIT_CALLBACK), by its live orderId."""
-    row = tx.one("SELECT secret FROM payments WHERE order_id = %s", (order_id,))
-    secret: str | None = (row or {}).get("secret")
-    return secret
 
 
 def update(tx: Tx, payment_id: int, **fields: Any) -> None:
@@ -107,13 +94,33 @@ def release_many(tx: Tx, shares: Sequence[Mapping[str, Any]]) -> None:
     tx.execute(f"UPDATE payments SET status = %s WHERE id IN ({marks(ids)})", [PaymentStatus.RELEASED, *ids])
 
 
-def count_held(tx: Tx, request_id: int) -> int:
-    held = in_order(HELD)
+def funding(tx: Tx, request_id: int) -> Row:
+    """The request's current participants (every share but removed ones) and how many of them hold their share in
+    full. Read under the request's lock: every change of a share's money takes it first."""
     row = tx.one(
-        f"SELECT COUNT(*) AS n FROM payments WHERE payment_request_id = %s AND status IN ({marks(held)})",
-        (request_id, *held),
+        "SELECT COUNT(*) AS participants, COALESCE(SUM(status = %s AND paid_amount - refunded_amount >= amount), 0) "
+        "AS fully_held, COALESCE(SUM(paid_amount - refunded_amount), 0) AS held_amount FROM payments "
+        "WHERE payment_request_id = %s AND status <> %s",
+        (PaymentStatus.COMPLETED, request_id, PaymentStatus.REMOVED),
     )
-    return int(row["n"]) if row else 0
+    assert row is not None
+    return {k: int(v) for k, v in row.items()}
+
+
+def refresh_amounts(tx: Tx, payment_id: int) -> None:
+    """The share's paid and refunded amounts from its charges (called after a charge changed, under the share's
+    lock): paid = what Toss took for it, refunded = what went back."""
+    tx.execute(
+        "UPDATE payments p SET "
+        "paid_amount = (SELECT COALESCE(SUM(c.amount), 0) FROM payment_charges c WHERE c.payment_id = p.id "
+        "AND c.status IN (%s, %s, %s)), "
+        "refunded_amount = (SELECT COALESCE(SUM(c.refunded_amount), 0) FROM payment_charges c "
+        "WHERE c.payment_id = p.id AND c.status IN (%s, %s, %s)) WHERE p.id = %s",
+        (*_COUNTED, *_COUNTED, payment_id),
+    )
+
+
+_COUNTED = (ChargeStatus.HELD, ChargeStatus.RELEASED, ChargeStatus.REFUNDED)
 
 
 # --- orders: every orderId issued or used -------------------------------------------------------------------
@@ -122,7 +129,7 @@ def count_held(tx: Tx, request_id: int) -> int:
 def find_order(tx: Tx, order_id: str) -> Row | None:
     return tx.one(
         "SELECT o.order_id, o.payment_id, o.payer_id, o.amount, o.status, o.payment_key, o.failure_code, "
-        "o.failure_message, p.payment_request_id "
+        "o.failure_message, o.confirm_attempt, o.refund_attempt, p.payment_request_id "
         "FROM payment_orders o JOIN payments p ON p.id = o.payment_id WHERE o.order_id = %s",
         (order_id,),
     )
@@ -131,7 +138,7 @@ def find_order(tx: Tx, order_id: str) -> Row | None:
 def lock_order(tx: Tx, order_id: str) -> Row | None:
     """The order and its share's ids, the order row locked."""
     return tx.one(
-        "SELECT o.payment_id, o.status, p.payment_request_id FROM payment_orders o "
+        "SELECT o.payment_id, o.status, o.refund_attempt, p.payment_request_id FROM payment_orders o "
         "JOIN payments p ON p.id = o.payment_id WHERE o.order_id = %s FOR UPDATE",
         (order_id,),
     )
@@ -164,6 +171,23 @@ def set_order_status(tx: Tx, order_id: str, current: str, new: OrderStatus, **fi
     tx.execute(sql, (new, *fields.values(), order_id))
 
 
+def bump_confirm_attempt(tx: Tx, order_id: str, seen: int) -> None:
+    """Toss answered this order's confirm with an error that leaves the outcome open (a 5xx): that answer is bound to
+    the key, so the next confirm of the order uses a new one."""
+    tx.execute(
+        "UPDATE payment_orders SET confirm_attempt = confirm_attempt + 1 WHERE order_id = %s AND confirm_attempt = %s",
+        (order_id, seen),
+    )
+
+
+def bump_refund_attempt(tx: Tx, order_id: str, seen: int) -> None:
+    """Toss answered a cancel of this unexpected charge with an error: the next attempt uses a new key."""
+    tx.execute(
+        "UPDATE payment_orders SET refund_attempt = refund_attempt + 1 WHERE order_id = %s AND refund_attempt = %s",
+        (order_id, seen),
+    )
+
+
 def supersede_issued_orders(tx: Tx, payment_id: int, keep_order_id: str) -> None:
     """The share's other issued orders will not be used: every row written is issued (the WHERE says so)."""
     ORDER.check(OrderStatus.ISSUED, OrderStatus.SUPERSEDED)
@@ -177,7 +201,7 @@ def orders_to_reconcile(tx: Tx, older_than_seconds: int, limit: int) -> list[Row
     """Orders with no outcome yet, or a charge still to refund, untouched for this long (database clock)."""
     statuses = in_order(ORDER_TO_RECONCILE)
     return tx.all(
-        "SELECT order_id, payment_id, payment_key, amount, status FROM payment_orders "
+        "SELECT order_id, payment_id, payment_key, amount, status, confirm_attempt FROM payment_orders "
         f"WHERE status IN ({marks(statuses)}) "
         "AND updated_at < NOW(3) - INTERVAL %s SECOND ORDER BY updated_at LIMIT %s",
         (*statuses, older_than_seconds, limit),

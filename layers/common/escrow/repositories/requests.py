@@ -9,8 +9,8 @@ from escrow.repositories._sql import assignments, marks
 from escrow.states import REQUEST, RequestStatus
 
 _COLUMNS = (
-    "id, chat_room_id, store_id, requester_id, amount, message, status, participant_count, release_at, "
-    "expires_at, completed_at, closed_at, created_at"
+    "id, chat_room_id, store_id, requester_id, amount, message, status, participant_count, funding_round, "
+    "release_at, expires_at, completed_at, closed_at, closed_by, close_reason, created_at"
 )
 
 
@@ -55,9 +55,18 @@ def find_open_for_room(tx: Tx, chat_room_id: int) -> Row | None:
 def latest_for_room(tx: Tx, chat_room_id: int) -> Row | None:
     """The room's latest request, open or not (no lock)."""
     return tx.one(
-        "SELECT id, status, requester_id FROM payment_requests WHERE chat_room_id = %s ORDER BY id DESC LIMIT 1",
+        f"SELECT {_COLUMNS} FROM payment_requests WHERE chat_room_id = %s ORDER BY id DESC LIMIT 1",
         (chat_room_id,),
     )
+
+
+def set_participant_count(tx: Tx, request_id: int, count: int) -> None:
+    """A locked request's number of current participants (a participant was added or removed)."""
+    tx.execute("UPDATE payment_requests SET participant_count = %s WHERE id = %s", (count, request_id))
+
+
+def find(tx: Tx, request_id: int) -> Row | None:
+    return tx.one(f"SELECT {_COLUMNS} FROM payment_requests WHERE id = %s", (request_id,))
 
 
 def lock(tx: Tx, request_id: int) -> Row | None:
@@ -113,9 +122,10 @@ def release_many(tx: Tx, requests: Sequence[Mapping[str, Any]], *, closed_at: da
 
 def status_view(tx: Tx, chat_room_id: int, user_id: str) -> Row:
     """Everything the status endpoint needs about the room and the caller, in one statement: the room's open
-    request (else its latest), how many member rows the room has and whether the caller is one of them."""
+    request (else its latest), whether we know the room (and its owner) and whether the caller is a member."""
     row = tx.one(
-        f"""SELECT (SELECT COUNT(*) FROM chat_room_members m WHERE m.chat_room_id = %(room)s) AS member_rows,
+        f"""SELECT (SELECT COUNT(*) FROM chat_rooms c WHERE c.chat_room_id = %(room)s) AS known_room,
+                   (SELECT owner_id FROM chat_rooms c WHERE c.chat_room_id = %(room)s) AS owner_id,
                    EXISTS(SELECT 1 FROM chat_room_members m
                           WHERE m.chat_room_id = %(room)s AND m.user_id = %(user)s) AS is_member,
                    r.{_COLUMNS.replace(", ", ", r.")}

@@ -26,10 +26,12 @@ from escrow.repositories import clock as clock_repo
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
+from escrow.services import isolation
 from escrow.services import payments as payment_service
 from escrow.services import payouts as payout_service
 from escrow.services import refunds as refund_service
 from escrow.services import release as release_service
+from escrow.services import webhooks as webhook_service
 from escrow.states import CancelStatus, RequestStatus
 from escrow.toss import TossError
 from escrow.toss.client import TossClient, get_toss_client
@@ -48,43 +50,63 @@ def expire_overdue(
 ) -> dict[str, int]:
     with db.reader() as tx:
         due = requests_repo.due_for_expiry(tx, db_time(now()), limit)
-    expired = refunds = 0
+    waiting = isolation.waiting("expire", "request", due, now())
+    retried = isolation.set_aside_before("expire", "request", [i for i in due if str(i) not in waiting])
+    expired = refunds = failed = 0
     for request_id in due:
         if deadline():
             break
-        with db.transaction() as tx:
-            request = requests_repo.lock(tx, request_id)
-            if request is None or request["status"] != RequestStatus.PENDING:
-                continue
-            requests_repo.set_status(
-                tx,
-                request["id"],
-                request["status"],
-                RequestStatus.EXPIRED,
-                closed_at=db_time(now()),
-                closed_by="schedule",
-                close_reason="deadline passed before every participant paid",
-            )
-            targets = refund_service.queue_refunds(
-                tx, request["id"], actor="schedule", reason="기한 내 전원 결제되지 않아 자동 환불", tag="expiry"
-            )
-            outbox_repo.add(
-                tx,
-                event_type="RequestExpired",
-                aggregate_id=request["id"],
-                dedupe_key=f"RequestExpired:{request['id']}",
-                payload={
-                    "payment_request_id": request["id"],
-                    "chat_room_id": request["chat_room_id"],
-                    "store_id": request["store_id"],
-                    "amount_per_participant": request["amount"],
-                    "participant_count": request["participant_count"],
-                    "refund_amount": sum(t["remaining"] for t in targets),
-                },
-            )
+        if str(request_id) in waiting:
+            continue
+        try:
+            targets = _expire_one(request_id, now())
+        except Exception as exc:
+            if isolation.infrastructure(exc):
+                raise
+            isolation.set_aside("expire", "request", request_id, exc)
+            failed += 1
+            continue
+        isolation.cleared("expire", "request", [request_id], retried)
+        if targets is None:
+            continue
         expired += 1
         refunds += len(refund_service.refund_queued(targets, toss=toss))
-    return {"expired": expired, "refunds_started": refunds}
+    return {"expired": expired, "refunds_started": refunds, "failed": failed}
+
+
+def _expire_one(request_id: int, at: datetime) -> list[dict[str, Any]] | None:
+    """Close one overdue request as expired and queue the refunds of what it holds (None: not pending any more)."""
+    with db.transaction() as tx:
+        request = requests_repo.lock(tx, request_id)
+        if request is None or request["status"] != RequestStatus.PENDING:
+            return None
+        requests_repo.set_status(
+            tx,
+            request["id"],
+            request["status"],
+            RequestStatus.EXPIRED,
+            closed_at=db_time(at),
+            closed_by="schedule",
+            close_reason="deadline passed before every participant paid",
+        )
+        targets = refund_service.queue_refunds(
+            tx, request["id"], actor="schedule", reason="기한 내 전원 결제되지 않아 자동 환불", tag="expiry"
+        )
+        outbox_repo.add(
+            tx,
+            event_type="RequestExpired",
+            aggregate_id=request["id"],
+            dedupe_key=f"RequestExpired:{request['id']}",
+            payload={
+                "payment_request_id": request["id"],
+                "chat_room_id": request["chat_room_id"],
+                "store_id": request["store_id"],
+                "amount_per_participant": request["amount"],
+                "participant_count": request["participant_count"],
+                "refund_amount": sum(t["remaining"] for t in targets),
+            },
+        )
+        return targets
 
 
 def reconcile_payments(
@@ -106,7 +128,13 @@ def reconcile_payments(
         try:
             outcome = payment_service.reconcile_order(order, toss=toss)
         except (TossError, AppError) as exc:
+            if isolation.infrastructure(exc):
+                raise
             logger.warning("order not settled yet", extra={"order_id": order["order_id"], "error": str(exc)})
+            unresolved += 1
+            continue
+        except Exception as exc:  # noqa: BLE001 - set the order aside; reconcile the others
+            isolation.set_aside("reconcile_payments", "order", order["order_id"], exc)
             unresolved += 1
             continue
         settled += outcome not in ("pending",)
@@ -120,7 +148,9 @@ def reconcile_cancels(
     older_than: int | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
-    """Refunds whose answer was lost, or that were queued and not sent: ask Toss again with the same key.
+    """Refunds whose answer was lost, or that were queued and not sent: ask Toss again with the same key. Refunds
+    the schedule owes (a cancelled or expired request, a removed participant) that Toss refused for a reason that
+    passes: ask again once their back-off has run out, with a new key.
 
     A `requested` refund younger than the time its own worker may still spend on it (two Toss calls: the cancel and
     the lookup after no answer) is left to that worker, whatever `older_than` says: two workers on one refund at once
@@ -131,32 +161,35 @@ def reconcile_cancels(
     with db.reader() as tx:
         stale = cancels_repo.stale(tx, older_than, limit)
         clock = clock_repo.database_now(tx)
-        rows = []
-        for c in stale:
-            if c["status"] == CancelStatus.REQUESTED and (clock - c["updated_at"]).total_seconds() < in_flight:
-                continue
-            share = payments_repo.refund_view(tx, c["payment_id"])
-            if share:
-                rows.append((c, share))
+    rows = [
+        c
+        for c in stale
+        if not (c["status"] == CancelStatus.REQUESTED and (clock - c["updated_at"]).total_seconds() < in_flight)
+    ]
     done = failed = skipped = 0
-    for c, share in rows:
+    for c in rows:
         if deadline():
             break
         if not _claim_cancel(c):
             skipped += 1
             continue
         try:
-            refund_service.send_refund(
-                c["id"],
-                share["payment_key"],
-                c["reason"],
-                c["requested_amount"],
-                share["paid_amount"] - share["refunded_amount"],
-                toss=toss,
-            )
-            done += 1
+            if c["status"] == CancelStatus.FAILED:
+                refund_service.retry_refused(c["id"])
+            outcome = refund_service.send_refund(c["id"], toss=toss)
         except AppError as exc:
+            if isolation.infrastructure(exc):
+                raise
             logger.warning("refund still not settled", extra={"cancel_id": c["id"], "error_code": exc.code})
+            failed += 1
+            continue
+        except Exception as exc:  # noqa: BLE001 - set the refund aside; retry the others
+            isolation.set_aside("reconcile_cancels", "refund", c["id"], exc)
+            failed += 1
+            continue
+        if outcome.status == "done":
+            done += 1
+        else:
             failed += 1
     return {"refunds_retried": done, "refunds_unresolved": failed, "refunds_taken_by_another_run": skipped}
 
@@ -280,7 +313,15 @@ def audit_ledger(
     }
 
 
-DEFAULT_JOBS = ("reconcile_payments", "reconcile_cancels", "expire", "release", "payouts", "publish")
+DEFAULT_JOBS = (
+    "reconcile_payments",
+    "reconcile_cancels",
+    "expire",
+    "release",
+    "payouts",
+    "publish",
+    "webhook_retention",
+)
 OPTIONAL_JOBS = ("audit",)  # only when asked for by name
 
 
@@ -290,6 +331,7 @@ PROGRESS: dict[str, tuple[str, ...]] = {
     "release": ("released",),
     "payouts": ("payouts_requested", "payout_calls"),
     "publish": ("events_published",),
+    "webhook_retention": ("webhooks_deleted",),
     "reconcile_payments": ("orders_settled",),
     "reconcile_cancels": ("refunds_retried",),
 }
@@ -322,6 +364,7 @@ def run_scheduled(
         "release": lambda: release_service.release_due(BATCH * 5, toss=toss, now=now, deadline=out_of_time),
         "payouts": lambda: payout_service.payouts_due(BATCH * 5, toss=toss, now=now, deadline=out_of_time),
         "publish": lambda: publish_outbox(publisher=publisher, deadline=out_of_time),
+        "webhook_retention": lambda: {"webhooks_deleted": webhook_service.retention(now())},
         "audit": lambda: audit_ledger(toss=toss, now=now, deadline=out_of_time),
     }
     for name in wanted:

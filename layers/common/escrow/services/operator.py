@@ -7,18 +7,17 @@ through the same services as the API, the webhook and the schedule; none of them
   same transaction as its record. The next scheduled run sends it as a new attempt (a new Idempotency-Key,
   `payout-{settlement}-{attempt}`). If Toss had created a payout for it, Toss must say FAILED now (a GET), and the
   retry gets a new refPayoutId, since Toss refuses a refPayoutId it has seen (DUPLICATED_REF_PAYOUT_ID).
-* `replay_webhook`: a logged delivery goes through `webhooks.receive` again, exactly as Toss's delivery would:
-  verification still applies (see REPLAY_MEANING), a processed event is a duplicate, and the replay is logged as a
-  delivery of its own (user-agent `escrow-ops/replay-of-{id}/action-{action}`).
+* `replay_webhook`: a logged delivery's subject (the payment, order, payout or seller it named, kept as a
+  well-formed id) is asked of Toss again and Toss's state now is applied, through the same services the webhook
+  uses. A delivery's body is never trusted, forged or not (and the log keeps bodies masked, or not at all for a
+  delivery that did not verify), so a replay can only bring our rows to what Toss says (see REPLAY_MEANING).
 * `run_job`: one of the scheduled jobs through `jobs.run_scheduled`, the code the schedule runs.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from datetime import UTC
 from typing import Any
 
 from escrow import db
@@ -34,25 +33,23 @@ from escrow.toss.client import TossClient, get_toss_client
 # What replaying a logged delivery means, per event type (the console prints it before it asks to go on).
 REPLAY_MEANING: dict[str, str] = {
     "PAYMENT_STATUS_CHANGED": (
-        "unsigned: the body is only a trigger. The payment is fetched from Toss again (GET by paymentKey or orderId) "
-        "and Toss's state now is applied, as the reconciliation would. Safe at any time; a delivery that was "
-        "processed before is a duplicate and changes nothing."
+        "the payment the delivery named is fetched from Toss again (GET by paymentKey or orderId) and Toss's state "
+        "now is applied, as the reconciliation would. Safe at any time: nothing in the delivery is believed."
     ),
     "DEPOSIT_CALLBACK": (
-        "checked against the secret we stored for the order; if it matches, the payment is fetched from Toss by "
-        "orderId and Toss's state now is applied. A wrong secret stays rejected."
+        "the order the delivery named is fetched from Toss again (GET by orderId) and Toss's state now is applied: "
+        "a deposit counts only when Toss shows it. The delivery's secret is not kept in the log."
     ),
     "payout.changed": (
-        "signed: the HMAC signature must verify with the current security key, and the transmission time must have "
-        "been fresh when we first received it (a stale delivery stays rejected). The console first checks that "
-        "Toss still reports the payout's status as the delivery says; then COMPLETED or FAILED closes the settlement."
+        "the payout the delivery named is fetched from Toss again; COMPLETED or FAILED there closes the settlement. "
+        "What the delivery said is not believed (its signature cannot be checked again: the log keeps no raw body)."
     ),
     "seller.changed": (
-        "signed, verified as payout.changed. The store's seller status becomes the delivery's, so the console first "
-        "checks that Toss still reports that status (an older delivery must not undo a newer change)."
+        "the seller the delivery named is fetched from Toss again and its status now is recorded, so an old "
+        "delivery cannot undo a newer change."
     ),
 }
-OTHER_EVENTS_MEANING = "not an event we act on: it is logged as ignored again."
+OTHER_EVENTS_MEANING = "not an event we act on, or a delivery that named nothing well formed: nothing to replay."
 
 # What the webhook function answers 200 (webhooks.Result values): the delivery is done with.
 ACCEPTED_RESULTS = ("processed", "duplicate", "ignored")
@@ -170,48 +167,16 @@ def replay_meaning(event_type: str | None) -> str:
     return REPLAY_MEANING.get(event_type or "", OTHER_EVENTS_MEANING)
 
 
-def _still_as_delivered(event_type: str, payload: dict[str, Any], toss: TossClient) -> str | None:
-    """For a signed event: Toss's current status of the payout or seller, when it differs from the delivery's."""
-    body = payload.get("entityBody")
-    entity: dict[str, Any] = body if isinstance(body, dict) else {}
-    entity_id, delivered = entity.get("id"), entity.get("status")
-    if not isinstance(entity_id, str) or not entity_id:
-        return None  # malformed: receive() rejects or ignores it as it would for Toss
-    try:
-        now = toss.get_payout(entity_id) if event_type == "payout.changed" else toss.get_seller(entity_id)
-    except TossApiError as exc:
-        if exc.status == 404:
-            return f"Toss does not know {entity_id}"
-        raise UpstreamUnavailable(f"Toss did not show {entity_id} ({exc.code}); nothing was replayed") from exc
-    except TossError as exc:
-        raise UpstreamUnavailable("Toss did not answer; nothing was replayed, try again") from exc
-    current = now.get("status")
-    return None if current == delivered else f"the delivery says {delivered}, Toss says {current} now"
-
-
 def replay_webhook(webhook_id: int, *, operator: str, reason: str, toss: TossClient | None = None) -> dict[str, Any]:
-    """Process a logged delivery again through the webhook service, with the same verification rules."""
+    """Ask Toss again about what a logged delivery named, and apply what Toss says now (see REPLAY_MEANING)."""
     from escrow.services import webhooks  # the webhook service, as the webhook function uses it
 
     operator, reason = _need(operator, reason)
     with db.reader() as tx:
         row = ops_repo.webhook(tx, webhook_id)
-        last_id = ops_repo.last_webhook_id(tx)
     if row is None:
         raise NotFound(f"no logged webhook delivery {webhook_id}", code="WEBHOOK_NOT_FOUND")
-    raw = str(row["raw_body"]).encode("utf-8")
-    headers: dict[str, str] = json.loads(row["headers"] or "{}")
-    event_type = row["event_type"]
-    if event_type in webhooks.SIGNED_EVENTS:
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = {}
-        stale = _still_as_delivered(event_type, payload if isinstance(payload, dict) else {}, toss or get_toss_client())
-        if stale:
-            raise Conflict(
-                f"not replayed: {stale}. Replaying would apply an outdated {event_type}.", code="DELIVERY_OUTDATED"
-            )
+    event_type, subject = row["event_type"], row["subject"]
     target = f"webhook:{webhook_id}"
     with db.transaction() as tx:
         action_id = actions_repo.start(
@@ -220,40 +185,36 @@ def replay_webhook(webhook_id: int, *, operator: str, reason: str, toss: TossCli
             target=target,
             operator=operator,
             reason=reason,
-            detail={"event_type": event_type, "original_outcome": row["outcome"]},
+            detail={"event_type": event_type, "subject": subject, "original_outcome": row["outcome"]},
         )
-    marker = f"escrow-ops/replay-of-{webhook_id}/action-{action_id}"
-    headers["user-agent"] = marker
-    # Freshness of a signed delivery is judged at the time we first received it (a replay is not a new sending).
-    received = row["received_at"].replace(tzinfo=UTC)
-    try:
-        outcome = webhooks.receive(headers, raw, toss=toss, now=received)
-    except Exception as exc:
-        with db.transaction() as tx:
-            actions_repo.finish(tx, action_id, status="failed", detail={"error": f"{type(exc).__name__}: {exc}"[:500]})
-        _logged("replay_webhook", action_id, operator, target, reason, "failed")
-        raise
-    with db.reader() as tx:
-        logged = ops_repo.webhook_by_user_agent(tx, marker, last_id)
-    status = (
-        "done"
-        if outcome.result in ACCEPTED_RESULTS
-        else "failed"
-        if outcome.result is webhooks.Result.RETRY_LATER
-        else "refused"
-    )
-    result = {
+    result: dict[str, Any] = {
         "operator_action_id": action_id,
         "webhook_id": webhook_id,
         "event_type": event_type,
+        "subject": subject,
         "meaning": replay_meaning(event_type),
-        "result": outcome.result.value,
-        "reason": outcome.reason,
-        "replay_webhook_id": logged["id"] if logged else None,
-        "verification": logged["verification"] if logged else None,
-        "outcome": logged["outcome"] if logged else None,
-        "detail": logged["detail"] if logged else None,
+        "original_verification": row["verification"],
+        "original_outcome": row["outcome"],
     }
+    if not subject:
+        result.update(
+            result="refused", detail="the delivery named no payment, order, payout or seller we can ask about"
+        )
+        status = "refused"
+    else:
+        try:
+            applied = webhooks.apply_subject(subject, toss=toss)
+        except TossApiError as exc:
+            result.update(result="refused", detail=f"Toss answered {exc.status} {exc.code} for {subject}")
+            status = "refused"
+        except TossError as exc:
+            with db.transaction() as tx:
+                actions_repo.finish(tx, action_id, status="failed", detail={"error": type(exc).__name__})
+            _logged("replay_webhook", action_id, operator, target, reason, "failed")
+            raise UpstreamUnavailable("Toss did not answer; nothing was replayed, try again") from exc
+        else:
+            result.update(result="applied", detail=applied)
+            status = "done"
     with db.transaction() as tx:
         actions_repo.finish(tx, action_id, status=status, detail=result)
     _logged("replay_webhook", action_id, operator, target, reason, status)

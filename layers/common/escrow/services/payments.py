@@ -2,6 +2,12 @@
 
 `apply_toss_payment` is the one place where a Toss payment changes our ledger; confirm, the webhook and the
 reconciliation job all go through it, so they agree whatever order they arrive in.
+
+A share owes the request's amount minus what it holds. It is paid by one Toss payment, or by several when the
+payer pays again after a refund (the whole amount after a full refund, the difference after a partial one). Each
+Toss payment that funds a share is a charge (`payment_charges`), bound to the share only once Toss has confirmed
+the (paymentKey, orderId) pair: before that, an order only remembers the paymentKey it was tried with, so someone
+else's paymentKey sent with your orderId cannot take it from you.
 """
 
 from __future__ import annotations
@@ -24,11 +30,21 @@ from escrow.errors import (
     ValidationFailed,
 )
 from escrow.observability import count, logger
+from escrow.repositories import cancels as cancels_repo
+from escrow.repositories import charges as charges_repo
 from escrow.repositories import ledger
-from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
-from escrow.states import CONFIRMING, ORDER_IN_FLIGHT, PAID, OrderStatus, PaymentStatus, RequestStatus
+from escrow.services.funding import refresh_funding
+from escrow.states import (
+    CONFIRMING,
+    ORDER_IN_FLIGHT,
+    ChargeStatus,
+    OrderStatus,
+    PaymentStatus,
+    RequestStatus,
+    share_status_for,
+)
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
 
@@ -40,12 +56,24 @@ if TYPE_CHECKING:
 _IN_FLIGHT_RETRIES = 4
 
 
-def confirm_idempotency_key(order_id: str) -> str:
-    return f"confirm-{order_id}"
+def confirm_idempotency_key(order_id: str, attempt: int = 0) -> str:
+    """One key per attempt to confirm an order: the same key when no answer arrived (Toss answers it with the first
+    outcome), a new one after a Toss answer with an error code (which Toss replays for that key for 15 days)."""
+    return f"confirm-{order_id}" if attempt == 0 else f"confirm-{order_id}-{attempt}"
 
 
-def refund_idempotency_key(order_id: str) -> str:
-    return f"auto-refund-{order_id}"
+def refund_idempotency_key(order_id: str, attempt: int = 0) -> str:
+    """One key per attempt to cancel a charge we must not keep: a new attempt after a Toss answer with an error
+    code gets a new key (Toss replays the first answer for a key, errors included, for 15 days)."""
+    return f"auto-refund-{order_id}" if attempt == 0 else f"auto-refund-{order_id}-{attempt}"
+
+
+def held(share: dict[str, Any]) -> int:
+    return int(share["paid_amount"]) - int(share["refunded_amount"])
+
+
+def owed(share: dict[str, Any]) -> int:
+    return max(int(share["amount"]) - held(share), 0)
 
 
 def _order_name(request: dict[str, Any]) -> str:
@@ -61,25 +89,37 @@ def _open_request(tx: db.Tx, chat_room_id: int) -> dict[str, Any]:
 
 def _share(tx: db.Tx, request: dict[str, Any], payer_id: str) -> dict[str, Any]:
     share = payments_repo.lock_share(tx, request["id"], payer_id)
-    if share is None:
+    if share is None or share["status"] == PaymentStatus.REMOVED:
         raise Forbidden("you are not a participant of this payment request", code="NOT_A_PARTICIPANT")
     return share
+
+
+def _check_payable(tx: db.Tx, share: dict[str, Any]) -> int:
+    """What the share owes now, or why it cannot pay now."""
+    if share["status"] in CONFIRMING:
+        raise Conflict("your payment is being confirmed; wait for its result", code="PAYMENT_IN_PROGRESS")
+    if cancels_repo.in_flight_for_payment(tx, share["id"]):
+        raise Conflict(
+            "a refund of your share is still being settled; pay again once it is done", code="REFUND_IN_PROGRESS"
+        )
+    due = owed(share)
+    if due <= 0 or share["status"] == PaymentStatus.RELEASED:
+        raise Conflict("your share is already paid in full", code="ALREADY_PAID")
+    return due
 
 
 # --- prepare ------------------------------------------------------------------------------------------------
 
 
 def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
-    """Issue (or hand back) the payer's orderId for the Toss widget. Idempotent until the order is used."""
+    """Issue (or hand back) the payer's orderId for the Toss widget, for what the share owes now (the whole amount,
+    or what was refunded of it). Idempotent until the order is used."""
     with db.transaction() as tx:
         request = _open_request(tx, body.chat_room_id)
         share = _share(tx, request, principal.user_id)
-        if share["status"] in PAID:
-            raise Conflict("your share is already paid", code="ALREADY_PAID")
-        if share["status"] in CONFIRMING:
-            raise Conflict("your payment is being confirmed; wait for its result", code="PAYMENT_IN_PROGRESS")
+        due = _check_payable(tx, share)
         order = payments_repo.find_order(tx, share["order_id"]) if share["order_id"] else None
-        if order is not None and order["status"] == OrderStatus.ISSUED:
+        if order is not None and order["status"] == OrderStatus.ISSUED and order["amount"] == due:
             order_id = order["order_id"]
         else:
             order_id = new_order_id(request["id"])
@@ -88,82 +128,136 @@ def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
                 order_id=order_id,
                 payment_id=share["id"],
                 payer_id=principal.user_id,
-                amount=share["amount"],
+                amount=due,
                 status=OrderStatus.ISSUED,
             )
-            payments_repo.update(tx, share["id"], order_id=order_id, payment_key=None)
+            payments_repo.update(tx, share["id"], order_id=order_id)
     return {
         "orderId": order_id,
-        "amount": share["amount"],
+        "amount": due,
         "orderName": _order_name(request),
         "chat_room_id": request["chat_room_id"],
         "payment_request_id": request["id"],
         "customerKey": principal.user_id,
+        "share_amount": share["amount"],
+        "held_amount": held(share),
     }
 
 
 # --- confirm ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class Attempt:
     payment_id: int
     request_id: int
     order_id: str
     payment_key: str
     amount: int
-    done: bool = False  # already completed with this paymentKey: answer without calling Toss
+    done: bool = False  # Toss already approved this confirm: answer without calling Toss
+    answer: dict[str, Any] | None = None  # what to answer then, when it is not "completed"
+    key_attempt: int = 0  # which Idempotency-Key (see confirm_idempotency_key)
 
 
-def _already_paid_with(payer_id: str, body: ConfirmBody) -> Attempt | None:
-    """A repeat of a successful confirm answers the same success, even after the request was released or closed
-    (it is no longer the room's open request then, so the checks below would not find it)."""
+def _replay(payer_id: str, body: ConfirmBody) -> Attempt | None:
+    """A confirm Toss already approved, sent again (a retry, a refresh, or an old body replayed): answer what is
+    true now, without calling Toss. None when this paymentKey and orderId are no charge of this payer's."""
     with db.reader() as tx:
-        row = payments_repo.find_with_room_by_key(tx, body.paymentKey)
-    if row is None or row["status"] not in PAID or row["payer_id"] != payer_id:
+        charge = charges_repo.find(tx, body.paymentKey)
+        if charge is None or charge["payer_id"] != payer_id or charge["order_id"] != body.orderId:
+            return None
+        request = requests_repo.find(tx, charge["payment_request_id"])
+        share = payments_repo.find(tx, charge["payment_id"])
+    assert request is not None and share is not None
+    if request["chat_room_id"] != body.chat_room_id:
         return None
-    if row["chat_room_id"] != body.chat_room_id or row["order_id"] != body.orderId:
-        return None
-    return Attempt(row["id"], row["payment_request_id"], body.orderId, body.paymentKey, row["amount"], done=True)
+    attempt = Attempt(share["id"], request["id"], body.orderId, body.paymentKey, int(share["amount"]), done=True)
+    status = share["status"]
+    if charge["status"] == ChargeStatus.RELEASED or status == PaymentStatus.RELEASED:
+        return replace(attempt, answer={"payment_status": "released"})
+    if request["status"] in (RequestStatus.CANCELLED, RequestStatus.EXPIRED):
+        raise Conflict(
+            f"the request was {request['status']}; this payment is {status} (refunded {share['refunded_amount']} KRW)",
+            code="REQUEST_CLOSED",
+            payment_status=status,
+            payment_request_status=request["status"],
+            refunded_amount=share["refunded_amount"],
+        )
+    if status == PaymentStatus.REMOVED:
+        raise Conflict(
+            "you were removed from this request; what you paid is refunded",
+            code="PARTICIPANT_REMOVED",
+            payment_status=status,
+            refunded_amount=share["refunded_amount"],
+        )
+    if charge["status"] == ChargeStatus.WAITING_FOR_DEPOSIT:
+        return replace(attempt, answer={"payment_status": "in_progress", "toss_status": "WAITING_FOR_DEPOSIT"})
+    if status == PaymentStatus.COMPLETED and charge["status"] == ChargeStatus.HELD:
+        return attempt
+    if status in CONFIRMING:
+        raise Conflict(
+            "another payment of your share is being confirmed; wait for its result", code="PAYMENT_IN_PROGRESS"
+        )
+    raise Conflict(
+        f"this payment was refunded (your share is {status}; {owed(share)} KRW owed)",
+        code="PAYMENT_REFUNDED",
+        payment_status=status,
+        refunded_amount=share["refunded_amount"],
+        owed_amount=owed(share),
+    )
 
 
 def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
     """Check everything, then record the attempt (in_progress) before Toss is called."""
-    done = _already_paid_with(payer_id, body)
-    if done is not None:
-        return done
+    replayed = _replay(payer_id, body)
+    if replayed is not None:
+        return replayed
     try:
         with db.transaction() as tx:
             request = _open_request(tx, body.chat_room_id)
             share = _share(tx, request, payer_id)
-            same_attempt = share["order_id"] == body.orderId and share["payment_key"] == body.paymentKey
-            attempt = Attempt(share["id"], request["id"], body.orderId, body.paymentKey, share["amount"])
-            if share["status"] in PAID:
-                if share["payment_key"] == body.paymentKey:
-                    return replace(attempt, done=True)
-                raise Conflict("your share is already paid", code="ALREADY_PAID")
-            if body.amount != share["amount"]:
-                raise ValidationFailed(
-                    f"the amount must be {share['amount']} KRW for this request",
-                    code="AMOUNT_MISMATCH",
-                    details=[{"field": "amount", "message": f"expected {share['amount']}"}],
-                )
+            order = payments_repo.find_order(tx, body.orderId)
+            charge = charges_repo.find_by_order(tx, body.orderId)
+            if charge is not None and charge["payment_key"] == body.paymentKey and charge["payment_id"] == share["id"]:
+                # Completed by a concurrent duplicate of this confirm after our first look: answer as a replay.
+                raise _Replayed()
+            if charges_repo.get(tx, body.paymentKey) is not None:
+                # Toss confirmed this paymentKey for another order already: it is someone's charge, never this one.
+                raise Conflict("this paymentKey belongs to another payment", code="PAYMENT_KEY_IN_USE")
             if share["status"] in CONFIRMING:
-                if same_attempt:
-                    return attempt  # a retry or a concurrent duplicate: Toss's Idempotency-Key makes it one charge
+                if (
+                    order is not None
+                    and order["payment_id"] == share["id"]
+                    and order["status"] in ORDER_IN_FLIGHT
+                    and order["payment_key"] == body.paymentKey
+                ):
+                    # A retry or a concurrent duplicate: Toss's Idempotency-Key makes it one charge.
+                    return Attempt(
+                        share["id"],
+                        request["id"],
+                        body.orderId,
+                        body.paymentKey,
+                        int(order["amount"]),
+                        key_attempt=int(order["confirm_attempt"]),
+                    )
                 code = (
                     "PAYMENT_IN_PROGRESS" if share["status"] == PaymentStatus.IN_PROGRESS else "PAYMENT_OUTCOME_UNKNOWN"
                 )
                 raise Conflict("an earlier payment of your share is still being settled", code=code)
-            # pending or failed: a new attempt with the prepared orderId or a new one bound to this payer
-            order = payments_repo.find_order(tx, body.orderId)
-            if order is None:
+            due = _check_payable(tx, share)
+            if body.amount != due:
+                raise ValidationFailed(
+                    f"the amount must be {due} KRW (what your share owes now)",
+                    code="AMOUNT_MISMATCH",
+                    details=[{"field": "amount", "message": f"expected {due}"}],
+                )
+            if order is None:  # a new orderId of the app's own, bound to this payer on first use
                 payments_repo.insert_order(
                     tx,
                     order_id=body.orderId,
                     payment_id=share["id"],
                     payer_id=payer_id,
-                    amount=share["amount"],
+                    amount=due,
                     status=OrderStatus.IN_PROGRESS,
                     payment_key=body.paymentKey,
                 )
@@ -178,6 +272,12 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                 )
             elif order["payment_id"] != share["id"] or order["status"] != OrderStatus.ISSUED:
                 raise Conflict("this orderId was already used; prepare a new order", code="ORDER_ID_ALREADY_USED")
+            elif order["amount"] != due:
+                raise Conflict(
+                    f"this order was prepared for {order['amount']} KRW, but your share owes {due} KRW now; "
+                    "prepare a new order",
+                    code="ORDER_OUTDATED",
+                )
             else:
                 payments_repo.set_order_status(
                     tx, body.orderId, order["status"], OrderStatus.IN_PROGRESS, payment_key=body.paymentKey
@@ -189,23 +289,30 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                 share["status"],
                 PaymentStatus.IN_PROGRESS,
                 order_id=body.orderId,
-                payment_key=body.paymentKey,
                 method=body.payment_method,
                 failure_code=None,
                 failure_message=None,
                 confirm_started_at=db_time(utcnow()),
             )
-            return attempt
+            return Attempt(share["id"], request["id"], body.orderId, body.paymentKey, due)
+    except _Replayed:
+        replayed = _replay(payer_id, body)
+        assert replayed is not None
+        return replayed
     except AppError:
         raise
     except Exception as exc:
         if db.is_duplicate_key(exc):
-            raise Conflict("this paymentKey or orderId belongs to another payment", code="PAYMENT_KEY_IN_USE") from exc
+            raise Conflict("this orderId belongs to another payment", code="ORDER_ID_ALREADY_USED") from exc
         raise
 
 
+class _Replayed(Exception):
+    """Raised inside the confirm's transaction to leave it (rolled back, nothing written) and answer as a replay."""
+
+
 def _call_confirm(toss: TossClient, attempt: Attempt) -> Payment:
-    key = confirm_idempotency_key(attempt.order_id)
+    key = confirm_idempotency_key(attempt.order_id, attempt.key_attempt)
     for retry in range(_IN_FLIGHT_RETRIES + 1):
         try:
             return toss.confirm(attempt.payment_key, attempt.order_id, attempt.amount, idempotency_key=key)
@@ -213,8 +320,18 @@ def _call_confirm(toss: TossClient, attempt: Attempt) -> Payment:
             if exc.code == "IDEMPOTENT_REQUEST_PROCESSING" and retry < _IN_FLIGHT_RETRIES:
                 time.sleep(0.25 * (retry + 1))  # the first confirm with this key is still running at Toss
                 continue
+            if exc.outcome_unknown and exc.code != "IDEMPOTENT_REQUEST_PROCESSING":
+                # An answer (a 5xx, say) that leaves the outcome open: it is bound to this key, so asking again
+                # with it would only hear it again. The next confirm of this order uses a new key.
+                _next_confirm_key(attempt)
             raise
     raise AssertionError("unreachable")
+
+
+def _next_confirm_key(attempt: Attempt) -> None:
+    with db.transaction() as tx:
+        payments_repo.bump_confirm_attempt(tx, attempt.order_id, attempt.key_attempt)
+    attempt.key_attempt += 1
 
 
 def _look_up(toss: TossClient, attempt: Attempt) -> Payment | None:
@@ -225,6 +342,11 @@ def _look_up(toss: TossClient, attempt: Attempt) -> Payment | None:
         if exc.code in ("NOT_FOUND_PAYMENT", "NOT_FOUND_PAYMENT_SESSION"):
             return None
         raise
+    if payment.payment_key != attempt.payment_key and payment.status in ("READY", "IN_PROGRESS"):
+        # The order's own payment at Toss is another paymentKey, not approved yet: the pair we were sent (someone
+        # else's paymentKey with this orderId, say) is no payment at Toss. The order's real payment stays for its
+        # payer to confirm.
+        return None
     if payment.status == "IN_PROGRESS" and payment.payment_key == attempt.payment_key:
         # Authenticated but never approved: our confirm did not reach Toss. Send it (same key) now.
         payment = _call_confirm(toss, attempt)
@@ -235,7 +357,8 @@ def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossClient
     attempt = _begin_confirm(principal.user_id, body)
     payment: Payment | None
     if attempt.done:
-        return {"payment_status": "completed", "paymentKey": attempt.payment_key, "orderId": attempt.order_id}
+        answer = attempt.answer or {"payment_status": "completed"}
+        return {**answer, "paymentKey": attempt.payment_key, "orderId": attempt.order_id}
     toss = toss or get_toss_client()
     try:
         payment = _call_confirm(toss, attempt)
@@ -320,34 +443,42 @@ def _answer(attempt: Attempt, payment: Payment, outcome: str) -> dict[str, Any]:
 
 
 def record_failure(order_id: str, code: str, message: str, *, actor: str) -> None:
+    with db.reader() as tx:
+        found = payments_repo.find_order(tx, order_id)
+    if found is None:
+        return
     with db.transaction() as tx:
-        order = payments_repo.find_order(tx, order_id)
-        if order is None:
-            return
-        requests_repo.lock(tx, order["payment_request_id"])
-        share = payments_repo.lock(tx, order["payment_id"])
+        requests_repo.lock(tx, found["payment_request_id"])
+        share = payments_repo.lock(tx, found["payment_id"])
+        order = payments_repo.find_order(tx, order_id)  # read again under the locks: its status now
+        assert order is not None
+        if order["status"] in (OrderStatus.DONE, OrderStatus.REFUND_PENDING, OrderStatus.REFUNDED):
+            return  # Toss's record (a charge) was applied meanwhile: it wins over a failure
         payments_repo.set_order_status(
             tx, order_id, order["status"], OrderStatus.FAILED, failure_code=code, failure_message=message[:500]
         )
         if share and share["order_id"] == order_id and share["status"] in CONFIRMING:
-            payments_repo.set_status(
-                tx,
-                share["id"],
-                share["status"],
-                PaymentStatus.FAILED,
-                failure_code=code,
-                failure_message=message[:500],
-            )
+            _back_from_confirming(tx, share, failure_code=code, failure_message=message[:500])
     logger.info("payment failed", extra={"order_id": order_id, "toss_code": code, "actor": actor})
 
 
+def _back_from_confirming(tx: db.Tx, share: dict[str, Any], **fields: Any) -> None:
+    """An attempt did not charge: the share is back to what it holds (nothing: failed or refunded; part of the
+    share: partially_refunded)."""
+    target = share_status_for(held(share), int(share["amount"]), ever_paid=int(share["paid_amount"]) > 0)
+    payments_repo.set_status(tx, share["id"], share["status"], target, **fields)
+
+
 def record_unknown(order_id: str, reason: str) -> None:
+    with db.reader() as tx:
+        found = payments_repo.find_order(tx, order_id)
+    if found is None:
+        return
     with db.transaction() as tx:
+        requests_repo.lock(tx, found["payment_request_id"])
+        share = payments_repo.lock(tx, found["payment_id"])
         order = payments_repo.find_order(tx, order_id)
-        if order is None:
-            return
-        requests_repo.lock(tx, order["payment_request_id"])
-        share = payments_repo.lock(tx, order["payment_id"])
+        assert order is not None
         if order["status"] in ORDER_IN_FLIGHT:
             payments_repo.set_order_status(tx, order_id, order["status"], OrderStatus.UNKNOWN, failure_message=reason)
         if share and share["order_id"] == order_id and share["status"] in CONFIRMING:
@@ -376,30 +507,30 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
     # The order's ids never change: read them before the transaction, so that its first statement is a lock.
     # (InnoDB takes a transaction's read snapshot at its first plain read; after the locks, plain reads are fresh.)
     with db.reader() as tx:
-        order = payments_repo.find_order(tx, payment.order_id)
-    if order is None:
+        found = payments_repo.find_order(tx, payment.order_id)
+    if found is None:
         logger.warning("Toss payment for an order we never issued", extra={"order_id": payment.order_id})
         return "ignored", None
     with db.transaction() as tx:
-        request = requests_repo.lock(tx, order["payment_request_id"])
-        share = payments_repo.lock(tx, order["payment_id"])
+        request = requests_repo.lock(tx, found["payment_request_id"])
+        share = payments_repo.lock(tx, found["payment_id"])
         assert request is not None and share is not None
+        order = payments_repo.find_order(tx, payment.order_id)
+        assert order is not None
+        charge = charges_repo.find_by_order(tx, payment.order_id)
         live = share["order_id"] == payment.order_id
 
         if payment.status == "DONE":
-            if live and share["status"] in PAID and share["payment_key"] == payment.payment_key:
-                return "already_completed", None
-            expected_amount = live and payment.total_amount == share["amount"]
-            request_open = request["status"] == RequestStatus.PENDING
-            if not live or not expected_amount or not request_open or share["status"] not in _AWAITING_CHARGE:
-                # Money we must not keep: a second charge for a paid share, a stale order, a wrong amount.
-                # (A request cancelled or expired while this confirm was in flight lands here too.)
-                if live and not expected_amount:
-                    why = "AMOUNT_MISMATCH"
-                elif live and not request_open and share["status"] in CONFIRMING:
-                    why = "REQUEST_CLOSED"
-                else:
-                    why = "UNEXPECTED_CHARGE"
+            if charge is not None and charge["payment_key"] == payment.payment_key:
+                if charge["status"] != ChargeStatus.WAITING_FOR_DEPOSIT:
+                    return "already_completed", None
+                return _deposited(tx, request, share, charge, payment, actor=actor)
+            if order["status"] in (OrderStatus.REFUND_PENDING, OrderStatus.REFUNDED):
+                return "refund_pending" if order["status"] == OrderStatus.REFUND_PENDING else "refunded_mismatch", None
+            why = _why_not_keep(request, share, order, payment, live=live)
+            if why is not None:
+                # Money we must not keep: a second charge for a paid share, a stale order, a wrong amount, a request
+                # closed (cancelled, expired, released) or a participant removed while this confirm was in flight.
                 payments_repo.set_order_status(
                     tx,
                     payment.order_id,
@@ -409,26 +540,34 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                     payment_key=payment.payment_key,
                 )
                 if live and share["status"] in CONFIRMING:
-                    payments_repo.set_status(
-                        tx,
-                        share["id"],
-                        share["status"],
-                        PaymentStatus.FAILED,
-                        failure_code=why,
-                        failure_message=_REFUND_REASONS[why],
-                    )
+                    _back_from_confirming(tx, share, failure_code=why, failure_message=_REFUND_REASONS[why])
                 _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason=why)
                 return "refund_pending", why
+            charges_repo.insert(
+                tx,
+                payment_key=payment.payment_key,
+                order_id=payment.order_id,
+                payment_id=share["id"],
+                request_id=request["id"],
+                amount=payment.total_amount,
+                status=ChargeStatus.HELD,
+                toss_status=payment.status,
+                toss_method=(payment.method or "")[:32] or None,
+                secret=payment.secret,
+                approved_at=db_time(_parse_time(payment.approved_at)),
+            )
+            payments_repo.refresh_amounts(tx, share["id"])
+            target = share_status_for(held(share) + payment.total_amount, int(share["amount"]), ever_paid=True)
             payments_repo.set_status(
                 tx,
                 share["id"],
                 share["status"],
-                PaymentStatus.COMPLETED,
+                target,
                 payment_key=payment.payment_key,
+                order_id=payment.order_id,
                 toss_status=payment.status,
                 toss_method=(payment.method or "")[:32] or None,
                 approved_at=db_time(_parse_time(payment.approved_at)),
-                paid_amount=payment.total_amount,
                 secret=payment.secret,
                 failure_code=None,
                 failure_message=None,
@@ -439,38 +578,33 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
             )
             _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason=reason)
             count("PaymentsConfirmed")
-            # Held shares, read after the request lock (every share's completion takes it first), so concurrent
-            # confirms of one room see each other. A share partly refunded before the others paid is still held.
-            paid = payments_repo.count_held(tx, request["id"])
-            if request["status"] == RequestStatus.PENDING and paid == request["participant_count"]:
-                requests_repo.set_status(
-                    tx, request["id"], request["status"], RequestStatus.COMPLETED, completed_at=db_time(utcnow())
-                )
-                outbox_repo.add(
-                    tx,
-                    event_type="EscrowFunded",
-                    aggregate_id=request["id"],
-                    dedupe_key=f"EscrowFunded:{request['id']}:{paid}:{request['participant_count']}",
-                    payload={
-                        "payment_request_id": request["id"],
-                        "chat_room_id": request["chat_room_id"],
-                        "store_id": request["store_id"],
-                        "amount_per_participant": request["amount"],
-                        "participant_count": request["participant_count"],
-                        "total_amount": request["amount"] * request["participant_count"],
-                    },
-                )
-                count("EscrowFunded")
-            return "completed", None
+            refresh_funding(tx, request, why="payment_confirmed")
+            return ("completed" if target == PaymentStatus.COMPLETED else "pending"), None
 
         if payment.status == "WAITING_FOR_DEPOSIT":
-            if live:
-                payments_repo.update(
-                    tx, share["id"], toss_status=payment.status, secret=payment.secret, last_toss_response=response
+            if charge is None and live and share["status"] in CONFIRMING and payment.total_amount == order["amount"]:
+                # Toss confirmed the pair: the virtual account is this share's, waiting for the payer's deposit.
+                charges_repo.insert(
+                    tx,
+                    payment_key=payment.payment_key,
+                    order_id=payment.order_id,
+                    payment_id=share["id"],
+                    request_id=request["id"],
+                    amount=payment.total_amount,
+                    status=ChargeStatus.WAITING_FOR_DEPOSIT,
+                    toss_status=payment.status,
+                    toss_method=(payment.method or "")[:32] or None,
+                    secret=payment.secret,
+                    approved_at=None,
                 )
+                payments_repo.update(tx, share["id"], toss_status=payment.status, last_toss_response=response)
+            elif charge is not None and charge["status"] in (ChargeStatus.HELD, ChargeStatus.RELEASED):
+                return _deposit_reversed(tx, request, share, charge, payment), None
             return "waiting_for_deposit", None
 
         if payment.status in ("ABORTED", "EXPIRED"):
+            if order["status"] in (OrderStatus.DONE, OrderStatus.REFUND_PENDING, OrderStatus.REFUNDED):
+                return "ignored", None  # an approved order never goes back (Toss's record of this order is final)
             code = payment.failure.code if payment.failure and payment.failure.code else payment.status
             message = (payment.failure.message if payment.failure else None) or payment.status
             payments_repo.set_order_status(
@@ -482,11 +616,9 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                 failure_message=message[:500],
             )
             if live and share["status"] in CONFIRMING:
-                payments_repo.set_status(
+                _back_from_confirming(
                     tx,
-                    share["id"],
-                    share["status"],
-                    PaymentStatus.FAILED,
+                    share,
                     toss_status=payment.status,
                     failure_code=code,
                     failure_message=message[:500],
@@ -498,8 +630,118 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
         return ("pending" if payment.status in ("READY", "IN_PROGRESS") else "ignored"), None
 
 
+def _why_not_keep(
+    request: dict[str, Any], share: dict[str, Any], order: dict[str, Any], payment: Payment, *, live: bool
+) -> str | None:
+    """Why a charge Toss approved for this order must be refunded, or None when it funds the share."""
+    if live and payment.total_amount != order["amount"]:
+        return "AMOUNT_MISMATCH"
+    if request["status"] != RequestStatus.PENDING or share["status"] in (PaymentStatus.REMOVED, PaymentStatus.RELEASED):
+        return "REQUEST_CLOSED" if live and share["status"] in CONFIRMING else "UNEXPECTED_CHARGE"
+    if not live or share["status"] not in _AWAITING_CHARGE:
+        return "UNEXPECTED_CHARGE"
+    if held(share) + payment.total_amount > int(share["amount"]):
+        return "UNEXPECTED_CHARGE"  # more than the share owes: never keep a second payment of one share
+    return None
+
+
+def _deposited(
+    tx: db.Tx, request: dict[str, Any], share: dict[str, Any], charge: dict[str, Any], payment: Payment, *, actor: str
+) -> tuple[str, str | None]:
+    """A virtual account's deposit (DEPOSIT_CALLBACK DONE, or a lookup): the charge is held from now on."""
+    if request["status"] != RequestStatus.PENDING or share["status"] in (PaymentStatus.REMOVED, PaymentStatus.RELEASED):
+        # Deposited after the request closed or the payer was removed (the account could not be closed in time): the
+        # money is the payer's. It is held as the share's, and a refund of it is queued for the schedule in this
+        # same transaction (a refund that was only "to do" was kept for good: found by the audit's chaos run).
+        charges_repo.set_status(tx, charge["payment_key"], charge["status"], ChargeStatus.HELD, toss_status="DONE")
+        payments_repo.refresh_amounts(tx, share["id"])
+        if share["status"] in CONFIRMING:
+            fresh = payments_repo.lock(tx, share["id"])
+            assert fresh is not None
+            _back_from_confirming(
+                tx, fresh, failure_code="REQUEST_CLOSED", failure_message=_REFUND_REASONS["REQUEST_CLOSED"]
+            )
+        order = payments_repo.find_order(tx, payment.order_id)
+        if order is not None and order["status"] != OrderStatus.DONE:
+            payments_repo.set_order_status(tx, payment.order_id, order["status"], OrderStatus.DONE)
+        _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason="deposit_after_close")
+        from escrow.services import refunds  # refunds imports this module
+
+        refunds.queue_refunds(
+            tx,
+            request["id"],
+            actor="system",
+            reason="요청 종료 후 입금되어 자동 환불",
+            tag="after-close",
+            payment_id=share["id"],
+        )
+        return "refund_pending", None
+    charges_repo.set_status(
+        tx,
+        charge["payment_key"],
+        charge["status"],
+        ChargeStatus.HELD,
+        toss_status="DONE",
+        approved_at=db_time(_parse_time(payment.approved_at)),
+    )
+    payments_repo.refresh_amounts(tx, share["id"])
+    target = share_status_for(held(share) + payment.total_amount, int(share["amount"]), ever_paid=True)
+    payments_repo.set_status(
+        tx,
+        share["id"],
+        share["status"],
+        target,
+        payment_key=payment.payment_key,
+        toss_status="DONE",
+        approved_at=db_time(_parse_time(payment.approved_at)),
+    )
+    order = payments_repo.find_order(tx, payment.order_id)
+    if order is not None and order["status"] != OrderStatus.DONE:
+        payments_repo.set_order_status(tx, payment.order_id, order["status"], OrderStatus.DONE)
+    _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason="deposit")
+    count("PaymentsConfirmed")
+    refresh_funding(tx, request, why="deposit")
+    return ("completed" if target == PaymentStatus.COMPLETED else "pending"), None
+
+
+def _deposit_reversed(
+    tx: db.Tx, request: dict[str, Any], share: dict[str, Any], charge: dict[str, Any], payment: Payment
+) -> str:
+    """Toss moved a deposited virtual account back to WAITING_FOR_DEPOSIT (a deposit error). Before release the
+    share no longer holds the money (the request unfunds); after release the money is already the store's: the
+    settlement's payout is held back and an alarm is raised."""
+    reversed_amount = int(charge["amount"]) - int(charge["refunded_amount"])
+    charges_repo.set_status(
+        tx, charge["payment_key"], charge["status"], ChargeStatus.WAITING_FOR_DEPOSIT, toss_status=payment.status
+    )
+    ledger.record(
+        tx,
+        request_id=request["id"],
+        payment_id=share["id"],
+        entry_type="reversal",
+        amount=reversed_amount,
+        reference=f"reversal:{charge['payment_key']}:{payment.last_transaction_key or 'deposit'}",
+        actor="toss",
+        reason="virtual account deposit reversed by Toss",
+    )
+    count("DepositsReversed")
+    if charge["status"] == ChargeStatus.RELEASED:
+        logger.error(
+            "a released virtual-account deposit was reversed; holding the payout",
+            extra={"payment_request_id": request["id"], "payment_id": share["id"]},
+        )
+        count("ReleasedDepositsReversed")
+        return "deposit_reversed_after_release"
+    payments_repo.refresh_amounts(tx, share["id"])
+    target = PaymentStatus.IN_PROGRESS if share["status"] != PaymentStatus.REMOVED else PaymentStatus.REMOVED
+    if share["status"] != target:
+        payments_repo.set_status(tx, share["id"], share["status"], target, toss_status=payment.status)
+    refresh_funding(tx, request, why="deposit_reversed")
+    return "deposit_reversed"
+
+
 # A share whose charge we take: its live attempt was sent to Toss (or had failed: Toss's record wins).
-_AWAITING_CHARGE = CONFIRMING | {PaymentStatus.FAILED}
+_AWAITING_CHARGE = CONFIRMING | {PaymentStatus.FAILED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED}
 
 _REFUND_REASONS = {
     "AMOUNT_MISMATCH": "Toss approved an amount we did not ask for; refunded",
@@ -523,35 +765,35 @@ def _record_charge(tx: db.Tx, request_id: int, payment_id: int, payment: Payment
 
 
 def refund_unexpected_charge(payment: Payment, why: str, *, toss: TossClient | None = None) -> str:
-    """Cancel a charge we must not keep (wrong amount, or a second charge for one share)."""
+    """Cancel a charge we must not keep (wrong amount, a second charge for one share, a closed request)."""
     toss = toss or get_toss_client()
+    with db.reader() as tx:
+        order = payments_repo.find_order(tx, payment.order_id)
+    assert order is not None
+    attempt = int(order["refund_attempt"])
     try:
         cancelled = toss.cancel(
-            payment.payment_key, f"자동 환불: {why}", idempotency_key=refund_idempotency_key(payment.order_id)
+            payment.payment_key,
+            f"자동 환불: {why}",
+            idempotency_key=refund_idempotency_key(payment.order_id, attempt),
+            refundable_amount=payment.balance_amount or None,
         )
+    except TossApiError as exc:
+        logger.error(
+            "automatic refund refused; the schedule asks again with a new key",
+            extra={"order_id": payment.order_id, "toss_code": exc.code},
+        )
+        with db.transaction() as tx:  # Toss answered: its answer is bound to that key; the next attempt gets a new one
+            payments_repo.bump_refund_attempt(tx, payment.order_id, attempt)
+        count("RefundsRefused")
+        return "refund_pending"
     except TossError as exc:
         logger.error(
-            "automatic refund failed; reconciliation will retry",
-            extra={"order_id": payment.order_id, "error": str(exc)},
+            "automatic refund not answered; the schedule asks again with the same key",
+            extra={"order_id": payment.order_id, "error": str(exc)[:200]},
         )
         return "refund_pending"
-    with db.transaction() as tx:
-        order = payments_repo.find_order(tx, payment.order_id)
-        assert order is not None
-        payments_repo.set_order_status(tx, payment.order_id, order["status"], OrderStatus.REFUNDED)
-        for cancel in cancelled.cancels or []:
-            ledger.record(
-                tx,
-                request_id=order["payment_request_id"],
-                payment_id=order["payment_id"],
-                entry_type="refund",
-                amount=cancel.cancel_amount,
-                reference=cancel.transaction_key,
-                actor="system",
-                reason=why,
-            )
-    count("UnexpectedChargesRefunded")
-    return "refunded_mismatch"
+    return _mark_refunded(payment.order_id, cancelled, actor="system", why=why)
 
 
 # --- the schedule: orders left without an outcome -----------------------------------------------------------
@@ -565,8 +807,15 @@ def reconcile_order(order: dict[str, Any], *, toss: TossClient) -> str:
         payment = toss.get_payment(order["payment_key"])
         if payment.balance_amount > 0:
             return refund_unexpected_charge(payment, "UNEXPECTED_CHARGE", toss=toss)
-        return _mark_refunded(order["order_id"], payment)
-    attempt = Attempt(order["payment_id"], 0, order["order_id"], order["payment_key"] or "", order["amount"])
+        return _mark_refunded(order["order_id"], payment, actor="reconcile", why="UNEXPECTED_CHARGE")
+    attempt = Attempt(
+        order["payment_id"],
+        0,
+        order["order_id"],
+        order["payment_key"] or "",
+        order["amount"],
+        key_attempt=int(order["confirm_attempt"]),
+    )
     found = _look_up(toss, attempt) if order["payment_key"] else None
     if found is None:
         record_failure(order["order_id"], "NOT_FOUND_PAYMENT", "Toss has no payment for this order", actor="reconcile")
@@ -574,15 +823,14 @@ def reconcile_order(order: dict[str, Any], *, toss: TossClient) -> str:
     return apply_toss_payment(found, actor="reconcile", reason="reconciliation", toss=toss)
 
 
-def _mark_refunded(order_id: str, payment: Payment) -> str:
-    """Toss already holds nothing for a charge we must not keep (our cancel went through and its answer was lost,
-    or it was cancelled at Toss): record its refunds in the ledger, as refund_unexpected_charge does, and close it.
-    (Marking the order refunded without the refund entries left its charge in the ledger for ever.)"""
+def _mark_refunded(order_id: str, payment: Payment, *, actor: str, why: str) -> str:
+    """Toss holds nothing more of a charge we must not keep (our cancel went through, its answer lost or not, or it
+    was cancelled at Toss): record its refunds in the ledger and close the order. Only once Toss's balance is 0:
+    a partial cancel made elsewhere leaves the rest to refund."""
     with db.transaction() as tx:
         order = payments_repo.lock_order(tx, order_id)
         if order is None or order["status"] != OrderStatus.REFUND_PENDING:
             return "refunded_mismatch"
-        payments_repo.set_order_status(tx, order_id, order["status"], OrderStatus.REFUNDED)
         for cancel in payment.cancels or []:
             if (cancel.cancel_status or "DONE") != "DONE":
                 continue
@@ -593,9 +841,13 @@ def _mark_refunded(order_id: str, payment: Payment) -> str:
                 entry_type="refund",
                 amount=cancel.cancel_amount,
                 reference=cancel.transaction_key,
-                actor="reconcile",
-                reason=(cancel.cancel_reason or "UNEXPECTED_CHARGE")[:200],
+                actor=actor,
+                reason=(cancel.cancel_reason or why)[:200],
             )
+        if payment.balance_amount > 0:
+            return "refund_pending"
+        payments_repo.set_order_status(tx, order_id, order["status"], OrderStatus.REFUNDED)
+    count("UnexpectedChargesRefunded")
     return "refunded_mismatch"
 
 

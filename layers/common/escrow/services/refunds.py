@@ -1,33 +1,50 @@
-"""Cancelling held money back to payers through Toss: one share (fully or partly) or a whole request.
+"""Refunding held money through Toss: part or all of one charge (the brief's cancel by paymentKey), every charge of
+a share (a participant removed), or every charge of a request (the owner cancels it, or it expires).
 
-Each refund is a `payment_cancels` row written before Toss is called; its id is the Idempotency-Key, so a retry
-after a lost answer can never refund twice, and a repeated identical cancel answers the first outcome.
+Each refund is a `payment_cancels` row written before Toss is called. Its Idempotency-Key is `cancel-{id}` for the
+first attempt and `cancel-{id}-{attempt}` after: a refund is asked again with the same key only when no answer
+arrived (Toss replays the first answer for a key, errors included, for 15 days), and with a new key after a Toss
+answer with an error code. Every request to Toss carries `refundableAmount` (what we believe the charge still
+holds), so an attempt with a new key can never refund on top of an earlier one Toss finished late: Toss refuses it
+(NOT_MATCHES_REFUNDABLE_AMOUNT) and we look the payment up instead.
+
+What Toss lists for a payment is recorded by `apply_cancels`, whoever learns it first (this request's answer, the
+lookup after a lost answer, the webhook, the schedule): a refund transaction is given to the refund row that asked
+for it (the one in flight for that charge), so an answer never says "nothing was refunded" for a refund Toss made,
+and nobody is refunded more than they asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from escrow import db
 from escrow.clock import db_time, utcnow
-from escrow.errors import (
-    AppError,
-    Conflict,
-    Forbidden,
-    NotFound,
-    PaymentOutcomeUnknown,
-    UpstreamUnavailable,
-    ValidationFailed,
-)
+from escrow.errors import AppError, Conflict, Forbidden, NotFound, UpstreamUnavailable, ValidationFailed
 from escrow.observability import count, logger
 from escrow.repositories import cancels as cancels_repo
+from escrow.repositories import charges as charges_repo
 from escrow.repositories import ledger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
-from escrow.states import CANCEL_IN_FLIGHT, HELD, REFUND_RECORDABLE, CancelStatus, PaymentStatus, RequestStatus
+from escrow.services import rooms
+from escrow.services.funding import refresh_funding
+from escrow.states import (
+    CANCEL_IN_FLIGHT,
+    CONFIRMING,
+    REFUND_RECORDABLE,
+    CancelStatus,
+    ChargeStatus,
+    OrderStatus,
+    PaymentStatus,
+    RequestStatus,
+    share_status_for,
+)
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import TossClient, get_toss_client
 
@@ -36,47 +53,76 @@ if TYPE_CHECKING:
     from escrow.models import CancelBody
     from escrow.toss.models import Payment
 
+# Toss refused the refund for a reason that passes: ask again later, with a new key (REFERENCE §6).
+RETRY_LATER_CODES = frozenset(
+    {"PROVIDER_ERROR", "FORBIDDEN_CONSECUTIVE_REQUEST", "NOT_AVAILABLE_BANK", "NOT_MATCHES_REFUNDABLE_AMOUNT"}
+)
+# Toss may already hold the refund we asked for: look before deciding.
+_LOOK_FIRST_CODES = frozenset({"ALREADY_CANCELED_PAYMENT", "NOT_CANCELABLE_AMOUNT", "NOT_MATCHES_REFUNDABLE_AMOUNT"})
+RETRY_BACKOFF = timedelta(minutes=5)
+RETRY_BACKOFF_MAX = timedelta(hours=6)
 
-def cancel_idempotency_key(cancel_id: int) -> str:
-    return f"cancel-{cancel_id}"
+
+def cancel_idempotency_key(cancel_id: int, attempt: int = 1) -> str:
+    return f"cancel-{cancel_id}" if attempt <= 1 else f"cancel-{cancel_id}-{attempt}"
 
 
-def _request_key(payment_id: int, actor: str, amount: int | None, reason: str, client_key: str | None) -> str:
+def retry_at(attempt: int) -> Any:
+    """When to ask again after the `attempt`-th refusal that passes: 5 min, 10, 20, ... at most 6 h."""
+    delay = min(RETRY_BACKOFF * (2 ** max(attempt - 1, 0)), RETRY_BACKOFF_MAX)
+    return db_time(utcnow() + delay)
+
+
+def _request_key(payment_key: str, actor: str, amount: int | None, reason: str, client_key: str | None) -> str:
+    """Identical cancels (same charge, person, amount and reason, or the same Idempotency-Key header) are one."""
     if client_key:
-        return "client:" + hashlib.sha256(f"{payment_id}|{client_key}".encode()).hexdigest()[:100]
-    basis = f"{payment_id}|{actor}|{amount if amount is not None else 'all'}|{reason}"
+        return "client:" + hashlib.sha256(f"{payment_key}|{client_key}".encode()).hexdigest()[:100]
+    basis = f"{payment_key}|{actor}|{amount if amount is not None else 'all'}|{reason}"
     return "auto:" + hashlib.sha256(basis.encode()).hexdigest()[:100]
 
 
-def _outcome(payment: dict[str, Any]) -> dict[str, Any]:
-    refunded = payment["status"] == PaymentStatus.REFUNDED
+@dataclass(frozen=True)
+class RefundOutcome:
+    """What became of one refund row: done (Toss refunded it), unknown (no answer yet: the schedule asks again with
+    the same key), failed (Toss refused for now: asked again later with a new key; nothing was refunded), refused
+    (Toss refused for good)."""
+
+    status: str
+    charge: dict[str, Any]
+    code: str | None = None
+    message: str | None = None
+
+
+def _charge_answer(charge: dict[str, Any], refund_status: str | None = None) -> dict[str, Any]:
+    balance = int(charge["amount"]) - int(charge["refunded_amount"])
     return {
         "success": True,
-        "refund_status": "refunded" if refunded else "partially_refunded",
-        "paymentKey": payment["payment_key"],
-        "refunded_amount": payment["refunded_amount"],
-        "remaining_amount": payment["paid_amount"] - payment["refunded_amount"],
+        "refund_status": refund_status or ("refunded" if balance == 0 else "partially_refunded"),
+        "paymentKey": charge["payment_key"],
+        "refunded_amount": int(charge["refunded_amount"]),
+        "remaining_amount": balance,
     }
 
 
-def _find_payment(payment_key: str) -> dict[str, Any]:
-    """The payment's ids, read before its transaction begins (they never change). Read inside the transaction, this
+def _find_charge(payment_key: str) -> dict[str, Any]:
+    """The charge's ids, read before its transaction begins (they never change). Read inside the transaction, this
     plain read took the transaction's snapshot before the row locks were granted, so the later plain reads (refunds
     in flight, Toss transactions already recorded) missed what a concurrent transaction had just committed: two
     cancels of one share at once both passed the in-flight guard and both went to Toss, and the loser then recorded
     the winner's Toss transaction a second time (duplicate key, a 500). A webhook racing a cancel is the same race."""
     with db.reader() as tx:
-        found = payments_repo.find_ids_by_key(tx, payment_key)
+        found = charges_repo.find(tx, payment_key)
     if found is None:
         raise NotFound("no payment with this paymentKey", code="PAYMENT_NOT_FOUND")
     return found
 
 
-def _lock_payment(tx: db.Tx, found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _lock(tx: db.Tx, found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     request = requests_repo.lock(tx, found["payment_request_id"])
-    payment = payments_repo.lock(tx, found["id"])
-    assert request is not None and payment is not None
-    return request, payment
+    share = payments_repo.lock(tx, found["payment_id"])
+    charge = charges_repo.get(tx, found["payment_key"])
+    assert request is not None and share is not None and charge is not None
+    return request, share, charge
 
 
 def cancel(
@@ -90,6 +136,9 @@ def cancel(
     )
 
 
+# --- one charge (the brief's cancel) -----------------------------------------------------------------------------
+
+
 def cancel_share(
     principal: Principal,
     payment_key: str,
@@ -99,65 +148,71 @@ def cancel_share(
     client_key: str | None = None,
     toss: TossClient | None = None,
 ) -> dict[str, Any]:
-    found = _find_payment(payment_key)
+    found = _find_charge(payment_key)
     with db.transaction() as tx:
-        request, payment = _lock_payment(tx, found)
-        if principal.user_id not in (payment["payer_id"], request["requester_id"]) and not principal.is_admin:
+        request, share, charge = _lock(tx, found)
+        owner = rooms.current_owner(tx, request["chat_room_id"])
+        if principal.user_id not in (share["payer_id"], owner) and not principal.is_admin:
             raise Forbidden("only the payer or the room's owner can cancel this payment", code="NOT_ALLOWED_TO_CANCEL")
-        key = _request_key(payment["id"], principal.user_id, amount, reason, client_key)
+        key = _request_key(payment_key, principal.user_id, amount, reason, client_key)
         existing = cancels_repo.find_by_key(tx, key)
         if existing is not None and existing["status"] == CancelStatus.DONE:
-            return _outcome(payment)  # the same cancel again: same answer, nothing more refunded
-        if existing is None or existing["status"] == CancelStatus.FAILED:
-            # A failed earlier attempt is a new attempt too: the share must still be refundable. (Skipping this let a
-            # cancel that had failed at Toss, repeated after the room was released, refund released money.)
-            _check_refundable(payment, amount)
-            if cancels_repo.in_flight_for_payment(tx, payment["id"]):
+            return _charge_answer(charge)  # the same cancel again: the same answer, nothing more refunded
+        if existing is not None and existing["status"] in CANCEL_IN_FLIGHT:
+            cancel_id = existing["id"]  # no answer arrived earlier: ask again with the same key
+        else:
+            _check_refundable(share, charge, amount)
+            if cancels_repo.in_flight_for_payment(tx, share["id"]):
                 raise Conflict(
                     "another refund of this payment is in progress; try again shortly", code="REFUND_IN_PROGRESS"
                 )
-        if existing is None:
-            cancel_id = cancels_repo.insert(
-                tx,
-                payment_id=payment["id"],
-                request_id=request["id"],
-                request_key=key,
-                requested_by=principal.user_id,
-                reason=reason,
-                amount=amount,
-            )
-        else:
-            # No answer earlier (requested/unknown), or a failure: ask again with the same key. In flight again,
-            # so a release waits for it.
-            cancel_id = existing["id"]
-            cancels_repo.set_status(tx, cancel_id, existing["status"], CancelStatus.REQUESTED)
-    result = send_refund(
-        cancel_id,
-        payment["payment_key"],
-        reason,
-        amount,
-        payment["paid_amount"] - payment["refunded_amount"],
-        toss=toss,
-    )
-    if result["refunded_amount"] == payment["refunded_amount"] and result["status"] == payment["status"]:
-        with db.reader() as tx:
-            cancel_status = cancels_repo.status(tx, cancel_id)
-        if cancel_status == CancelStatus.FAILED:
-            # Toss holds no refund for this cancel (a 5xx there, nothing refunded): this used to answer
-            # 200 "partially_refunded" with refunded_amount 0.
-            raise UpstreamUnavailable("Toss did not refund the payment; nothing was refunded, try again shortly")
-    return _outcome(result)
+            if existing is None:
+                cancel_id = cancels_repo.insert(
+                    tx,
+                    payment_id=share["id"],
+                    request_id=request["id"],
+                    payment_key=payment_key,
+                    request_key=key,
+                    requested_by=principal.user_id,
+                    reason=reason,
+                    amount=amount,
+                )
+            else:  # refused earlier, for a reason that passes or not: a new attempt, with a new key
+                cancel_id = existing["id"]
+                cancels_repo.set_status(
+                    tx,
+                    cancel_id,
+                    existing["status"],
+                    CancelStatus.REQUESTED,
+                    attempt=int(existing["attempt"]) + 1,
+                    next_attempt_at=None,
+                )
+    outcome = send_refund(cancel_id, toss=toss)
+    if outcome.status == "done":
+        return _charge_answer(outcome.charge)
+    if outcome.status == "unknown":
+        return {
+            **_charge_answer(outcome.charge, "refund_pending"),
+            "message": "Toss has not confirmed the refund yet; it is settled automatically. Do not ask again.",
+        }
+    if outcome.status == "failed":
+        raise UpstreamUnavailable(
+            "Toss did not refund the payment now; nothing was refunded, try again shortly",
+            toss_code=outcome.code,
+        )
+    raise Conflict(f"Toss refused the refund: {outcome.message}", code="REFUND_REFUSED", toss_code=outcome.code)
 
 
-def _check_refundable(payment: dict[str, Any], amount: int | None) -> None:
-    status = payment["status"]
-    if status == PaymentStatus.RELEASED:
+def _check_refundable(share: dict[str, Any], charge: dict[str, Any], amount: int | None) -> None:
+    if charge["status"] == ChargeStatus.RELEASED or share["status"] == PaymentStatus.RELEASED:
         raise Conflict("this payment was already released to the store and cannot be refunded", code="ALREADY_RELEASED")
-    if status == PaymentStatus.REFUNDED:
+    if charge["status"] == ChargeStatus.REFUNDED:
         raise Conflict("this payment was already refunded in full", code="ALREADY_REFUNDED")
-    if status not in HELD:
-        raise Conflict(f"only held payments can be refunded (this one is {status})", code="NOT_REFUNDABLE")
-    remaining = payment["paid_amount"] - payment["refunded_amount"]
+    if charge["status"] != ChargeStatus.HELD:
+        raise Conflict(f"only held payments can be refunded (this one is {charge['status']})", code="NOT_REFUNDABLE")
+    if share["status"] in CONFIRMING:
+        raise Conflict("a payment of this share is being confirmed; try again shortly", code="PAYMENT_IN_PROGRESS")
+    remaining = int(charge["amount"]) - int(charge["refunded_amount"])
     if amount is not None and amount > remaining:
         raise ValidationFailed(
             f"cancelAmount is more than the remaining {remaining} KRW",
@@ -166,72 +221,152 @@ def _check_refundable(payment: dict[str, Any], amount: int | None) -> None:
         )
 
 
-def send_refund(
-    cancel_id: int, payment_key: str, reason: str, amount: int | None, remaining: int, *, toss: TossClient | None = None
-) -> dict[str, Any]:
-    """Ask Toss for the refund of cancel row `cancel_id` (its id is the Idempotency-Key, so asking again after a lost
-    answer is safe) and record what Toss holds afterwards. Returns the payment row."""
+# --- asking Toss, and recording what Toss holds ------------------------------------------------------------------
+
+
+def send_refund(cancel_id: int, *, toss: TossClient | None = None) -> RefundOutcome:
+    """Ask Toss for the refund of row `cancel_id` with its attempt's key, and record what Toss holds afterwards."""
     toss = toss or get_toss_client()
-    partial = amount is not None and amount < remaining
+    with db.reader() as tx:
+        row = cancels_repo.get(tx, cancel_id)
+        assert row is not None and row["payment_key"]
+        charge = charges_repo.get(tx, row["payment_key"])
+    assert charge is not None
+    if row["status"] == CancelStatus.DONE:
+        return RefundOutcome("done", charge)
+    balance = int(charge["amount"]) - int(charge["refunded_amount"])
+    amount = row["requested_amount"]
+    partial = amount is not None and amount < balance
     try:
         result = toss.cancel(
-            payment_key, reason, idempotency_key=cancel_idempotency_key(cancel_id), amount=amount if partial else None
+            row["payment_key"],
+            row["reason"],
+            idempotency_key=cancel_idempotency_key(cancel_id, int(row["attempt"])),
+            amount=amount if partial else None,
+            refundable_amount=balance,
         )
     except TossApiError as exc:
-        if exc.outcome_unknown or exc.retryable:
-            return _after_unknown_cancel(cancel_id, payment_key, exc, toss)
-        if exc.code in ("ALREADY_CANCELED_PAYMENT", "NOT_CANCELABLE_AMOUNT", "NOT_MATCHES_REFUNDABLE_AMOUNT"):
-            # Toss may already hold the refund we want (a cancel made elsewhere, or ours with a lost answer).
-            return _after_unknown_cancel(cancel_id, payment_key, exc, toss)
+        if exc.code == "IDEMPOTENT_REQUEST_PROCESSING":
+            return _unknown(cancel_id, charge, exc)  # the same key still running at Toss: ask again, same key
+        if exc.outcome_unknown or exc.code in _LOOK_FIRST_CODES:
+            # An answer, but one that does not say whether the refund happened (5xx) or says the balance is not what
+            # we thought: look. A refund Toss made is recorded; otherwise a new attempt (new key) comes later.
+            looked = _look(cancel_id, row["payment_key"], toss)
+            if looked is not None and looked.status == "done":
+                return looked
+            if looked is None:
+                return _unknown(cancel_id, charge, exc)
+        retry = exc.retryable or exc.code in RETRY_LATER_CODES or exc.outcome_unknown
+        # The schedule asks again only for the refunds it owes (a cancelled or expired request, a removed participant,
+        # never silently left failed). A payer's or owner's own cancel is theirs to ask again: they were told that
+        # nothing was refunded, and a refund made later behind their back would not be what they asked for.
+        automatic = retry and not str(row["request_key"]).startswith(("auto:", "client:"))
         with db.transaction() as tx:
             cancels_repo.set_status_if_open(
-                tx, cancel_id, CancelStatus.FAILED, toss_code=exc.code, toss_message=exc.message[:500]
+                tx,
+                cancel_id,
+                CancelStatus.FAILED,
+                toss_code=exc.code,
+                toss_message=exc.message[:500],
+                next_attempt_at=retry_at(int(row["attempt"])) if automatic else None,
             )
-        raise Conflict(f"Toss refused the refund: {exc.message}", code="REFUND_REFUSED", toss_code=exc.code) from exc
+        count("RefundsRefused")
+        logger.warning(
+            "refund refused by Toss", extra={"cancel_id": cancel_id, "toss_code": exc.code, "retry_later": retry}
+        )
+        return RefundOutcome("failed" if retry else "refused", charge, exc.code, exc.message)
     except TossError as exc:
-        return _after_unknown_cancel(cancel_id, payment_key, exc, toss)
-    return apply_cancels(result, cancel_id=cancel_id, actor="cancel")
+        # No answer (timeout, broken connection): Toss may have refunded. Look; if that fails too, the schedule asks
+        # again with the same key, which Toss answers with the first outcome.
+        looked = _look(cancel_id, row["payment_key"], toss)
+        return looked if looked is not None and looked.status == "done" else _unknown(cancel_id, charge, exc)
+    applied = apply_cancels(result, cancel_id=cancel_id, actor="cancel")
+    with db.reader() as tx:
+        mine = cancels_repo.status(tx, cancel_id)
+    assert applied is not None
+    return RefundOutcome("done" if mine == CancelStatus.DONE else "unknown", applied)
 
 
-def _after_unknown_cancel(cancel_id: int, payment_key: str, cause: Exception, toss: TossClient) -> dict[str, Any]:
-    try:
-        result = toss.get_payment(payment_key)
-    except TossError as exc:
-        with db.transaction() as tx:
-            cancels_repo.set_status_if_open(tx, cancel_id, CancelStatus.UNKNOWN, toss_message=str(cause)[:500])
-        raise PaymentOutcomeUnknown(
-            "Toss did not confirm the refund; it will be settled automatically", code="REFUND_OUTCOME_UNKNOWN"
-        ) from exc
-    return apply_cancels(result, cancel_id=cancel_id, actor="cancel")
-
-
-def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dict[str, Any]:
-    """Record every cancel transaction Toss lists for the payment that we have not recorded yet.
-
-    Our cancel row `cancel_id` (when given) takes the first unrecorded transaction; the others were made outside
-    our API (the merchant dashboard) and get rows of their own. Returns the payment row afterwards.
-    """
-    found = _find_payment(payment.payment_key)  # before the transaction: see _find_payment
+def retry_refused(cancel_id: int) -> None:
+    """A refund Toss refused for a reason that passes, asked again: a new attempt, so a new Idempotency-Key."""
     with db.transaction() as tx:
-        request = requests_repo.lock(tx, found["payment_request_id"])
-        share = payments_repo.lock(tx, found["id"])
-        assert request is not None and share is not None
-        rows = {r["id"]: r for r in cancels_repo.for_payment(tx, share["id"])}
-        known = {r["transaction_key"] for r in rows.values() if r["transaction_key"] is not None}
+        row = cancels_repo.get(tx, cancel_id)
+        if row is None or row["status"] != CancelStatus.FAILED:
+            return
+        found = charges_repo.find(tx, row["payment_key"])
+        assert found is not None
+        requests_repo.lock(tx, found["payment_request_id"])
+        payments_repo.lock(tx, found["payment_id"])
+        row = cancels_repo.get(tx, cancel_id)
+        if row is None or row["status"] != CancelStatus.FAILED:
+            return
+        cancels_repo.set_status(
+            tx, cancel_id, row["status"], CancelStatus.REQUESTED, attempt=int(row["attempt"]) + 1, next_attempt_at=None
+        )
+
+
+def _look(cancel_id: int, payment_key: str, toss: TossClient) -> RefundOutcome | None:
+    """Toss's record of the payment, applied; None when Toss could not be asked."""
+    try:
+        payment = toss.get_payment(payment_key)
+    except TossError:
+        return None
+    charge = apply_cancels(payment, cancel_id=cancel_id, actor="cancel")
+    assert charge is not None
+    with db.reader() as tx:
+        mine = cancels_repo.status(tx, cancel_id)
+    return RefundOutcome("done" if mine == CancelStatus.DONE else "not_at_toss", charge)
+
+
+def _unknown(cancel_id: int, charge: dict[str, Any], cause: Exception) -> RefundOutcome:
+    with db.transaction() as tx:
+        cancels_repo.set_status_if_open(tx, cancel_id, CancelStatus.UNKNOWN, toss_message=str(cause)[:500])
+    count("RefundsOutcomeUnknown")
+    return RefundOutcome("unknown", charge)
+
+
+def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dict[str, Any] | None:
+    """Record every refund transaction Toss lists for this charge that we have not recorded yet. Returns the charge
+    row afterwards (None for a payment that funds no share: a charge we refund as unexpected).
+
+    A transaction goes to the refund row that asked for it: `cancel_id` when given, else the oldest refund of this
+    charge still in flight (one asked of Toss whose answer we have not recorded: only one can be in flight per
+    share), else a row of its own (a refund made outside our API, e.g. in Toss's dashboard)."""
+    with db.reader() as tx:
+        found = charges_repo.find(tx, payment.payment_key)  # before the transaction: see _find_charge
+    if found is None:
+        return None
+    with db.transaction() as tx:
+        request, share, charge = _lock(tx, found)
+        if charge["status"] == ChargeStatus.WAITING_FOR_DEPOSIT and payment.status == "CANCELED":
+            _account_closed(tx, share, charge, payment, cancel_id)
+            after = charges_repo.get(tx, found["payment_key"])
+            assert after is not None
+            return after
+        rows = [r for r in cancels_repo.for_payment(tx, share["id"])]
+        known = {r["transaction_key"] for r in rows if r["transaction_key"] is not None}
         new = [
             c for c in payment.cancels or [] if c.transaction_key not in known and (c.cancel_status or "DONE") == "DONE"
         ]
-        claimed = cancel_id
+        waiting = [
+            r
+            for r in rows
+            if r["payment_key"] == payment.payment_key
+            and (r["status"] in CANCEL_IN_FLIGHT or (r["id"] == cancel_id and r["status"] == CancelStatus.FAILED))
+        ]
+        waiting.sort(key=lambda r: (r["id"] != cancel_id, r["id"]))
         for entry in new:
-            if claimed is not None:
-                row_id, claimed = claimed, None
-                current = rows[row_id]["status"]
+            mine = next((r for r in waiting if _asked_for(r, entry.cancel_amount)), waiting[0] if waiting else None)
+            if mine is not None:
+                waiting.remove(mine)
+                row_id, current = mine["id"], mine["status"]
             else:
                 current = CancelStatus.REQUESTED
                 row_id = cancels_repo.insert(
                     tx,
                     payment_id=share["id"],
                     request_id=request["id"],
+                    payment_key=payment.payment_key,
                     request_key=f"toss:{entry.transaction_key}",
                     requested_by="toss",
                     reason=(entry.cancel_reason or "cancelled at Toss")[:200],
@@ -245,6 +380,7 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
                 transaction_key=entry.transaction_key,
                 cancel_amount=entry.cancel_amount,
                 canceled_at=db_time(utcnow()),
+                next_attempt_at=None,
             )
             ledger.record(
                 tx,
@@ -256,134 +392,267 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
                 actor=actor,
                 reason=(entry.cancel_reason or "refund")[:200],
             )
-        refunded_total = payment.refunded_amount
-        if new and share["status"] in REFUND_RECORDABLE:
-            fully = payment.balance_amount == 0 or refunded_total >= share["paid_amount"]
-            target = PaymentStatus.REFUNDED if fully else PaymentStatus.PARTIALLY_REFUNDED
-            payments_repo.set_status(
-                tx,
-                share["id"],
-                share["status"],
-                target,
-                refunded_amount=min(refunded_total, share["paid_amount"]),
-                toss_status=payment.status,
-            )
-            outbox_repo.add(
-                tx,
-                event_type="PaymentRefunded",
-                aggregate_id=request["id"],
-                dedupe_key=f"PaymentRefunded:{share['id']}:{refunded_total}",
-                payload={
-                    "payment_request_id": request["id"],
-                    "chat_room_id": request["chat_room_id"],
-                    "payer_id": share["payer_id"],
-                    "paymentKey": payment.payment_key,
-                    "paid_amount": share["paid_amount"],
-                    "refunded_amount": refunded_total,
-                    "held_amount": max(share["paid_amount"] - refunded_total, 0),
-                    "refund_status": target,
-                },
-            )
-            count("PaymentsRefunded")
-            if fully and request["status"] == RequestStatus.COMPLETED:
-                requests_repo.set_status(tx, request["id"], request["status"], RequestStatus.PENDING, completed_at=None)
-        elif cancel_id is not None and not new:
-            # Nothing new at Toss for our cancel: it did not happen. The payer may ask again. (Its status was read
-            # above, in this transaction's snapshot.)
-            ours = rows.get(cancel_id)
-            if ours is not None and ours["status"] in CANCEL_IN_FLIGHT:
-                cancels_repo.set_status(
-                    tx, cancel_id, ours["status"], CancelStatus.FAILED, toss_code="NOT_CANCELLED_AT_TOSS"
-                )
-        share = payments_repo.lock(tx, share["id"])
-        assert share is not None
-    logger.info("refund recorded", extra={"payment_id": share["id"], "status": share["status"]})
-    return share
+        if new:
+            _record_charge_refunds(tx, request, share, charge, payment)
+        after = charges_repo.get(tx, found["payment_key"])
+    assert after is not None
+    logger.info("refunds recorded", extra={"payment_id": share["id"], "new": len(new)})
+    return after
+
+
+def _account_closed(
+    tx: db.Tx, share: dict[str, Any], charge: dict[str, Any], payment: Payment, cancel_id: int | None
+) -> None:
+    """Toss cancelled a virtual account before any deposit: no money moved (no ledger entry), the charge is closed,
+    and the refund row that asked for it is done with nothing refunded."""
+    charges_repo.set_status(tx, charge["payment_key"], charge["status"], ChargeStatus.CANCELLED, toss_status="CANCELED")
+    entry = payment.cancels[-1] if payment.cancels else None
+    rows = cancels_repo.for_payment(tx, share["id"])
+    mine = next(
+        (
+            r
+            for r in rows
+            if r["payment_key"] == charge["payment_key"] and (r["id"] == cancel_id or r["status"] in CANCEL_IN_FLIGHT)
+        ),
+        None,
+    )
+    if mine is not None and mine["status"] != CancelStatus.DONE:
+        cancels_repo.set_status(
+            tx,
+            mine["id"],
+            mine["status"],
+            CancelStatus.DONE,
+            transaction_key=entry.transaction_key if entry else None,
+            cancel_amount=0,
+            canceled_at=db_time(utcnow()),
+            next_attempt_at=None,
+        )
+    order = payments_repo.find_order(tx, charge["order_id"])
+    if order is not None and order["status"] in (OrderStatus.IN_PROGRESS, OrderStatus.UNKNOWN):
+        payments_repo.set_order_status(
+            tx, charge["order_id"], order["status"], OrderStatus.FAILED, failure_code="VIRTUAL_ACCOUNT_CANCELLED"
+        )
+    fresh = payments_repo.lock(tx, share["id"])
+    assert fresh is not None
+    if fresh["status"] in CONFIRMING and fresh["order_id"] == charge["order_id"]:
+        held = int(fresh["paid_amount"]) - int(fresh["refunded_amount"])
+        target = share_status_for(held, int(fresh["amount"]), ever_paid=int(fresh["paid_amount"]) > 0)
+        payments_repo.set_status(tx, fresh["id"], fresh["status"], target, failure_code="VIRTUAL_ACCOUNT_CANCELLED")
+
+
+def _asked_for(row: dict[str, Any], amount: int) -> bool:
+    return row["requested_amount"] is None or int(row["requested_amount"]) == amount
+
+
+def _record_charge_refunds(
+    tx: db.Tx, request: dict[str, Any], share: dict[str, Any], charge: dict[str, Any], payment: Payment
+) -> None:
+    refunded = min(payment.refunded_amount, int(charge["amount"]))
+    fully = payment.balance_amount == 0 or refunded >= int(charge["amount"])
+    if charge["status"] == ChargeStatus.RELEASED:
+        # Refunded at Toss after we released it (someone used Toss's dashboard): the store was paid from money the
+        # payer got back. Recorded and alarmed; not for this service to undo.
+        logger.error("a released charge was refunded at Toss", extra={"payment_request_id": request["id"]})
+        count("ReleasedChargesRefunded")
+        charges_repo.update_refunded(tx, charge["payment_key"], refunded)
+        return
+    target = ChargeStatus.REFUNDED if fully else ChargeStatus.HELD
+    charges_repo.set_status(
+        tx, charge["payment_key"], charge["status"], target, refunded_amount=refunded, toss_status=payment.status
+    )
+    payments_repo.refresh_amounts(tx, share["id"])
+    fresh = payments_repo.lock(tx, share["id"])
+    assert fresh is not None
+    if fresh["status"] in REFUND_RECORDABLE and fresh["status"] != PaymentStatus.REMOVED:
+        new_status = share_status_for(
+            int(fresh["paid_amount"]) - int(fresh["refunded_amount"]), int(fresh["amount"]), ever_paid=True
+        )
+        payments_repo.set_status(tx, share["id"], fresh["status"], new_status, toss_status=payment.status)
+    elif fresh["status"] == PaymentStatus.REMOVED:
+        payments_repo.set_status(tx, share["id"], fresh["status"], PaymentStatus.REMOVED)
+    outbox_repo.add(
+        tx,
+        event_type="PaymentRefunded",
+        aggregate_id=request["id"],
+        dedupe_key=f"PaymentRefunded:{charge['payment_key']}:{refunded}",
+        payload={
+            "payment_request_id": request["id"],
+            "chat_room_id": request["chat_room_id"],
+            "payer_id": share["payer_id"],
+            "paymentKey": payment.payment_key,
+            "paid_amount": int(fresh["paid_amount"]),
+            "refunded_amount": refunded,
+            "held_amount": int(fresh["paid_amount"]) - int(fresh["refunded_amount"]),
+            "refund_status": "refunded" if fully else "partially_refunded",
+        },
+    )
+    count("PaymentsRefunded")
+    refresh_funding(tx, request, why="refund")
+
+
+# --- every charge of a share or a request ------------------------------------------------------------------------
 
 
 def cancel_request(
     principal: Principal, chat_room_id: int, reason: str, *, toss: TossClient | None = None
 ) -> dict[str, Any]:
-    """The room owner cancels the whole request: it closes at once, then every held share is refunded."""
+    """The room owner cancels the whole request: it closes at once, then every held charge is refunded.
+
+    Asked again once the request is cancelled (a retry after a lost answer), the refunds the first call queued and
+    could not finish are sent again with their own keys, and the answer is the cancelled request's refunds as they
+    stand: the first outcome, never a 404."""
     with db.transaction() as tx:
+        room = rooms.known_room(tx, chat_room_id)
+        rooms.require_owner(principal, room, "cancel the whole request")
         request = requests_repo.lock_open_for_room(tx, chat_room_id)
         if request is None:
-            raise NotFound("the room has no open payment request", code="PAYMENT_REQUEST_NOT_FOUND")
-        if principal.user_id != request["requester_id"] and not principal.is_admin:
-            raise Forbidden("only the room's owner can cancel the whole request", code="NOT_ROOM_OWNER")
-        requests_repo.set_status(
-            tx,
-            request["id"],
-            request["status"],
-            RequestStatus.CANCELLED,
-            closed_at=db_time(utcnow()),
-            closed_by=principal.user_id,
-            close_reason=reason,
-        )
-        targets = queue_refunds(tx, request["id"], actor=principal.user_id, reason=reason, tag="room-cancel")
+            latest = requests_repo.latest_for_room(tx, chat_room_id)
+            if latest is None:
+                raise NotFound("the room has no payment request", code="PAYMENT_REQUEST_NOT_FOUND")
+            if latest["status"] != RequestStatus.CANCELLED:
+                raise Conflict(
+                    f"the request is {latest['status']} and cannot be cancelled",
+                    code="REQUEST_CLOSED",
+                    payment_request_status=latest["status"],
+                )
+            cancelled_id: int | None = latest["id"]
+            targets = [
+                {"cancel_id": c["id"], "payment_key": c["payment_key"]}
+                for c in cancels_repo.for_request(tx, latest["id"])
+                if c["status"] in CANCEL_IN_FLIGHT and c["payment_key"]
+            ]
+        else:
+            cancelled_id = None
+            targets = queue_refunds(tx, request["id"], actor=principal.user_id, reason=reason, tag="room-cancel")
+            _close_cancelled(tx, request, principal, reason, refund_amount=sum(t["remaining"] for t in targets))
+    results = refund_queued(targets, toss=toss)
+    if cancelled_id is None:
+        return _summary(results)
+    with db.reader() as tx:
+        return {**cancelled_summary(tx, cancelled_id), "already_cancelled": True}
+
+
+def _close_cancelled(
+    tx: db.Tx, request: dict[str, Any], principal: Principal, reason: str, *, refund_amount: int
+) -> None:
+    requests_repo.set_status(
+        tx,
+        request["id"],
+        request["status"],
+        RequestStatus.CANCELLED,
+        closed_at=db_time(utcnow()),
+        closed_by=principal.user_id,
+        close_reason=reason,
+    )
+    outbox_repo.add(
+        tx,
+        event_type="PaymentRequestCancelled",
+        aggregate_id=request["id"],
+        dedupe_key=f"PaymentRequestCancelled:{request['id']}",
+        payload={
+            "payment_request_id": request["id"],
+            "chat_room_id": request["chat_room_id"],
+            "store_id": request["store_id"],
+            "amount_per_participant": request["amount"],
+            "participant_count": request["participant_count"],
+            "refund_amount": refund_amount,
+            "reason": reason,
+            "cancelled_by": principal.user_id,
+        },
+    )
+    if request["status"] == RequestStatus.COMPLETED:  # the store was told everyone paid: correct it
         outbox_repo.add(
             tx,
-            event_type="PaymentRequestCancelled",
+            event_type="EscrowUnfunded",
             aggregate_id=request["id"],
-            dedupe_key=f"PaymentRequestCancelled:{request['id']}",
+            dedupe_key=f"EscrowUnfunded:{request['id']}:{request['funding_round']}",
             payload={
                 "payment_request_id": request["id"],
-                "chat_room_id": chat_room_id,
+                "chat_room_id": request["chat_room_id"],
                 "store_id": request["store_id"],
-                "amount_per_participant": request["amount"],
-                "participant_count": request["participant_count"],
-                "refund_amount": sum(t["remaining"] for t in targets),
-                "reason": reason,
-                "cancelled_by": principal.user_id,
+                "funding_round": request["funding_round"],
+                "reason": "cancelled",
             },
         )
-    results = refund_queued(targets, toss=toss)
+
+
+def cancelled_summary(tx: db.Tx, request_id: int) -> dict[str, Any]:
+    """A cancelled request's refunds as they stand (the answer to a repeated cancel)."""
+    results = [
+        {
+            "paymentKey": c["payment_key"],
+            "refund_status": "refunded"
+            if c["status"] == ChargeStatus.REFUNDED
+            else ("refund_pending" if c["status"] == ChargeStatus.HELD else str(c["status"])),
+            "refunded_amount": int(c["refunded_amount"]),
+        }
+        for c in charges_repo.for_request(tx, request_id)
+    ]
     return _summary(results)
 
 
-def queue_refunds(tx: db.Tx, request_id: int, *, actor: str, reason: str, tag: str) -> list[dict[str, Any]]:
-    """Lock every held share of a request and write one cancel row each (keyed so a rerun writes none), in the
-    caller's transaction (the one that closes the request). Send them with `refund_queued` after it commits."""
-    shares = payments_repo.lock_for_request(tx, request_id)
+def queue_refunds(
+    tx: db.Tx, request_id: int, *, actor: str, reason: str, tag: str, payment_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Lock the request's shares (or the one share `payment_id`) and write one refund row for every charge that
+    still holds money and has no refund in flight (keyed so a rerun writes none), in the caller's transaction (the
+    one that closes the request or removes the participant). Send them with `refund_queued` after it commits."""
+    shares = [s for s in payments_repo.lock_for_request(tx, request_id) if payment_id in (None, s["id"])]
+    busy = {r["payment_key"] for r in cancels_repo.for_request(tx, request_id) if r["status"] in CANCEL_IN_FLIGHT}
     targets = []
     for share in shares:
-        if share["status"] not in HELD:
-            continue
-        key = f"{tag}:{request_id}:{share['id']}"
-        existing = cancels_repo.find_by_key(tx, key)
-        cancel_id = (
-            existing["id"]
-            if existing
-            else cancels_repo.insert(
-                tx,
-                payment_id=share["id"],
-                request_id=request_id,
-                request_key=key,
-                requested_by=actor,
-                reason=reason,
-                amount=None,
+        for charge in charges_repo.for_share(tx, share["id"]):
+            balance = int(charge["amount"]) - int(charge["refunded_amount"])
+            # A virtual account still waiting for its deposit is closed too (Toss cancels it in full before any
+            # deposit), so that the payer cannot send money to a request that no longer takes it.
+            waiting = charge["status"] == ChargeStatus.WAITING_FOR_DEPOSIT
+            if (charge["status"] != ChargeStatus.HELD or balance <= 0) and not waiting:
+                continue
+            if charge["payment_key"] in busy:
+                continue
+            key = f"{tag}:{request_id}:{charge['payment_key']}"[:128]
+            existing = cancels_repo.find_by_key(tx, key)
+            cancel_id = (
+                existing["id"]
+                if existing
+                else cancels_repo.insert(
+                    tx,
+                    payment_id=share["id"],
+                    request_id=request_id,
+                    payment_key=charge["payment_key"],
+                    request_key=key,
+                    requested_by=actor,
+                    reason=reason,
+                    amount=None,
+                )
             )
-        )
-        targets.append(
-            {
-                "cancel_id": cancel_id,
-                "payment_key": share["payment_key"],
-                "reason": reason,
-                "remaining": share["paid_amount"] - share["refunded_amount"],
-            }
-        )
+            targets.append(
+                {"cancel_id": cancel_id, "payment_key": charge["payment_key"], "remaining": 0 if waiting else balance}
+            )
     return targets
 
 
 def refund_queued(targets: Iterable[dict[str, Any]], *, toss: TossClient | None = None) -> list[dict[str, Any]]:
+    """Send queued refunds. Whatever goes wrong with one (Toss, the database) leaves it to the schedule: the change
+    that queued them is committed, and the answer says which refunds are still pending."""
     results = []
     for t in targets:
         try:
-            share = send_refund(t["cancel_id"], t["payment_key"], t["reason"], None, t["remaining"], toss=toss)
-            results.append({"paymentKey": t["payment_key"], "refund_status": share["status"]})
-        except AppError as exc:
-            logger.warning("refund not finished; the schedule will retry", extra={"error_code": exc.code})
-            results.append({"paymentKey": t["payment_key"], "refund_status": "refund_pending", "error": exc.code})
+            outcome = send_refund(t["cancel_id"], toss=toss)
+        except Exception as exc:  # noqa: BLE001 - one refund's trouble must not undo the answer about the others
+            code = exc.code if isinstance(exc, AppError) else type(exc).__name__
+            logger.warning("refund not finished; the schedule will retry", extra={"error_code": code})
+            results.append({"paymentKey": t["payment_key"], "refund_status": "refund_pending", "error": code})
+            continue
+        status = {
+            "done": "refunded",
+            "refused": "refund_refused",
+        }.get(outcome.status, "refund_pending")
+        entry: dict[str, Any] = {"paymentKey": t["payment_key"], "refund_status": status}
+        entry["refunded_amount"] = int(outcome.charge["refunded_amount"])
+        if outcome.code:
+            entry["toss_code"] = outcome.code
+        results.append(entry)
     return results
 
 

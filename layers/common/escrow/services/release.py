@@ -21,16 +21,17 @@ from typing import TYPE_CHECKING, Any
 from escrow import db
 from escrow.clock import db_time, utcnow
 from escrow.config import get_settings
-from escrow.errors import Conflict, Forbidden, NotFound
+from escrow.errors import Conflict, NotFound
 from escrow.money import platform_fee
 from escrow.observability import count, logger
 from escrow.repositories import cancels as cancels_repo
+from escrow.repositories import charges as charges_repo
 from escrow.repositories import ledger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
 from escrow.repositories import settlements as settlements_repo
-from escrow.services import payouts
+from escrow.services import isolation, payouts, rooms
 from escrow.states import HELD, PAYMENT, REQUEST, PaymentStatus, RequestStatus
 from escrow.toss.client import TossClient
 
@@ -164,7 +165,16 @@ def plan_release(
         if any(share["id"] in refunds_in_flight for share in own):
             postponed[request["id"]] = "REFUND_IN_PROGRESS"
             continue
-        held = tuple(share for share in own if share["status"] in HELD)
+        current = [share for share in own if share["status"] != PaymentStatus.REMOVED]
+        if not current or any(
+            share["status"] not in HELD or share["paid_amount"] - share["refunded_amount"] != share["amount"]
+            for share in current
+        ):
+            # Funded means every current participant holds their share in full; a row that says otherwise is not
+            # released (the funding rule and this check are the same rule; the audit reports the disagreement).
+            postponed[request["id"]] = "REQUEST_NOT_FUNDED"
+            continue
+        held = tuple(current)
         PAYMENT.check_each([share["status"] for share in held], PaymentStatus.RELEASED)
         REQUEST.check(request["status"], RequestStatus.RELEASED)
         gross = sum(share["paid_amount"] - share["refunded_amount"] for share in held)
@@ -191,6 +201,7 @@ def _release_locked_many(
         return plan, {}
     if plan.shares:
         payments_repo.release_many(tx, plan.shares)
+        charges_repo.release_for_shares(tx, [s["id"] for s in plan.shares])
         ledger.record_many(tx, plan.ledger_entries)
     # One statement for the settlements of the chunk and one for its events: ref_payout_id is the settlement's
     # refPayoutId at Toss, unique.
@@ -207,20 +218,22 @@ def _release_locked_many(
 
 def release_room(principal: Principal, chat_room_id: int, *, toss: TossClient | None = None) -> dict[str, Any]:
     with db.transaction() as tx:
+        room = rooms.known_room(tx, chat_room_id)
+        rooms.require_owner(principal, room, "release the deposit")
         request = requests_repo.lock_open_for_room(tx, chat_room_id)
         if request is None:
             latest = requests_repo.latest_for_room(tx, chat_room_id)
             if latest is None:
                 raise NotFound("the room has no payment request", code="PAYMENT_REQUEST_NOT_FOUND")
-            _authorise(principal, latest)
             if latest["status"] == RequestStatus.RELEASED:
+                # Asked again (a retry after a lost answer, or a second tap): the first release, as it stands.
                 raise Conflict(
                     "this request was already released; nothing more was released",
                     code="ALREADY_RELEASED",
                     payment_request_id=latest["id"],
+                    **released_view(tx, latest["id"]),
                 )
             raise Conflict(f"the request is {latest['status']} and cannot be released", code="NOT_RELEASABLE")
-        _authorise(principal, request)
         plan, settlement_ids = _release_locked_many(tx, [request], actor=principal.user_id)
         if request["id"] in plan.postponed:
             code = plan.postponed[request["id"]]
@@ -234,9 +247,15 @@ def release_room(principal: Principal, chat_room_id: int, *, toss: TossClient | 
     }
 
 
-def _authorise(principal: Principal, request: Mapping[str, Any]) -> None:
-    if principal.user_id != request["requester_id"] and not principal.is_admin:
-        raise Forbidden("only the room's owner can release the deposit", code="NOT_ROOM_OWNER")
+def released_view(tx: db.Tx, request_id: int) -> dict[str, Any]:
+    """What a release wrote, read back: the released shares and the settlement."""
+    released = [
+        {"payer_id": r["payer_id"], "paymentKey": r["payment_key"], "status": "RELEASED", "amount": int(r["amount"])}
+        for r in ledger.released_shares(tx, request_id)
+    ]
+    settlement = settlements_repo.for_request(tx, request_id)
+    view = payouts.settlement_view(settlement["id"]) if settlement is not None else None
+    return {"released_payments": released, "settlement": view}
 
 
 # --- the schedule -------------------------------------------------------------------------------------------
@@ -250,20 +269,51 @@ def release_due(
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
     """Auto-release completed requests whose release_at has passed, RELEASE_CHUNK per transaction. Safe to run twice
-    at once: requests another run (or a person) holds are skipped, and every request is re-checked under its lock."""
+    at once: requests another run (or a person) holds are skipped, and every request is re-checked under its lock.
+
+    One request that cannot be released (its numbers break a column, a row breaks a rule) does not stop the others:
+    a chunk that fails is released again one request at a time, and the request that fails alone is set aside
+    (`job_failures`, with its error and a growing back-off), counted (JobItemsFailed) and skipped until then."""
+    at = now()
     with db.reader() as tx:
-        ids = requests_repo.due_for_release(tx, db_time(now()), limit)
-    released = skipped = 0
+        due = requests_repo.due_for_release(tx, db_time(at), limit)
+    waiting = isolation.waiting("release", "request", due, at)
+    ids = [i for i in due if str(i) not in waiting]
+    retried = isolation.set_aside_before("release", "request", ids)
+    released = skipped = failed = 0
     for start in range(0, len(ids), RELEASE_CHUNK):
         if deadline():
             break
         chunk = ids[start : start + RELEASE_CHUNK]
-        with db.transaction() as tx:
-            locked = requests_repo.lock_many_skip_locked(tx, chunk)
-            plan, _ = _release_locked_many(tx, locked, actor="schedule")
+        try:
+            plan = _release_chunk(chunk)
+        except Exception as exc:
+            if isolation.infrastructure(exc):
+                raise
+            logger.warning("a release chunk failed; releasing its requests one at a time", extra={"error": str(exc)})
+            plan = ReleasePlan()
+            for request_id in chunk:
+                try:
+                    one = _release_chunk([request_id])
+                except Exception as one_exc:
+                    if isolation.infrastructure(one_exc):
+                        raise
+                    isolation.set_aside("release", "request", request_id, one_exc)
+                    failed += 1
+                    continue
+                plan.releases.extend(one.releases)
+                plan.postponed.update(one.postponed)
         for request_id, code in plan.postponed.items():
             if code != "REQUEST_NOT_FUNDED":  # not completed any more: someone else released or refunded it
                 logger.info("auto-release postponed", extra={"payment_request_id": request_id, "reason": code})
         released += len(plan.releases)
         skipped += len(chunk) - len(plan.releases)
-    return {"released": released, "skipped": skipped, "settlements": released}
+        isolation.cleared("release", "request", [r.request["id"] for r in plan.releases], retried)
+    return {"released": released, "skipped": skipped + len(waiting), "settlements": released, "failed": failed}
+
+
+def _release_chunk(chunk: Sequence[int]) -> ReleasePlan:
+    with db.transaction() as tx:
+        locked = requests_repo.lock_many_skip_locked(tx, chunk)
+        plan, _ = _release_locked_many(tx, locked, actor="schedule")
+    return plan
