@@ -106,7 +106,8 @@ class Stack:
 
     def new_room(self) -> tuple[int, str]:
         """A room like the demo room (owner user_1, members user_2 and user_3) with a store of its own, so a test
-        that does not need room 123 shares nothing with the others."""
+        that does not need room 123 shares nothing with the others. The membership comes as the chat service sends
+        it (PUT /api/v1/admin/rooms/{id}/members); the store row is the chat app's data."""
         room = 10_000 + uuid.uuid4().int % 10**8
         store = f"store_{uuid.uuid4().hex[:8]}"
         conn = _database(self.database_url)
@@ -115,12 +116,15 @@ class Stack:
                 cur.execute(
                     "INSERT INTO stores (store_id, owner_id, name) VALUES (%s, %s, %s)", (store, "store_owner", "가게")
                 )
-                cur.executemany(
-                    "INSERT INTO chat_room_members (chat_room_id, user_id, is_owner) VALUES (%s, %s, %s)",
-                    [(room, "user_1", 1), (room, "user_2", 0), (room, "user_3", 0)],
-                )
         finally:
             conn.close()
+        r = requests.put(
+            f"{self.api}/api/v1/admin/rooms/{room}/members",
+            json={"owner_id": "user_1", "member_ids": ["user_2", "user_3"]},
+            headers={"authorization": f"Bearer {token('chat_service', role='admin')}"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
         self.register_store(store)
         return room, store
 
