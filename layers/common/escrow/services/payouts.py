@@ -45,7 +45,8 @@ from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import settlements as settlements_repo
 from escrow.states import PAYOUT_CLAIMABLE, PAYOUT_FINAL, InvalidTransition, PayoutStatus
 from escrow.toss import TossApiError, TossError
-from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.client import get_toss_client
+from escrow.toss.port import TossPort
 
 PAYOUT_BATCH = 100  # items per POST /v2/payouts
 PAYOUT_LEASE = timedelta(minutes=3)  # longer than one payout call may take (TOSS_PAYOUT_READ_TIMEOUT, 60 s)
@@ -179,7 +180,7 @@ def _claim_due(now: datetime, limit: int, run_started: datetime) -> list[list[di
 
 def _send(
     batch: list[dict[str, Any]],
-    toss: TossClient,
+    toss: TossPort,
     now: Callable[[], datetime],
     tally: Counter[str],
     deadline: Callable[[], bool] = lambda: False,
@@ -248,7 +249,7 @@ def _remark(batch: list[dict[str, Any]], now: datetime) -> None:
 
 
 def request_payout(
-    settlement_id: int, *, toss: TossClient | None = None, now: Callable[[], datetime] = utcnow
+    settlement_id: int, *, toss: TossPort | None = None, now: Callable[[], datetime] = utcnow
 ) -> dict[str, Any]:
     """Send the payout of one settlement now (the release endpoint): a batch of one."""
     claimed = _claim_one(settlement_id, now())
@@ -306,14 +307,22 @@ def _already_at_toss(s: dict[str, Any], now: datetime) -> None:
     logger.warning("payout already at Toss", extra={"settlement_id": s["id"], "ref_payout_id": s["ref_payout_id"]})
 
 
-def _payout_refused(batch: list[dict[str, Any]], exc: TossApiError) -> None:
+def refused_payout_status(exc: TossApiError) -> PayoutStatus:
+    """Where a payout Toss refused goes: back to `scheduled` (a new attempt, with a new key, on a later run) when the
+    refusal passes, else `failed` (an operator decides: `escrow.ops retry-payout`)."""
     later = exc.code in PAYOUT_RETRY_LATER or exc.retryable
+    return PayoutStatus.SCHEDULED if later else PayoutStatus.FAILED
+
+
+def _payout_refused(batch: list[dict[str, Any]], exc: TossApiError) -> None:
+    new = refused_payout_status(exc)
+    later = new == PayoutStatus.SCHEDULED
     members = [s["id"] for s in batch]
     with db.transaction() as tx:
         settlements_repo.mark_refused(
             tx,
             members,
-            new=PayoutStatus.SCHEDULED if later else PayoutStatus.FAILED,
+            new=new,
             error_code=exc.code,
             error_message=exc.message[:500],
         )
@@ -370,7 +379,7 @@ def apply_payout_status(payout: dict[str, Any], *, actor: str) -> str:
 def payouts_due(
     limit: int,
     *,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     now: Callable[[], datetime] = utcnow,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
@@ -416,7 +425,7 @@ def _unclaim(rows: list[dict[str, Any]]) -> None:
         settlements_repo.unclaim(tx, [s["id"] for s in rows])
 
 
-def _poll(limit: int, *, toss: TossClient, now: Callable[[], datetime], deadline: Callable[[], bool]) -> int:
+def _poll(limit: int, *, toss: TossPort, now: Callable[[], datetime], deadline: Callable[[], bool]) -> int:
     at = now()
     with db.reader() as tx:
         rows = settlements_repo.to_poll(tx, db_time(at), limit)
