@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup run test lint typecheck sam-check sam-local iac-lint template-resources smoke bench audit chaos migrate seed openapi model clean
+.PHONY: setup run test unit integration e2e tooling lint typecheck sam-check sam-local iac-lint template-resources smoke bench audit chaos migrate seed openapi model clean
 
 $(STAMP): requirements-dev.txt layers/common/requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,27 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check layers functions local toss_sandbox tests bench scripts
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy layers/common/escrow
+	$(VENV)/bin/mypy --strict layers/common/escrow functions
+
+# The test suites (README "Tests"). `unit` needs nothing running and no socket (pytest-socket): seconds. The others
+# need MariaDB (`setup` starts it); e2e and tooling start the Toss sandbox and the local API themselves.
+UNIT := tests/unit
+INTEGRATION := tests/integration
+E2E := tests/e2e
+TOOLING := tests/sandbox tests/local tests/ops
+# The unit run skips the property-testing plugins' import (about 2 s); no unit test uses them.
+unit: $(STAMP)
+	$(PY) -m pytest -q -p no:schemathesis -p no:hypothesispytest $(UNIT)
+
+integration: setup
+	$(PY) -m pytest -n 2 $(INTEGRATION)
+
+e2e: setup
+	$(PY) -m pytest -n 2 $(E2E)
+
+# The sandbox's, the local runner's and the operator console's own tests.
+tooling: setup
+	$(PY) -m pytest -n 2 $(TOOLING)
 
 # The real `sam local invoke` / `sam local start-api` on every event and the README walkthrough (needs Docker;
 # scripts/sam-local-engine.sh installs and starts it as root). README: "Running locally with SAM".
@@ -41,10 +61,12 @@ sam-local: setup
 	$(PY) scripts/sam_local.py
 
 # `make sam-local` runs when Docker can run here; otherwise one line says why not (exit code 3 of `check`).
+# The unit suite first (the first feedback, in seconds), then the other three suites in one run on two workers.
 test: setup lint typecheck
 	bash scripts/sam-check.sh
 	bash scripts/iac-lint.sh
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -q -p no:schemathesis -p no:hypothesispytest $(UNIT)
+	$(PY) -m pytest -n 2 $(INTEGRATION) $(E2E) $(TOOLING)
 	@bash scripts/sam-local-engine.sh check; status=$$?; \
 	  if [ $$status -eq 0 ]; then $(PY) scripts/sam_local.py; elif [ $$status -ne 3 ]; then exit $$status; fi
 

@@ -307,22 +307,14 @@ def _already_at_toss(s: dict[str, Any], now: datetime) -> None:
     logger.warning("payout already at Toss", extra={"settlement_id": s["id"], "ref_payout_id": s["ref_payout_id"]})
 
 
-def refused_payout_status(exc: TossApiError) -> PayoutStatus:
-    """Where a payout Toss refused goes: back to `scheduled` (a new attempt, with a new key, on a later run) when the
-    refusal passes, else `failed` (an operator decides: `escrow.ops retry-payout`)."""
-    later = exc.code in PAYOUT_RETRY_LATER or exc.retryable
-    return PayoutStatus.SCHEDULED if later else PayoutStatus.FAILED
-
-
 def _payout_refused(batch: list[dict[str, Any]], exc: TossApiError) -> None:
-    new = refused_payout_status(exc)
-    later = new == PayoutStatus.SCHEDULED
+    later = exc.code in PAYOUT_RETRY_LATER or exc.retryable
     members = [s["id"] for s in batch]
     with db.transaction() as tx:
         settlements_repo.mark_refused(
             tx,
             members,
-            new=new,
+            new=PayoutStatus.SCHEDULED if later else PayoutStatus.FAILED,
             error_code=exc.code,
             error_message=exc.message[:500],
         )
