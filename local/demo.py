@@ -30,7 +30,7 @@ from local.jwt import mint_token
 
 STATIC_DIR = REPO_ROOT / "local" / "demo"
 PREFIX = "/demo"
-# Toss's public test client key (REFERENCE §1); the sandbox accepts it, and the real widget does in test mode.
+# Toss's public test client key (docs/toss-behaviours.md); the sandbox accepts it, the real widget in test mode.
 DEFAULT_CLIENT_KEY = "test_ck_D5GePWvyJnrK0W0k6q8gLzN97Eoq"
 FEED_LIMIT = 200
 

@@ -1,8 +1,8 @@
 """Paying released money out to the store: one Toss payout per settlement, sent by the release endpoint at once and
 by the schedule in batches. (What to release, and the settlement, is `escrow.services.release`.)
 
-Payouts go to Toss in requests of up to PAYOUT_BATCH items (`POST /v2/payouts` takes a JSON array; REFERENCE §8.3,
-the limit of 100 is UNCONFIRMED). What keeps a payout from being made twice, or never:
+Payouts go to Toss in requests of up to PAYOUT_BATCH items (`POST /v2/payouts` takes a JSON array;
+docs/toss-behaviours.md: the limit of 100 is UNCONFIRMED). What keeps a payout from being made twice, or never:
 
 * Lease. A settlement whose payout is being sent is `requesting` with `payout_lease_until`; only the run that claimed
   it (locked skipping rows other runs hold, then the lease, in one transaction) sends it. A lease that has run out means

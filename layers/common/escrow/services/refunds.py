@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from escrow.models import CancelBody
     from escrow.toss.models import Cancel, Payment
 
-# Toss refused the refund for a reason that passes: ask again later, with a new key (REFERENCE §6).
+# Toss refused the refund for a reason that passes: ask again later, with a new key (docs/toss-behaviours.md).
 RETRY_LATER_CODES = frozenset(
     {"PROVIDER_ERROR", "FORBIDDEN_CONSECUTIVE_REQUEST", "NOT_AVAILABLE_BANK", "NOT_MATCHES_REFUNDABLE_AMOUNT"}
 )

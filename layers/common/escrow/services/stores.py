@@ -30,8 +30,8 @@ def mask_account(number: str | None) -> str | None:
 
 
 def payout_bank_code(code: str) -> str:
-    """The brief's two-digit codes as the three-digit codes the payouts v2 API shows (REFERENCE.md §11:
-    `"092"`, `"004"` in Toss's own examples). UNCONFIRMED by Toss; verify in the test environment."""
+    """The brief's two-digit codes as the three-digit codes the payouts v2 API shows (docs/toss-behaviours.md,
+    "Bank codes": `"092"`, `"004"` in Toss's own examples). UNCONFIRMED by Toss; verify in the test environment."""
     return code.zfill(3)
 
 

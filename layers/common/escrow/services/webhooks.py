@@ -115,8 +115,8 @@ class Outcome:
 
 
 def hmac_key(security_key: str, encoding: str) -> bytes:
-    """UNCONFIRMED by Toss whether the HMAC key is the 64-char string or its hex-decoded 32 bytes (REFERENCE §7);
-    TOSS_WEBHOOK_HMAC_KEY_ENCODING chooses, default hex like the payout JWE."""
+    """UNCONFIRMED by Toss whether the HMAC key is the 64-char string or its hex-decoded 32 bytes
+    (docs/toss-behaviours.md); TOSS_WEBHOOK_HMAC_KEY_ENCODING chooses, default hex like the payout JWE."""
     return bytes.fromhex(security_key) if encoding == "hex" else security_key.encode("utf-8")
 
 
