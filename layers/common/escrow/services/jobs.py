@@ -34,7 +34,8 @@ from escrow.services import release as release_service
 from escrow.services import webhooks as webhook_service
 from escrow.states import CancelStatus, RequestStatus
 from escrow.toss import TossError
-from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.client import get_toss_client
+from escrow.toss.port import TossPort
 
 RECONCILE_AFTER_SECONDS = 60  # a confirm or cancel older than this with no outcome is looked up
 BATCH = 200
@@ -45,7 +46,7 @@ def expire_overdue(
     limit: int = BATCH,
     *,
     now: Callable[[], datetime] = utcnow,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
     with db.reader() as tx:
@@ -112,7 +113,7 @@ def _expire_one(request_id: int, at: datetime) -> list[dict[str, Any]] | None:
 def reconcile_payments(
     limit: int = BATCH,
     *,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     older_than: int | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
@@ -144,7 +145,7 @@ def reconcile_payments(
 def reconcile_cancels(
     limit: int = BATCH,
     *,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     older_than: int | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
@@ -293,7 +294,7 @@ def publish_outbox(
 
 def audit_ledger(
     *,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     now: Callable[[], datetime] = utcnow,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
@@ -341,7 +342,7 @@ MAX_PASSES = 500
 def run_scheduled(
     *,
     remaining_ms: Callable[[], int] = lambda: 900_000,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     publisher: EventBridgePublisher | LogPublisher | None = None,
     jobs: str | list[str] = "all",
     now: Callable[[], datetime] = utcnow,

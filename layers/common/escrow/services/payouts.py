@@ -1,8 +1,8 @@
 """Paying released money out to the store: one Toss payout per settlement, sent by the release endpoint at once and
 by the schedule in batches. (What to release, and the settlement, is `escrow.services.release`.)
 
-Payouts go to Toss in requests of up to PAYOUT_BATCH items (`POST /v2/payouts` takes a JSON array; REFERENCE §8.3,
-the limit of 100 is UNCONFIRMED). What keeps a payout from being made twice, or never:
+Payouts go to Toss in requests of up to PAYOUT_BATCH items (`POST /v2/payouts` takes a JSON array;
+docs/toss-behaviours.md: the limit of 100 is UNCONFIRMED). What keeps a payout from being made twice, or never:
 
 * Lease. A settlement whose payout is being sent is `requesting` with `payout_lease_until`; only the run that claimed
   it (locked skipping rows other runs hold, then the lease, in one transaction) sends it. A lease that has run out means
@@ -45,7 +45,8 @@ from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import settlements as settlements_repo
 from escrow.states import PAYOUT_CLAIMABLE, PAYOUT_FINAL, InvalidTransition, PayoutStatus
 from escrow.toss import TossApiError, TossError
-from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.client import get_toss_client
+from escrow.toss.port import TossPort
 
 PAYOUT_BATCH = 100  # items per POST /v2/payouts
 PAYOUT_LEASE = timedelta(minutes=3)  # longer than one payout call may take (TOSS_PAYOUT_READ_TIMEOUT, 60 s)
@@ -179,7 +180,7 @@ def _claim_due(now: datetime, limit: int, run_started: datetime) -> list[list[di
 
 def _send(
     batch: list[dict[str, Any]],
-    toss: TossClient,
+    toss: TossPort,
     now: Callable[[], datetime],
     tally: Counter[str],
     deadline: Callable[[], bool] = lambda: False,
@@ -248,7 +249,7 @@ def _remark(batch: list[dict[str, Any]], now: datetime) -> None:
 
 
 def request_payout(
-    settlement_id: int, *, toss: TossClient | None = None, now: Callable[[], datetime] = utcnow
+    settlement_id: int, *, toss: TossPort | None = None, now: Callable[[], datetime] = utcnow
 ) -> dict[str, Any]:
     """Send the payout of one settlement now (the release endpoint): a batch of one."""
     claimed = _claim_one(settlement_id, now())
@@ -370,7 +371,7 @@ def apply_payout_status(payout: dict[str, Any], *, actor: str) -> str:
 def payouts_due(
     limit: int,
     *,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     now: Callable[[], datetime] = utcnow,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
@@ -416,7 +417,7 @@ def _unclaim(rows: list[dict[str, Any]]) -> None:
         settlements_repo.unclaim(tx, [s["id"] for s in rows])
 
 
-def _poll(limit: int, *, toss: TossClient, now: Callable[[], datetime], deadline: Callable[[], bool]) -> int:
+def _poll(limit: int, *, toss: TossPort, now: Callable[[], datetime], deadline: Callable[[], bool]) -> int:
     at = now()
     with db.reader() as tx:
         rows = settlements_repo.to_poll(tx, db_time(at), limit)

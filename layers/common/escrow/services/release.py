@@ -33,7 +33,7 @@ from escrow.repositories import requests as requests_repo
 from escrow.repositories import settlements as settlements_repo
 from escrow.services import isolation, payouts, rooms
 from escrow.states import HELD, PAYMENT, REQUEST, PaymentStatus, RequestStatus
-from escrow.toss.client import TossClient
+from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
@@ -216,7 +216,7 @@ def _release_locked_many(
 # --- the release endpoint -----------------------------------------------------------------------------------
 
 
-def release_room(principal: Principal, chat_room_id: int, *, toss: TossClient | None = None) -> dict[str, Any]:
+def release_room(principal: Principal, chat_room_id: int, *, toss: TossPort | None = None) -> dict[str, Any]:
     with db.transaction() as tx:
         room = rooms.known_room(tx, chat_room_id)
         rooms.require_owner(principal, room, "release the deposit")
@@ -265,7 +265,7 @@ def release_due(
     limit: int,
     *,
     now: Callable[[], datetime] = utcnow,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
     """Auto-release completed requests whose release_at has passed, RELEASE_CHUNK per transaction. Safe to run twice

@@ -15,7 +15,8 @@ from escrow.errors import Conflict, Forbidden, UpstreamUnavailable, ValidationFa
 from escrow.observability import logger
 from escrow.repositories import stores as stores_repo
 from escrow.toss import TossApiError, TossError
-from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.client import get_toss_client
+from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
@@ -29,8 +30,8 @@ def mask_account(number: str | None) -> str | None:
 
 
 def payout_bank_code(code: str) -> str:
-    """The brief's two-digit codes as the three-digit codes the payouts v2 API shows (REFERENCE.md §11:
-    `"092"`, `"004"` in Toss's own examples). UNCONFIRMED by Toss; verify in the test environment."""
+    """The brief's two-digit codes as the three-digit codes the payouts v2 API shows (docs/toss-behaviours.md,
+    "Bank codes": `"092"`, `"004"` in Toss's own examples). UNCONFIRMED by Toss; verify in the test environment."""
     return code.zfill(3)
 
 
@@ -69,7 +70,7 @@ def _seller_request(body: RegisterStoreBody) -> dict[str, Any]:
     return seller
 
 
-def register_store(principal: Principal, body: RegisterStoreBody, *, toss: TossClient | None = None) -> dict[str, Any]:
+def register_store(principal: Principal, body: RegisterStoreBody, *, toss: TossPort | None = None) -> dict[str, Any]:
     if not principal.is_admin:
         raise Forbidden("only an administrator can register a store's payout account", code="ADMIN_ONLY")
     seller_request = _seller_request(body)

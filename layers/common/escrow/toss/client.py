@@ -86,10 +86,10 @@ class TossClient:
     # --- payouts v2 (ENCRYPTION security mode) ---------------------------------------------------------
 
     def register_seller(self, seller: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
-        return self._encrypted("POST", "/v2/sellers", seller, idempotency_key)
+        return _object(self._encrypted("POST", "/v2/sellers", seller, idempotency_key))
 
     def get_seller(self, seller_id: str) -> dict[str, Any]:
-        return self._encrypted("GET", f"/v2/sellers/{quote(seller_id, safe='')}")
+        return _object(self._encrypted("GET", f"/v2/sellers/{quote(seller_id, safe='')}"))
 
     def request_payouts(self, items: list[dict[str, Any]], *, idempotency_key: str) -> list[dict[str, Any]]:
         """One call for up to 100 payout items (Toss takes a JSON array)."""
@@ -98,7 +98,7 @@ class TossClient:
         return [dict(item) for item in found]
 
     def get_payout(self, payout_id: str) -> dict[str, Any]:
-        return self._encrypted("GET", f"/v2/payouts/{quote(payout_id, safe='')}")
+        return _object(self._encrypted("GET", f"/v2/payouts/{quote(payout_id, safe='')}"))
 
     def _encrypted(self, method: str, path: str, body: Any = None, idempotency_key: str | None = None) -> Any:
         """A v2 call: the body goes out as a JWE, the answer (success or error) comes back as one."""
@@ -200,6 +200,13 @@ class TossClient:
             extra={"toss_path": path, "toss_method": method, "toss_status": response.status_code, "toss_code": code},
         )
         raise TossApiError(response.status_code, code, message)
+
+
+def _object(body: Any) -> dict[str, Any]:
+    """A v2 entity (a seller, a payout) is a JSON object; anything else is an answer we cannot read."""
+    if not isinstance(body, dict):
+        raise TossApiError(200, "UNREADABLE_RESPONSE", f"Toss answered a {type(body).__name__} where an object belongs")
+    return body
 
 
 def _payment(data: dict[str, Any]) -> Payment:
