@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/common/requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup run test lint typecheck sam-check sam-local browser-test screenshots iac-lint template-resources smoke bench audit chaos migrate seed openapi model clean
+.PHONY: setup run test unit integration e2e tooling lint typecheck sam-check sam-local browser-test screenshots iac-lint template-resources smoke bench audit chaos migrate seed openapi model clean
 
 $(STAMP): requirements-dev.txt layers/common/requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,28 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check layers functions local toss_sandbox tests bench scripts
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy layers/common/escrow
+	$(VENV)/bin/mypy --strict layers/common/escrow functions
+
+# The test suites (README "Tests"). `unit` needs nothing running and no socket (pytest-socket): seconds. The others
+# need MariaDB (`setup` starts it); e2e and tooling start the Toss sandbox and the local API themselves.
+UNIT := tests/unit
+INTEGRATION := tests/integration
+E2E := tests/e2e
+TOOLING := tests/sandbox tests/local tests/ops
+BROWSER := tests/browser
+# The unit run skips the property-testing plugins' import (about 2 s); no unit test uses them.
+unit: $(STAMP)
+	$(PY) -m pytest -q -p no:schemathesis -p no:hypothesispytest $(UNIT)
+
+integration: setup
+	$(PY) -m pytest -n 2 $(INTEGRATION)
+
+e2e: setup
+	$(PY) -m pytest -n 2 $(E2E)
+
+# The sandbox's, the local runner's and the operator console's own tests.
+tooling: setup
+	$(PY) -m pytest -n 2 $(TOOLING)
 
 # The real `sam local invoke` / `sam local start-api` on every event and the README walkthrough (needs Docker;
 # scripts/sam-local-engine.sh installs and starts it as root). README: "Running locally with SAM".
@@ -44,19 +65,22 @@ sam-local: setup
 # through a whole room. scripts/browser-check.sh installs Chromium (as root) when it is missing; when Chromium cannot
 # run here it prints one line saying why (exit code 3) and the test is not run.
 BROWSER_TEST = bash scripts/browser-check.sh; status=$$?; \
-	  if [ $$status -eq 0 ]; then $(PY) -m pytest tests/browser; elif [ $$status -ne 3 ]; then exit $$status; fi
+	  if [ $$status -eq 0 ]; then $(PY) -m pytest $(BROWSER); elif [ $$status -ne 3 ]; then exit $$status; fi
 browser-test: setup
 	@$(BROWSER_TEST)
 
 # The README's screenshots (docs/screenshots/*.png): the browser test, saving what it sees there.
 screenshots: setup
-	@bash scripts/browser-check.sh && BROWSER_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/browser
+	@bash scripts/browser-check.sh && BROWSER_SCREENSHOTS=docs/screenshots $(PY) -m pytest $(BROWSER)
 
 # `make sam-local` runs when Docker can run here; otherwise one line says why not (exit code 3 of `check`).
+# The unit suite first (the first feedback, in seconds), then the other three suites in one run on two workers, then
+# the browser test.
 test: setup lint typecheck
 	bash scripts/sam-check.sh
 	bash scripts/iac-lint.sh
-	$(PY) -m pytest -n 2 tests --ignore=tests/browser
+	$(PY) -m pytest -q -p no:schemathesis -p no:hypothesispytest $(UNIT)
+	$(PY) -m pytest -n 2 $(INTEGRATION) $(E2E) $(TOOLING)
 	@$(BROWSER_TEST)
 	@bash scripts/sam-local-engine.sh check; status=$$?; \
 	  if [ $$status -eq 0 ]; then $(PY) scripts/sam_local.py; elif [ $$status -ne 3 ]; then exit $$status; fi

@@ -42,8 +42,8 @@ from local import REPO_ROOT
 
 STATIC_DIR = REPO_ROOT / "local" / "demo"
 PREFIX = "/demo"
-# Toss's public test client key (API individual key, REFERENCE §1). The sandbox window needs no key; Toss's widget
-# needs a *widget* client key (test_gck_...) paired with the stack's widget secret key (test_gsk_...).
+# Toss's public test client key (API individual key, docs/toss-behaviours.md). The sandbox window needs no key; Toss's
+# widget needs a *widget* client key (test_gck_...) paired with the stack's widget secret key (test_gsk_...).
 DEFAULT_CLIENT_KEY = "test_ck_D5GePWvyJnrK0W0k6q8gLzN97Eoq"
 TOSS_SDK_URL = "https://js.tosspayments.com/v2/standard"  # Toss's browser SDK v2 (TossPayments(clientKey))
 PAYMENT_WINDOWS = ("sandbox", "toss")

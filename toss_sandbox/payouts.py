@@ -178,8 +178,8 @@ class PayoutService:
             return {"items": [self.seller_json(s) for s in self.core.store.sellers.values()]}
 
     def update_seller(self, seller_id: str, body: Any) -> dict[str, Any]:
-        """``POST /v2/sellers/{sellerId}``: change a seller's account or contact (REFERENCE §8.2: send the fields
-        that change; refSellerId is immutable). Sandbox choices: businessType cannot change either
+        """``POST /v2/sellers/{sellerId}``: change a seller's account or contact (docs/toss-behaviours.md: send the
+        fields that change; refSellerId is immutable). Sandbox choices: businessType cannot change either
         (INVALID_REQUEST); the changed parts are checked as at registration; the status is kept."""
         if not isinstance(body, dict):
             raise _invalid("body must be a JSON object")

@@ -1,5 +1,5 @@
-"""Whether a 5xx answer is bound to its Idempotency-Key is not observed (REFERENCE §5): the sandbox plays both
-(setting `idempotency_bind_5xx`), so the client is tested under each."""
+"""Whether a 5xx answer is bound to its Idempotency-Key is not observed (docs/toss-behaviours.md, "Idempotency"):
+the sandbox plays both (setting `idempotency_bind_5xx`), so the client is tested under each."""
 
 from __future__ import annotations
 

@@ -7,9 +7,11 @@ import pytest
 from escrow.services.release import plan_release
 from escrow.states import (
     CANCEL,
+    OPERATOR_ACTION,
     ORDER,
     PAYOUT,
     InvalidTransition,
+    OperatorActionStatus,
     OrderStatus,
     PayoutStatus,
 )
@@ -107,6 +109,7 @@ def test_a_request_whose_fee_takes_everything_needs_no_payout():
         (PAYOUT, PayoutStatus.SCHEDULED, PayoutStatus.REQUESTING),
         (PAYOUT, PayoutStatus.REQUESTING, PayoutStatus.SCHEDULED),
         (PAYOUT, PayoutStatus.IN_PROGRESS, PayoutStatus.COMPLETED),
+        (OPERATOR_ACTION, OperatorActionStatus.STARTED, OperatorActionStatus.REFUSED),
     ],
 )
 def test_allowed_transitions(machine, current, new):
@@ -122,6 +125,7 @@ def test_allowed_transitions(machine, current, new):
         (PAYOUT, PayoutStatus.COMPLETED, PayoutStatus.FAILED),
         (PAYOUT, PayoutStatus.NOT_NEEDED, PayoutStatus.REQUESTING),
         (PAYOUT, PayoutStatus.FAILED, PayoutStatus.REQUESTING),  # only an operator's retry: failed -> scheduled
+        (OPERATOR_ACTION, OperatorActionStatus.DONE, OperatorActionStatus.FAILED),  # an outcome is written once
     ],
 )
 def test_refused_transitions(machine, current, new):

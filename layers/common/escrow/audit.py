@@ -111,8 +111,8 @@ from escrow.states import (
 from escrow.toss import TossApiError, TossError
 
 if TYPE_CHECKING:
-    from escrow.toss.client import TossClient
     from escrow.toss.models import Payment
+    from escrow.toss.port import TossPort
 
 Row = dict[str, Any]
 
@@ -233,7 +233,7 @@ class _LookupFailed(Exception):
 class _Toss:
     """Cached GET lookups. None means Toss knows no such object."""
 
-    def __init__(self, client: TossClient, report: AuditReport, period: int):
+    def __init__(self, client: TossPort, report: AuditReport, period: int):
         self.client = client
         self.report = report
         self.period = period  # the reconciliation period, for the fresh re-reads
@@ -366,7 +366,7 @@ def audit(
     since: datetime | None = None,
     until: datetime | None = None,
     request_ids: Sequence[int] | None = None,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     reconciliation_period_seconds: int | None = None,
     deadline: Callable[[], bool] = lambda: False,
     batch: int = BATCH,

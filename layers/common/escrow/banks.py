@@ -10,7 +10,7 @@ or trimmed into another list's code: it is looked up, and the bank it names give
   is refused with 422 `UNKNOWN_BANK`.
 * **Payouts v2** (a seller's `account.bankCode`): the 3-digit standard codes (KFTC). Toss's own `seller.changed`
   example shows `"092"` and a real seller registration used `"004"`; one third-party comment says two digits:
-  UNCONFIRMED (REFERENCE §11), so the choice lives here, in `payout_code`.
+  UNCONFIRMED (docs/toss-behaviours.md, "Bank codes"), so the choice lives here, in `payout_code`.
 * **Core API refund accounts** (`refundReceiveAccount.bank`, `virtualAccount.bankCode`): Toss's 2-digit codes
   (Toss's code table `/reference/codes`, reproduced by third-party SDKs; real payloads show `"88"`, `"11"`).
 

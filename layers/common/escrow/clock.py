@@ -1,13 +1,51 @@
-"""Time and id ports: services take these as arguments so tests can pin them."""
+"""Time and id ports: services take these as arguments so tests can pin them.
+
+The clock port is a function that says what time it is (`Clock`): `utcnow` in production, a `FixedClock` in tests,
+which stands still until the test moves it.
+"""
 
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+Clock = Callable[[], datetime]  # now, in UTC, with its offset
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class FixedClock:
+    """A clock that says the same time until it is moved (`advance`, `set`): what a test pins time with."""
+
+    def __init__(self, at: datetime | None = None) -> None:
+        at = at or datetime(2026, 1, 5, 3, 0, tzinfo=UTC)  # a Monday, 12:00 in Seoul
+        if at.tzinfo is None:
+            raise ValueError("a clock tells aware time: give the datetime an offset")
+        self._at = at
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._at
+
+    def advance(self, delta: timedelta | None = None, **parts: float) -> datetime:
+        """Move forward by `delta` or by timedelta's keywords (`seconds=`, `minutes=`, `days=` ...)."""
+        step = delta if delta is not None else timedelta(**parts)
+        if step < timedelta(0):
+            raise ValueError("time does not go back")
+        with self._lock:
+            self._at += step
+            return self._at
+
+    def set(self, at: datetime) -> None:
+        if at.tzinfo is None:
+            raise ValueError("a clock tells aware time: give the datetime an offset")
+        with self._lock:
+            self._at = at
 
 
 def db_time(value: datetime | None) -> datetime | None:

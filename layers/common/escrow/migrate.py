@@ -107,7 +107,7 @@ def _backend(params: DatabaseParams) -> Any:
     from yoyo.connections import parse_uri
     from yoyo.migrations import default_migration_table
 
-    class EscrowMySQLBackend(MySQLBackend):
+    class EscrowMySQLBackend(MySQLBackend):  # type: ignore[misc]  # yoyo is untyped: its class is Any to mypy
         """yoyo's MySQL backend on a connection opened with our TLS policy (yoyo's own ignores it)."""
 
         def connect(self, dburi: Any) -> Any:

@@ -4,6 +4,9 @@ Every status the database holds is a member of one of the enums below (they are 
 and every write of a status goes through the `check` of its machine: repositories that write a status take the
 current and the new status, and bulk writes check every row. The named sets say what a group of statuses means;
 modules use them instead of writing the statuses out again.
+
+Toss's own statuses that we keep beside ours (`payments.toss_status`, `payment_charges.toss_status`,
+`stores.seller_status`) are Toss's word, recorded as Toss spells them: no machine of ours decides them.
 """
 
 from __future__ import annotations
@@ -389,7 +392,7 @@ SELLER_REGISTRATION = Machine(
     },
 )
 
-# Toss pays out to these sellers only (REFERENCE §8.2).
+# Toss pays out to these sellers only (docs/toss-behaviours.md, "Balances and payouts").
 PAYABLE_SELLER_STATUSES: frozenset[str] = frozenset({"PARTIALLY_APPROVED", "APPROVED"})
 
 
@@ -491,3 +494,27 @@ OPERATOR_PAYOUT = Machine(
 
 def check_operator_payout(current: str, new: str) -> None:
     OPERATOR_PAYOUT.check(current, new)
+
+
+# --- what an operator did (`operator_actions.status`) ----------------------------------------------------------
+
+
+class OperatorActionStatus(StrEnum):
+    STARTED = "started"  # recorded before the action runs (it calls Toss or runs a job)
+    DONE = "done"
+    FAILED = "failed"  # it could not run (Toss or the database unreachable, a job raised)
+    REFUSED = "refused"  # it ran and was refused (Toss refused it, or there was nothing to do it on)
+
+
+OPERATOR_ACTION = Machine(
+    "an operator action",
+    # done: an action whose outcome is known at once, recorded in the same transaction as its change.
+    initial={OperatorActionStatus.STARTED, OperatorActionStatus.DONE},
+    transitions={
+        OperatorActionStatus.STARTED: {
+            OperatorActionStatus.DONE,
+            OperatorActionStatus.FAILED,
+            OperatorActionStatus.REFUSED,
+        },
+    },
+)

@@ -1,5 +1,5 @@
-"""An optional allowlist of the addresses Toss sends webhooks from (REFERENCE §7: Toss's security page lists
-13.124.18.147, 13.124.108.35, 3.36.173.151 and 3.38.81.32).
+"""An optional allowlist of the addresses Toss sends webhooks from (docs/toss-behaviours.md, "Webhooks": Toss's
+security page lists 13.124.18.147, 13.124.108.35, 3.36.173.151 and 3.38.81.32).
 
 ``TOSS_WEBHOOK_ALLOWED_IPS`` is a comma-separated list of addresses or CIDR blocks (IPv4 or IPv6); empty means
 every source is accepted (verification of the payload itself is what proves a webhook genuine; the allowlist is
@@ -23,7 +23,7 @@ from typing import Any
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ENV_VAR = "TOSS_WEBHOOK_ALLOWED_IPS"
-# Toss's documented webhook source addresses (REFERENCE §7), for the template's parameter description and docs.
+# Toss's documented webhook source addresses (docs/toss-behaviours.md), for the template's parameter description.
 TOSS_DOCUMENTED_SOURCES = ("13.124.18.147", "13.124.108.35", "3.36.173.151", "3.38.81.32")
 
 

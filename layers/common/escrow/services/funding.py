@@ -15,18 +15,31 @@ from escrow.observability import count
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
-from escrow.states import RequestStatus
+from escrow.states import OPEN, RequestStatus
+
+
+def funding_move(status: str, *, participants: int, fully_held: int) -> RequestStatus | None:
+    """The funding rule as a decision: where a request goes once its shares changed (None: it stays as it is).
+    Funded means open, at least one current participant, and every current participant holding the share in full."""
+    if status not in OPEN:
+        return None
+    funded = participants > 0 and fully_held == participants
+    if status == RequestStatus.PENDING and funded:
+        return RequestStatus.COMPLETED
+    if status == RequestStatus.COMPLETED and not funded:
+        return RequestStatus.PENDING
+    return None
 
 
 def refresh_funding(tx: db.Tx, request: dict[str, Any], *, why: str) -> str:
     """Re-decide a locked open request's funding after a change (`why`: what changed). Returns its status."""
     status = request["status"]
-    if status not in (RequestStatus.PENDING, RequestStatus.COMPLETED):
+    if status not in OPEN:
         return str(status)
     funding = payments_repo.funding(tx, request["id"])
-    funded = funding["participants"] > 0 and funding["fully_held"] == funding["participants"]
+    move = funding_move(status, participants=funding["participants"], fully_held=funding["fully_held"])
     round_ = int(request["funding_round"])
-    if status == RequestStatus.PENDING and funded:
+    if move == RequestStatus.COMPLETED:
         round_ += 1
         requests_repo.set_status(
             tx,
@@ -55,7 +68,7 @@ def refresh_funding(tx: db.Tx, request: dict[str, Any], *, why: str) -> str:
         count("EscrowFunded")
         request.update(status=RequestStatus.COMPLETED, funding_round=round_)
         return RequestStatus.COMPLETED
-    if status == RequestStatus.COMPLETED and not funded:
+    if move == RequestStatus.PENDING:
         requests_repo.set_status(tx, request["id"], status, RequestStatus.PENDING, completed_at=None)
         outbox_repo.add(
             tx,

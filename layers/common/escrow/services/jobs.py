@@ -35,7 +35,8 @@ from escrow.services import stores as store_service
 from escrow.services import webhooks as webhook_service
 from escrow.states import CancelStatus, RequestStatus
 from escrow.toss import TossError
-from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.client import get_toss_client
+from escrow.toss.port import TossPort
 
 RECONCILE_AFTER_SECONDS = 60  # a confirm or cancel older than this with no outcome is looked up
 BATCH = 200
@@ -46,7 +47,7 @@ def expire_overdue(
     limit: int = BATCH,
     *,
     now: Callable[[], datetime] = utcnow,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
     with db.reader() as tx:
@@ -113,7 +114,7 @@ def _expire_one(request_id: int, at: datetime) -> list[dict[str, Any]] | None:
 def reconcile_payments(
     limit: int = BATCH,
     *,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     older_than: int | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
@@ -145,7 +146,7 @@ def reconcile_payments(
 def reconcile_cancels(
     limit: int = BATCH,
     *,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     older_than: int | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
@@ -294,7 +295,7 @@ def publish_outbox(
 
 def audit_ledger(
     *,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     now: Callable[[], datetime] = utcnow,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
@@ -346,7 +347,7 @@ GAUGES = frozenset({"payouts_waiting_for_balance"})
 def run_scheduled(
     *,
     remaining_ms: Callable[[], int] = lambda: 900_000,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     publisher: EventBridgePublisher | LogPublisher | None = None,
     jobs: str | list[str] = "all",
     now: Callable[[], datetime] = utcnow,

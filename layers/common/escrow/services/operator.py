@@ -28,7 +28,8 @@ from escrow.repositories import ops as ops_repo
 from escrow.repositories import settlements as settlements_repo
 from escrow.states import check_operator_payout
 from escrow.toss import TossApiError, TossError
-from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.client import get_toss_client
+from escrow.toss.port import TossPort
 
 # What replaying a logged delivery means, per event type (the console prints it before it asks to go on).
 REPLAY_MEANING: dict[str, str] = {
@@ -83,7 +84,7 @@ def _logged(action: str, action_id: int, operator: str, target: str, reason: str
 # --- payouts ------------------------------------------------------------------------------------------------
 
 
-def retry_payout(settlement_id: int, *, operator: str, reason: str, toss: TossClient | None = None) -> dict[str, Any]:
+def retry_payout(settlement_id: int, *, operator: str, reason: str, toss: TossPort | None = None) -> dict[str, Any]:
     """Put a failed payout back to `scheduled` for the next scheduled run. Returns what changed."""
     operator, reason = _need(operator, reason)
     with db.reader() as tx:
@@ -171,7 +172,7 @@ def replay_meaning(event_type: str | None) -> str:
     return REPLAY_MEANING.get(event_type or "", OTHER_EVENTS_MEANING)
 
 
-def replay_webhook(webhook_id: int, *, operator: str, reason: str, toss: TossClient | None = None) -> dict[str, Any]:
+def replay_webhook(webhook_id: int, *, operator: str, reason: str, toss: TossPort | None = None) -> dict[str, Any]:
     """Ask Toss again about what a logged delivery named, and apply what Toss says now (see REPLAY_MEANING)."""
     from escrow.services import webhooks  # the webhook service, as the webhook function uses it
 
@@ -241,7 +242,7 @@ def run_job(
     *,
     operator: str,
     reason: str,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     publisher: Any = None,
     budget_ms: int = RUN_BUDGET_MS,
     clock: Callable[[], float] = time.monotonic,

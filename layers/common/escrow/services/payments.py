@@ -46,7 +46,8 @@ from escrow.states import (
     share_status_for,
 )
 from escrow.toss import TossApiError, TossError
-from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.client import get_toss_client
+from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
@@ -311,7 +312,7 @@ class _Replayed(Exception):
     """Raised inside the confirm's transaction to leave it (rolled back, nothing written) and answer as a replay."""
 
 
-def _call_confirm(toss: TossClient, attempt: Attempt) -> Payment:
+def _call_confirm(toss: TossPort, attempt: Attempt) -> Payment:
     key = confirm_idempotency_key(attempt.order_id, attempt.key_attempt)
     for retry in range(_IN_FLIGHT_RETRIES + 1):
         try:
@@ -334,7 +335,7 @@ def _next_confirm_key(attempt: Attempt) -> None:
     attempt.key_attempt += 1
 
 
-def _look_up(toss: TossClient, attempt: Attempt) -> Payment | None:
+def _look_up(toss: TossPort, attempt: Attempt) -> Payment | None:
     """Toss's own record of the order, or None when Toss knows no such payment."""
     try:
         payment = toss.get_payment_by_order(attempt.order_id)
@@ -353,7 +354,7 @@ def _look_up(toss: TossClient, attempt: Attempt) -> Payment | None:
     return payment
 
 
-def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossClient | None = None) -> dict[str, Any]:
+def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossPort | None = None) -> dict[str, Any]:
     attempt = _begin_confirm(principal.user_id, body)
     payment: Payment | None
     if attempt.done:
@@ -382,7 +383,7 @@ def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossClient
     return _answer(attempt, payment, outcome)
 
 
-def _resolve_unknown(toss: TossClient, attempt: Attempt, cause: Exception) -> Payment | None:
+def _resolve_unknown(toss: TossPort, attempt: Attempt, cause: Exception) -> Payment | None:
     logger.warning(
         "confirm outcome unknown, looking the order up",
         extra={"order_id": attempt.order_id, "cause": type(cause).__name__},
@@ -410,11 +411,17 @@ def _resolve_unknown(toss: TossClient, attempt: Attempt, cause: Exception) -> Pa
 def _declined(attempt: Attempt, exc: TossApiError) -> dict[str, Any]:
     record_failure(attempt.order_id, exc.code, exc.message, actor="confirm")
     count("PaymentsDeclined")
+    raise declined_error(exc)
+
+
+def declined_error(exc: TossApiError) -> AppError:
+    """The answer to a confirm Toss refused with a definite outcome (nothing was charged): our configuration or a
+    passing trouble is a 503 to try again shortly; anything else is the payer's decline (402, with Toss's code)."""
     if exc.configuration or exc.retryable:
-        raise UpstreamUnavailable(
+        return UpstreamUnavailable(
             "the payment could not be confirmed now; please pay again shortly", toss_code=exc.code
         )
-    raise PaymentDeclined(exc.message or "the payment was declined", toss_code=exc.code)
+    return PaymentDeclined(exc.message or "the payment was declined", toss_code=exc.code)
 
 
 def _answer(attempt: Attempt, payment: Payment, outcome: str) -> dict[str, Any]:
@@ -486,7 +493,7 @@ def record_unknown(order_id: str, reason: str) -> None:
 
 
 def apply_toss_payment(
-    payment: Payment, *, actor: str, reason: str, toss: TossClient | None = None, refund_now: bool = True
+    payment: Payment, *, actor: str, reason: str, toss: TossPort | None = None, refund_now: bool = True
 ) -> str:
     """Bring our ledger in line with Toss's record of one order. Safe to call any number of times.
 
@@ -764,7 +771,7 @@ def _record_charge(tx: db.Tx, request_id: int, payment_id: int, payment: Payment
     )
 
 
-def refund_unexpected_charge(payment: Payment, why: str, *, toss: TossClient | None = None) -> str:
+def refund_unexpected_charge(payment: Payment, why: str, *, toss: TossPort | None = None) -> str:
     """Cancel a charge we must not keep (wrong amount, a second charge for one share, a closed request)."""
     toss = toss or get_toss_client()
     with db.reader() as tx:
@@ -799,7 +806,7 @@ def refund_unexpected_charge(payment: Payment, why: str, *, toss: TossClient | N
 # --- the schedule: orders left without an outcome -----------------------------------------------------------
 
 
-def reconcile_order(order: dict[str, Any], *, toss: TossClient) -> str:
+def reconcile_order(order: dict[str, Any], *, toss: TossPort) -> str:
     """Settle one order the schedule found in flight or refund_pending (`payments_repo.orders_to_reconcile`):
     look it up at Toss and apply what Toss says, or cancel a charge we must not keep. Returns the outcome (as
     apply_toss_payment does)."""

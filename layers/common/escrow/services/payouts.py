@@ -2,7 +2,8 @@
 `payouts` job; the release endpoint only decides, `escrow.services.release`).
 
 Release means "decided". Toss pays out only from `availableAmount` of its payout balance, which card sales reach
-after the settlement cycle (REFERENCE §8.3), so a settlement waits in `scheduled` until the balance covers it:
+after the settlement cycle (docs/toss-behaviours.md, "Balances and payouts"), so a settlement waits in `scheduled`
+until the balance covers it:
 
 * Balance. Each scheduled run reads `GET /v2/balances` once (when a payout is due) and sends only what the
   available amount covers, oldest settlement first; the first one it does not cover, and every one after it, waits
@@ -57,8 +58,9 @@ from escrow.repositories.settlements import Refusal
 from escrow.services import isolation
 from escrow.states import PAYABLE_SELLER_STATUSES, PAYOUT_FINAL, InvalidTransition, PayoutStatus, PayoutWaitingFor
 from escrow.toss import TossApiError, TossError
-from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.client import get_toss_client
 from escrow.toss.ids import toss_name
+from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
@@ -123,7 +125,7 @@ def retry_after(refusals: int) -> timedelta:
     steps = max(refusals, 1) - 1
     if steps >= 16:
         return RETRY_LONGEST
-    return min(RETRY_FIRST * 2**steps, RETRY_LONGEST)
+    return min(RETRY_FIRST * (1 << steps), RETRY_LONGEST)
 
 
 _marker_lock = threading.Lock()
@@ -160,7 +162,7 @@ class Budget:
     def usable(self) -> bool:
         return self.available is not None and self.exhausted_at is None
 
-    def read(self, toss: TossClient, now: datetime) -> None:
+    def read(self, toss: TossPort, now: datetime) -> None:
         if self.available is not None or self.read_failed:
             return
         try:
@@ -186,7 +188,7 @@ class Budget:
 class _Run:
     """One payouts run: the Toss client, its clock, its budget and what happened."""
 
-    toss: TossClient
+    toss: TossPort
     now: Callable[[], datetime]
     budget: Budget
     deadline: Callable[[], bool] = lambda: False
@@ -324,7 +326,7 @@ def _remark(batch: list[dict[str, Any]], now: datetime) -> None:
         s["payout_requested_at"] = marker
 
 
-def _find_at_toss(refs: Sequence[str], toss: TossClient) -> dict[str, dict[str, Any]] | None:
+def _find_at_toss(refs: Sequence[str], toss: TossPort) -> dict[str, dict[str, Any]] | None:
     """The payouts Toss holds under these refPayoutIds ({ref: payout}), from one listing; None if Toss did not
     answer it."""
     try:
@@ -346,7 +348,7 @@ def _ours(s: Mapping[str, Any], payout: Mapping[str, Any]) -> bool:
     for key, mine in (("paymentRequestId", str(s["payment_request_id"])), ("storeId", s["store_id"][:500])):
         if key in metadata and metadata[key] != mine:  # what we sent with it (_payout_item), when Toss shows it
             return False
-    return payout.get("destination") == s["toss_seller_id"] and value == s["net_amount"]
+    return bool(payout.get("destination") == s["toss_seller_id"] and value == s["net_amount"])
 
 
 def _sort_found(
@@ -554,7 +556,7 @@ def apply_payout_status(payout: dict[str, Any], *, actor: str) -> str:
 def payouts_due(
     limit: int,
     *,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     now: Callable[[], datetime] = utcnow,
     deadline: Callable[[], bool] = lambda: False,
     budget: Budget | None = None,

@@ -17,13 +17,13 @@ and nobody is refunded more than they asked for.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from escrow import db
-from escrow.clock import db_time, utcnow
+from escrow.clock import Clock, db_time, utcnow
 from escrow.errors import AppError, Conflict, Forbidden, NotFound, UpstreamUnavailable, ValidationFailed
 from escrow.observability import count, logger
 from escrow.repositories import cancels as cancels_repo
@@ -46,14 +46,15 @@ from escrow.states import (
     share_status_for,
 )
 from escrow.toss import TossApiError, TossError
-from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.client import get_toss_client
+from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
     from escrow.models import CancelBody
-    from escrow.toss.models import Payment
+    from escrow.toss.models import Cancel, Payment
 
-# Toss refused the refund for a reason that passes: ask again later, with a new key (REFERENCE §6).
+# Toss refused the refund for a reason that passes: ask again later, with a new key (docs/toss-behaviours.md).
 RETRY_LATER_CODES = frozenset(
     {"PROVIDER_ERROR", "FORBIDDEN_CONSECUTIVE_REQUEST", "NOT_AVAILABLE_BANK", "NOT_MATCHES_REFUNDABLE_AMOUNT"}
 )
@@ -67,10 +68,10 @@ def cancel_idempotency_key(cancel_id: int, attempt: int = 1) -> str:
     return f"cancel-{cancel_id}" if attempt <= 1 else f"cancel-{cancel_id}-{attempt}"
 
 
-def retry_at(attempt: int) -> Any:
+def retry_at(attempt: int, now: Clock = utcnow) -> datetime | None:
     """When to ask again after the `attempt`-th refusal that passes: 5 min, 10, 20, ... at most 6 h."""
     delay = min(RETRY_BACKOFF * (2 ** max(attempt - 1, 0)), RETRY_BACKOFF_MAX)
-    return db_time(utcnow() + delay)
+    return db_time(now() + delay)
 
 
 def _request_key(payment_key: str, actor: str, amount: int | None, reason: str, client_key: str | None) -> str:
@@ -126,7 +127,7 @@ def _lock(tx: db.Tx, found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 
 def cancel(
-    principal: Principal, body: CancelBody, *, client_key: str | None = None, toss: TossClient | None = None
+    principal: Principal, body: CancelBody, *, client_key: str | None = None, toss: TossPort | None = None
 ) -> dict[str, Any]:
     if body.chat_room_id is not None:
         return cancel_request(principal, body.chat_room_id, body.cancelReason, toss=toss)
@@ -146,7 +147,7 @@ def cancel_share(
     amount: int | None,
     *,
     client_key: str | None = None,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
 ) -> dict[str, Any]:
     found = _find_charge(payment_key)
     with db.transaction() as tx:
@@ -224,7 +225,7 @@ def _check_refundable(share: dict[str, Any], charge: dict[str, Any], amount: int
 # --- asking Toss, and recording what Toss holds ------------------------------------------------------------------
 
 
-def send_refund(cancel_id: int, *, toss: TossClient | None = None) -> RefundOutcome:
+def send_refund(cancel_id: int, *, toss: TossPort | None = None) -> RefundOutcome:
     """Ask Toss for the refund of row `cancel_id` with its attempt's key, and record what Toss holds afterwards."""
     toss = toss or get_toss_client()
     with db.reader() as tx:
@@ -256,11 +257,7 @@ def send_refund(cancel_id: int, *, toss: TossClient | None = None) -> RefundOutc
                 return looked
             if looked is None:
                 return _unknown(cancel_id, charge, exc)
-        retry = exc.retryable or exc.code in RETRY_LATER_CODES or exc.outcome_unknown
-        # The schedule asks again only for the refunds it owes (a cancelled or expired request, a removed participant,
-        # never silently left failed). A payer's or owner's own cancel is theirs to ask again: they were told that
-        # nothing was refunded, and a refund made later behind their back would not be what they asked for.
-        automatic = retry and not str(row["request_key"]).startswith(("auto:", "client:"))
+        retry, automatic = refusal_retry(exc, str(row["request_key"]))
         with db.transaction() as tx:
             cancels_repo.set_status_if_open(
                 tx,
@@ -287,6 +284,16 @@ def send_refund(cancel_id: int, *, toss: TossClient | None = None) -> RefundOutc
     return RefundOutcome("done" if mine == CancelStatus.DONE else "unknown", applied)
 
 
+def refusal_retry(exc: TossApiError, request_key: str) -> tuple[bool, bool]:
+    """What a refusal of refund row `request_key` means: (retry: the refusal passes, so asking again later may work;
+    automatic: the schedule asks again by itself). The schedule asks again only for the refunds it owes (a cancelled
+    or expired request, a removed participant: never silently left failed). A payer's or owner's own cancel
+    (`auto:`/`client:` keys) is theirs to ask again: they were told that nothing was refunded, and a refund made
+    later behind their back would not be what they asked for."""
+    retry = exc.retryable or exc.code in RETRY_LATER_CODES or exc.outcome_unknown
+    return retry, retry and not request_key.startswith(("auto:", "client:"))
+
+
 def retry_refused(cancel_id: int) -> None:
     """A refund Toss refused for a reason that passes, asked again: a new attempt, so a new Idempotency-Key."""
     with db.transaction() as tx:
@@ -305,7 +312,7 @@ def retry_refused(cancel_id: int) -> None:
         )
 
 
-def _look(cancel_id: int, payment_key: str, toss: TossClient) -> RefundOutcome | None:
+def _look(cancel_id: int, payment_key: str, toss: TossPort) -> RefundOutcome | None:
     """Toss's record of the payment, applied; None when Toss could not be asked."""
     try:
         payment = toss.get_payment(payment_key)
@@ -343,22 +350,9 @@ def apply_cancels(payment: Payment, *, cancel_id: int | None, actor: str) -> dic
             after = charges_repo.get(tx, found["payment_key"])
             assert after is not None
             return after
-        rows = [r for r in cancels_repo.for_payment(tx, share["id"])]
-        known = {r["transaction_key"] for r in rows if r["transaction_key"] is not None}
-        new = [
-            c for c in payment.cancels or [] if c.transaction_key not in known and (c.cancel_status or "DONE") == "DONE"
-        ]
-        waiting = [
-            r
-            for r in rows
-            if r["payment_key"] == payment.payment_key
-            and (r["status"] in CANCEL_IN_FLIGHT or (r["id"] == cancel_id and r["status"] == CancelStatus.FAILED))
-        ]
-        waiting.sort(key=lambda r: (r["id"] != cancel_id, r["id"]))
-        for entry in new:
-            mine = next((r for r in waiting if _asked_for(r, entry.cancel_amount)), waiting[0] if waiting else None)
+        new = attribute_refunds(payment, cancels_repo.for_payment(tx, share["id"]), cancel_id)
+        for entry, mine in new:
             if mine is not None:
-                waiting.remove(mine)
                 row_id, current = mine["id"], mine["status"]
             else:
                 current = CancelStatus.REQUESTED
@@ -440,7 +434,33 @@ def _account_closed(
         payments_repo.set_status(tx, fresh["id"], fresh["status"], target, failure_code="VIRTUAL_ACCOUNT_CANCELLED")
 
 
-def _asked_for(row: dict[str, Any], amount: int) -> bool:
+def attribute_refunds(
+    payment: Payment, rows: Sequence[Mapping[str, Any]], cancel_id: int | None
+) -> list[tuple[Cancel, Mapping[str, Any] | None]]:
+    """Which refund row each refund transaction Toss lists for this charge, and we have not recorded yet, belongs to
+    (None: a row of its own, for a refund made outside our API). `rows` are the share's refund rows. A transaction
+    goes to a row waiting for an answer about this charge (in flight, or the caller's own row `cancel_id` just
+    refused), the caller's row first, then the oldest; among them to one that asked for this amount (or for all
+    that was left), else to the first. Pure: `apply_cancels` writes what it decides."""
+    known = {r["transaction_key"] for r in rows if r["transaction_key"] is not None}
+    new = [c for c in payment.cancels or [] if c.transaction_key not in known and (c.cancel_status or "DONE") == "DONE"]
+    waiting = [
+        r
+        for r in rows
+        if r["payment_key"] == payment.payment_key
+        and (r["status"] in CANCEL_IN_FLIGHT or (r["id"] == cancel_id and r["status"] == CancelStatus.FAILED))
+    ]
+    waiting.sort(key=lambda r: (r["id"] != cancel_id, r["id"]))
+    attributed: list[tuple[Cancel, Mapping[str, Any] | None]] = []
+    for entry in new:
+        mine = next((r for r in waiting if _asked_for(r, entry.cancel_amount)), waiting[0] if waiting else None)
+        if mine is not None:
+            waiting.remove(mine)
+        attributed.append((entry, mine))
+    return attributed
+
+
+def _asked_for(row: Mapping[str, Any], amount: int) -> bool:
     return row["requested_amount"] is None or int(row["requested_amount"]) == amount
 
 
@@ -494,7 +514,7 @@ def _record_charge_refunds(
 
 
 def cancel_request(
-    principal: Principal, chat_room_id: int, reason: str, *, toss: TossClient | None = None
+    principal: Principal, chat_room_id: int, reason: str, *, toss: TossPort | None = None
 ) -> dict[str, Any]:
     """The room owner cancels the whole request: it closes at once, then every held charge is refunded.
 
@@ -632,7 +652,7 @@ def queue_refunds(
     return targets
 
 
-def refund_queued(targets: Iterable[dict[str, Any]], *, toss: TossClient | None = None) -> list[dict[str, Any]]:
+def refund_queued(targets: Iterable[dict[str, Any]], *, toss: TossPort | None = None) -> list[dict[str, Any]]:
     """Send queued refunds. Whatever goes wrong with one (Toss, the database) leaves it to the schedule: the change
     that queued them is committed, and the answer says which refunds are still pending."""
     results = []

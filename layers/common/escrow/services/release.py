@@ -34,7 +34,7 @@ from escrow.repositories import requests as requests_repo
 from escrow.repositories import settlements as settlements_repo
 from escrow.services import isolation, payouts, rooms
 from escrow.states import HELD, PAYMENT, REQUEST, PaymentStatus, RequestStatus
-from escrow.toss.client import TossClient
+from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
@@ -268,7 +268,7 @@ def release_due(
     limit: int,
     *,
     now: Callable[[], datetime] = utcnow,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
     """Auto-release completed requests whose release_at has passed, RELEASE_CHUNK per transaction. Safe to run twice

@@ -23,7 +23,7 @@ from escrow.states import CANCEL_IN_FLIGHT, CONFIRMING, PAID_IN_FULL, PaymentSta
 if TYPE_CHECKING:
     from escrow.auth import Principal
     from escrow.models import CreatePaymentRequestBody, ParticipantBody
-    from escrow.toss.client import TossClient
+    from escrow.toss.port import TossPort
 
 
 def _too_many(count_: int) -> ValidationFailed:
@@ -161,9 +161,7 @@ def add_participant(principal: Principal, body: ParticipantBody) -> dict[str, An
     }
 
 
-def remove_participant(
-    principal: Principal, body: ParticipantBody, *, toss: TossClient | None = None
-) -> dict[str, Any]:
+def remove_participant(principal: Principal, body: ParticipantBody, *, toss: TossPort | None = None) -> dict[str, Any]:
     """The owner takes a participant out of the open request, and what they hold is refunded in the same flow. When
     everyone left holds their share in full, the request is funded (a new notice, with the new total)."""
     reason = body.reason or "참여자 제외"

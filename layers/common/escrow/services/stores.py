@@ -40,8 +40,9 @@ from escrow.services import isolation
 from escrow.services.payouts import retry_after
 from escrow.states import PAYABLE_SELLER_STATUSES, SellerRegistration
 from escrow.toss import TossApiError, TossError
-from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.client import get_toss_client
 from escrow.toss.ids import toss_name
+from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
@@ -252,7 +253,7 @@ def store_view(row: Mapping[str, Any]) -> dict[str, Any]:
 def register_due_sellers(
     limit: int = SELLERS_PER_RUN,
     *,
-    toss: TossClient | None = None,
+    toss: TossPort | None = None,
     now: Callable[[], datetime] = utcnow,
     deadline: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
@@ -291,7 +292,7 @@ def register_due_sellers(
 
 
 def _send(
-    store: dict[str, Any], attempt: int, toss: TossClient, now: Callable[[], datetime], tally: Counter[str]
+    store: dict[str, Any], attempt: int, toss: TossPort, now: Callable[[], datetime], tally: Counter[str]
 ) -> None:
     try:
         content = _content(store, _open_account(store))
@@ -412,7 +413,7 @@ def _adopt(
     store: Mapping[str, Any],
     content: Mapping[str, Any],
     exc: TossApiError,
-    toss: TossClient,
+    toss: TossPort,
     now: Callable[[], datetime],
     tally: Counter[str],
 ) -> None:

@@ -44,7 +44,8 @@ from escrow.services import refunds as refund_service
 from escrow.services import stores as store_service
 from escrow.states import WebhookOutcome, WebhookVerification
 from escrow.toss import TossApiError, TossError
-from escrow.toss.client import TossClient, get_toss_client
+from escrow.toss.client import get_toss_client
+from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
     from escrow.toss.models import Payment
@@ -114,8 +115,8 @@ class Outcome:
 
 
 def hmac_key(security_key: str, encoding: str) -> bytes:
-    """UNCONFIRMED by Toss whether the HMAC key is the 64-char string or its hex-decoded 32 bytes (REFERENCE §7);
-    TOSS_WEBHOOK_HMAC_KEY_ENCODING chooses, default hex like the payout JWE."""
+    """UNCONFIRMED by Toss whether the HMAC key is the 64-char string or its hex-decoded 32 bytes
+    (docs/toss-behaviours.md); TOSS_WEBHOOK_HMAC_KEY_ENCODING chooses, default hex like the payout JWE."""
     return bytes.fromhex(security_key) if encoding == "hex" else security_key.encode("utf-8")
 
 
@@ -199,7 +200,7 @@ def subject_of(event_type: str | None, payload: dict[str, Any] | None) -> str | 
     return None
 
 
-def apply_subject(subject: str, *, toss: TossClient | None = None) -> str:
+def apply_subject(subject: str, *, toss: TossPort | None = None) -> str:
     """Ask Toss about a delivery's subject now and apply what Toss says (an operator's replay: the body of the
     delivery, forged or not, is never trusted). Returns the outcome."""
     kind, _, ident = subject.partition(":")
@@ -261,7 +262,7 @@ def _processed(claimed: bool) -> Outcome:
 
 
 def receive(
-    headers: dict[str, str], raw: bytes, *, toss: TossClient | None = None, now: datetime | None = None
+    headers: dict[str, str], raw: bytes, *, toss: TossPort | None = None, now: datetime | None = None
 ) -> Outcome:
     headers = {k.lower(): v for k, v in headers.items()}
     now = now or datetime.now(UTC)
@@ -354,7 +355,7 @@ def _rejected(webhook_id: int, verification: WebhookVerification, detail: str) -
     return Outcome(Result.REJECTED, detail)
 
 
-def _apply_fetched(payment: Payment, toss: TossClient | None) -> str:
+def _apply_fetched(payment: Payment, toss: TossPort | None) -> str:
     outcome = payment_service.apply_toss_payment(
         payment, actor="webhook", reason="webhook", toss=toss, refund_now=False
     )
@@ -367,7 +368,7 @@ def _apply_fetched(payment: Payment, toss: TossClient | None) -> str:
 
 
 def _payment_status_changed(
-    webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossClient | None
+    webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossPort | None
 ) -> Outcome:
     raw_data = payload.get("data")
     data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
@@ -433,7 +434,7 @@ def _payment_status_changed(
 
 
 def _deposit_callback(
-    webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossClient | None
+    webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossPort | None
 ) -> Outcome:
     order_id, secret = payload.get("orderId"), payload.get("secret")
     if not isinstance(order_id, str) or not _ORDER_ID.match(order_id) or not isinstance(secret, str):

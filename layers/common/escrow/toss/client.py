@@ -89,7 +89,7 @@ class TossClient:
         return _entity(self._encrypted("POST", "/v2/sellers", seller, idempotency_key))
 
     def update_seller(self, seller_id: str, changes: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
-        """`POST /v2/sellers/{sellerId}`: only the fields that change (REFERENCE §8.2)."""
+        """`POST /v2/sellers/{sellerId}`: only the fields that change (docs/toss-behaviours.md)."""
         path = f"/v2/sellers/{quote(seller_id, safe='')}"
         return _entity(self._encrypted("POST", path, changes, idempotency_key))
 

@@ -1,5 +1,5 @@
 """Toss errors carry Toss's `code`, `message` and HTTP status. Retry decisions go by code, not by status
-(REFERENCE.md §6: PROVIDER_ERROR is a 400 but transient)."""
+(docs/toss-behaviours.md: PROVIDER_ERROR is a 400 but transient)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""JWE compact serialisation with `alg: dir`, `enc: A256GCM`, as Toss payouts v2 require (REFERENCE.md §8.1):
+"""JWE compact serialisation with `alg: dir`, `enc: A256GCM`, as Toss payouts v2 require (docs/toss-behaviours.md):
 the security key is 64 hex characters, hex-decoded to the 32-byte content key; the protected header carries
 `iat` and `nonce`."""
 
