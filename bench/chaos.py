@@ -70,6 +70,8 @@ KILL_EVERY = 0.5
 HTTP_TIMEOUT = 40.0  # above the local API's 30 s integration timeout
 RETRIES = 6  # tries of one call on 502/503 (and on the codes a call says are worth waiting for)
 PAY_ATTEMPTS = 6  # payment attempts of one participant (each declined attempt is paid again with a new order)
+SETTLEMENT_SECONDS = 3.0  # the sandbox's settlement cycle (Toss's is days), compressed like the schedule
+KYC_EVERY = 1.0  # seconds between the sweeps in which stores registered at Toss complete its KYC
 SETTLE_SECONDS = 300  # the settle phase gives up after this long (the sandbox sends webhooks on one thread)
 REPLAY_WAIT = 120  # seconds the last replays may wait for their first delivery
 # A release waits for refunds in flight in the room (a removed participant's too); one whose answer was lost is asked
@@ -312,13 +314,11 @@ class Flows:
             "phone": "01012345678",
         }
         a = self.api.post("/api/v1/admin/stores", body, user="ops_admin", admin=True)
-        seller_id = a.data.get("seller_id") if a.status == 201 else None
-        if a.status == 409 and a.code == "STORE_ALREADY_REGISTERED":  # an earlier try went through; its answer was lost
-            seller_id = self.db.seller_id(room.store_id)
-        if not seller_id:
+        # Answered at once with the seller pending (200: an earlier try went through and its answer was lost; 409: that
+        # try is being sent to Toss right now). The schedule's sellers job registers it with Toss; the store's owner
+        # completes Toss's KYC some time later (kyc_loop approves it), and payouts wait for that.
+        if not (a.status in (200, 202) or (a.status == 409 and a.code == "SELLER_REGISTRATION_IN_PROGRESS")):
             self.unexpected(room, "register_store", a)
-            return
-        self.sandbox.post(f"sellers/{seller_id}/status", {"status": "APPROVED"}).raise_for_status()
 
     def open_request(self, room: Room, **extra: Any) -> bool:
         body = {
@@ -839,6 +839,22 @@ def kill_connections(params: Any, database: str, figures: Figures, rng: random.R
         conn.close()
 
 
+def approve_registered_sellers(inspector: Inspector, sandbox: Sandbox) -> int:
+    """Stores whose seller Toss registered complete Toss's KYC: the sandbox approves them (and sends seller.changed)."""
+    approved = 0
+    for row in inspector.all("SELECT toss_seller_id FROM {db}.stores WHERE toss_seller_id IS NOT NULL"):
+        seller = sandbox.post(f"sellers/{row['toss_seller_id']}/status", {"status": "APPROVED"})
+        approved += seller.status_code == 200
+    return approved
+
+
+def kyc_loop(inspector: Inspector, sandbox: Sandbox, stop: threading.Event) -> None:
+    """While the rooms run: registered sellers complete KYC, a while after the sellers job registered them."""
+    while not stop.wait(KYC_EVERY):
+        with contextlib.suppress(Exception):  # a killed connection: the next sweep
+            approve_registered_sellers(inspector, sandbox)
+
+
 def schedule_loop(invoke: Callable[[], Any], figures: Figures, offset: float, stop: threading.Event) -> None:
     """The schedule while the rooms run: the release function with the scheduled event, every few seconds."""
     stop.wait(offset)
@@ -943,15 +959,14 @@ def _run_stack(
     params = parse_database_url(url)
     figures = Figures()
     inspector = Inspector(params, database)
-    # COMPAT (issue 8): the client does not wait for settlement yet, so the sandbox pays out at once from a large
-    # available balance. Remove when the client waits in `scheduled` until GET /v2/balances shows enough.
+    # Toss's balances as they are, the settlement cycle compressed like the schedule: a released payout waits until
+    # the sales it pays have settled (and refunds have taken theirs back), then the payout job sends it.
     sb = start_sandbox(
         host=HOST,
         port=0,
         seed=seed,
         payout_auto_complete_seconds=1.0,
-        settlement_delay_seconds=0,
-        available_balance=1_000_000_000,
+        settlement_delay_seconds=SETTLEMENT_SECONDS,
     )
     env = {
         "APP_ENV": "local",
@@ -1017,6 +1032,7 @@ def _run_stack(
         if opts.db_kills:
             background(kill_connections, params, database, figures, random.Random(seed + 1))
         background(watch_deadlocks, params, database, figures)
+        background(kyc_loop, inspector, sandbox)
         replay_stop = threading.Event()
         replayer = threading.Thread(target=replays.loop, args=(replay_stop,), daemon=True)
         replayer.start()
@@ -1194,6 +1210,7 @@ def settle(sandbox: Sandbox, inspector: Inspector) -> tuple[int, dict[str, int]]
             jobs.run_scheduled(jobs="all", now=lambda shift=shift: utcnow() + shift)
         except Exception:  # noqa: BLE001 - a failed pass is followed by the next
             pass
+        approve_registered_sellers(inspector, sandbox)  # stores registered in this pass finish their KYC
         left = inspector.unsettled()
         left["webhooks pending"] = int((sandbox.stats().get("webhooks") or {}).get("pending") or 0)
         if not any(left.values()):

@@ -33,7 +33,7 @@ class Sampler:
     def __init__(self, database: str, interval: float = 0.002):
         self.database = database
         self.interval = interval
-        self.conn = connect(f"{MYSQL}/")
+        self.conn = connect(f"{MYSQL}/mysql")  # no database in the URL would mean `escrow`
         self.samples = 0
         self.max = 0
         self.ids: set[int] = set()  # every connection id ever seen (the run's, not the wave's)

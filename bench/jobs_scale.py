@@ -93,7 +93,9 @@ def create_database(tag: str) -> tuple[str, str]:
 
 
 def drop_database(name: str) -> None:
-    conn = connect(f"{MYSQL}/")
+    # Connected to the server's own `mysql` schema: a URL without a database means `escrow` (escrow.config), which a
+    # machine that never ran `make run` does not have.
+    conn = connect(f"{MYSQL}/mysql")
     try:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
@@ -169,7 +171,7 @@ def machine() -> dict[str, str]:
                 break
     mariadb = "unknown"
     with contextlib.suppress(Exception):
-        conn = connect(f"{MYSQL}/")
+        conn = connect(f"{MYSQL}/mysql")
         with conn.cursor() as cur:
             cur.execute("SELECT VERSION() AS v")
             mariadb = str(cur.fetchone()["v"])
@@ -190,10 +192,9 @@ def start_sandbox(latency_ms: float = 0) -> Any:
     GIL and a good part of a CPU. Nothing the benchmarks do depends on it."""
     from toss_sandbox import start_sandbox as start
 
-    # COMPAT (issue 8): the client does not wait for settlement yet, so the sandbox pays out at once from a large
-    # available balance (the payments seeded straight into the sandbox below are no sales at all). Remove when the
-    # client waits in `scheduled` until GET /v2/balances shows enough.
-    sb = start(host="127.0.0.1", port=0, settlement_delay_seconds=0, available_balance=1_000_000_000)
+    # Toss's balances as they are: the payout job sends only what GET /v2/balances covers. The seeded paid shares
+    # were charged long before they fell due, so their sales have settled (Seeder._sandbox_payment).
+    sb = start(host="127.0.0.1", port=0)
     sb.core.tick = lambda: None
     if latency_ms:
         sb.core.faults.update({"latency_ms": latency_ms})
@@ -303,6 +304,9 @@ class Seeder:
                 record.approve_no = core.ids.approve_no()
                 record.last_transaction_key = core.ids.transaction_key()
                 core.store.approved_payment_keys.add(key)
+                # Charged long before its request fell due: Toss's settlement cycle has passed, the sale is available.
+                settled = now - timedelta(seconds=core.settings.settlement_delay_seconds + 1)
+                core.balances.record_sale(key, self.amount, settled)
             core.store.payments[key] = record
             core.store.payment_by_order[order_id] = key
         return record
@@ -509,6 +513,7 @@ def worker(args: argparse.Namespace) -> int:
     from escrow.services import jobs
     from escrow.services import payouts as payout_service
     from escrow.services import release as release_service
+    from escrow.services import stores as store_service
 
     steps: dict[str, float] = {}
 
@@ -528,6 +533,7 @@ def worker(args: argparse.Namespace) -> int:
         (jobs, "reconcile_cancels", "reconcile_cancels"),
         (jobs, "expire_overdue", "expire"),
         (release_service, "release_due", "release"),
+        (store_service, "register_due_sellers", "sellers"),
         (payout_service, "payouts_due", "payouts"),
         (jobs, "publish_outbox", "publish"),
     ):

@@ -110,6 +110,9 @@ def banner(api_url: str, toss_url: str | None, schedule_interval: float, workers
     return "\n".join(line for line in lines if line is not None)
 
 
+LOCAL_SETTLEMENT_SECONDS = 60.0  # the local sandbox's settlement cycle (Toss's is days)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -117,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--toss-port", type=int, default=4010)
     parser.add_argument("--no-sandbox", action="store_true", help="use TOSS_API_BASE instead of starting one")
     parser.add_argument("--schedule-interval", type=float, default=60.0, help="seconds; 0 turns it off")
+    parser.add_argument(
+        "--settlement-seconds",
+        type=float,
+        default=LOCAL_SETTLEMENT_SECONDS,
+        help="the sandbox's settlement cycle: a confirmed sale becomes available for payouts this long after it "
+        "(Toss's is days; `POST /sandbox/clock` moves the sandbox's clock on instead)",
+    )
     parser.add_argument("--workers", type=int, default=8, help="worker threads (warm containers)")
     parser.add_argument("--skip-migrations", action="store_true")
     parser.add_argument("--skip-seed", action="store_true")
@@ -178,14 +188,13 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as exc:
                 print(f"cannot import toss_sandbox.start_sandbox ({exc}); use --no-sandbox", file=sys.stderr)
                 return 1
-            # COMPAT (issue 8): the client does not wait for settlement yet, so the local sandbox pays out at once
-            # from a large available balance. Remove when the client waits until GET /v2/balances shows enough.
+            # Toss's balances as they are (payouts wait until the sales they pay have settled), with the settlement
+            # cycle compressed so that a walkthrough sees its payout within minutes.
             sandbox = start_sandbox(
                 args.host,
                 toss_port,
                 webhook_url=api_url + WEBHOOK_PATH,
-                settlement_delay_seconds=0,
-                available_balance=1_000_000_000,
+                settlement_delay_seconds=args.settlement_seconds,
             )
             overrides["TOSS_API_BASE"] = str(getattr(sandbox, "url", overrides["TOSS_API_BASE"])).rstrip("/")
             print(f"==> Toss sandbox on {overrides['TOSS_API_BASE']}", flush=True)

@@ -357,9 +357,8 @@ class Sandbox:
     def __init__(self, host: str, port: int, logs: Path, webhook_url: str | None, tag: str) -> None:
         self.url = f"http://{host}:{port}"
         command = [sys.executable, "-m", "toss_sandbox", "--host", host, "--port", str(port), "--seed", "7"]
-        # COMPAT (issue 8): the client does not wait for settlement yet, so this sandbox pays out at once from a large
-        # available balance. Remove when the client waits until GET /v2/balances shows enough.
-        command += ["--settlement-delay-seconds", "0", "--available-balance", "1000000000"]
+        # Toss's settlement cycle (days) compressed: a released payout is sent once its sales have settled.
+        command += ["--settlement-delay-seconds", "1"]
         if webhook_url:
             # Retries a few seconds apart instead of Toss's minutes: the run waits for every delivery's outcome.
             command += ["--webhook-url", webhook_url, "--webhook-retry-delays", "2,4"]
@@ -376,6 +375,15 @@ class Sandbox:
     def pay(self, order_id: str, amount: int) -> str:
         """The payer pays in the Toss widget: the sandbox authenticates the payment and gives its paymentKey."""
         return str(self.call("POST", "/sandbox/payments", {"orderId": order_id, "amount": amount})["paymentKey"])
+
+    def settle_sales(self) -> None:
+        """Wait for the settlement cycle: every sale so far is in the available payout balance."""
+        wait_until(
+            "the sales to settle",
+            lambda: all(s["state"] == "available" for s in self.call("GET", "/sandbox/sales")["items"]),
+            20,
+            self.process,
+        )
 
     def stop(self) -> None:
         self.process.stop()
@@ -521,18 +529,24 @@ def note(body: Any) -> str:
         return str(error["code"])
     if isinstance(body.get("payment_request"), dict):
         request = body["payment_request"]
-        return f"request {request.get('status')}, paid {request.get('paid_count')}/{len(body.get('payments') or [])}"
+        paid = f"request {request.get('status')}, paid {request.get('paid_count')}/{len(body.get('payments') or [])}"
+        settlement = body.get("settlement")
+        return paid + (f", payout {settlement.get('payout_status')}" if isinstance(settlement, dict) else "")
     if isinstance(body.get("settlement"), dict):
         s = body["settlement"]
         released = len(body.get("released_payments") or [])
         money = f"fee {s.get('platform_fee')}, net {s.get('net_amount')}"
         return f"{released} released, {money}, payout {s.get('payout_status')}"
-    if isinstance(body.get("publish"), dict):  # a scheduled run's report
-        published = body["publish"]
-        return ", ".join(f"{k} {v}" for k, v in published.items() if isinstance(v, int))
+    for job, keys in (  # a scheduled run's report
+        ("publish", ("events_published", "events_failed")),
+        ("sellers", ("sellers_registered", "seller_calls")),
+        ("payouts", ("payouts_requested", "payout_calls")),
+    ):
+        if isinstance(body.get(job), dict):
+            return ", ".join(f"{k} {body[job].get(k)}" for k in keys)
     if "orderId" in body and "payment_status" not in body:
         return f"orderId {body['orderId']}, {body.get('amount')} KRW"
-    for key in ("payment_status", "refund_status", "status", "seller_status"):
+    for key in ("payment_status", "refund_status", "status", "registration_status", "seller_status"):
         if isinstance(body.get(key), str):
             return f"{key} {body[key]}"
     return ""
@@ -631,12 +645,26 @@ def invoke_phase(invoke: Invoker, settings: Settings, sandbox: Sandbox, report: 
     owner, admin = settings.token("user_1"), settings.token("ops", admin=True)
     payer2, payer3 = settings.token("user_2"), settings.token("user_3")
 
-    # Round 1: the store's payout account, a request, both participants pay, release, the payout completes.
-    store = step(
+    def scheduled(jobs: list[str]) -> None:
+        """A run of the schedule's jobs, as EventBridge Scheduler invokes the release function."""
+        event = load_event("schedule.json")
+        event.update(jobs=jobs, scheduled_time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        step("schedule.json", "ok", event)
+
+    # Round 1: the store's payout account (answered at once; the schedule's sellers job registers it with Toss), a
+    # request, both participants pay, release (the decision), the payout (the schedule's), completed.
+    step(
         "store_register.json",
-        "201",
+        "202",
         refreshed(load_event("store_register.json"), token=admin),
-        {"seller_status": "APPROVAL_REQUIRED"},
+        {"registration_status": "pending"},
+    )
+    scheduled(["sellers"])
+    store = step(
+        "store_get.json",
+        "200",
+        refreshed(load_event("store_get.json"), token=admin),
+        {"registration_status": "registered", "seller_status": "APPROVAL_REQUIRED"},
     )
     seller_id = store["seller_id"]
     sandbox.call("POST", f"/sandbox/sellers/{seller_id}/status", {"status": "APPROVED"})  # KYC done at Toss
@@ -675,13 +703,20 @@ def invoke_phase(invoke: Invoker, settings: Settings, sandbox: Sandbox, report: 
 
     # Both shares of 15,000 KRW, a 3% platform fee (PLATFORM_FEE_BPS 300), the net paid out to the store.
     money = {"settlement.gross_amount": 30000, "settlement.platform_fee": 900, "settlement.net_amount": 29100}
-    released = step(
+    step(
         "release.json",
         "200",
         refreshed(load_event("release.json"), token=owner),
-        {**money, "settlement.payout_status": "in_progress"},
+        {**money, "settlement.payout_status": "scheduled"},
     )
-    settlement = released["settlement"]
+    sandbox.settle_sales()  # Toss's settlement cycle: the card sales become the available payout balance
+    scheduled(["payouts"])
+    settlement = step(
+        "status.json",
+        "200",
+        refreshed(load_event("status.json"), token=payer2),
+        {"payment_request.status": "released", "settlement.payout_status": "in_progress"},
+    )["settlement"]
     sandbox.call("POST", f"/sandbox/payouts/{settlement['payout_id']}/complete", {"status": "COMPLETED"})
 
     hook = load_event("webhook_payout_changed.json")  # signed: the signature is made for this body and time
@@ -759,7 +794,9 @@ def invoke_phase(invoke: Invoker, settings: Settings, sandbox: Sandbox, report: 
 # --- phase 2: the README walkthrough through sam local start-api -------------------------------------------------
 
 
-def api_phase(api: str, settings: Settings, sandbox: Sandbox, template: dict[str, Any], report: Report) -> None:
+def api_phase(
+    api: str, settings: Settings, sandbox: Sandbox, template: dict[str, Any], report: Report, invoke: Invoker
+) -> None:
     def call(
         method: str,
         path: str,
@@ -773,6 +810,7 @@ def api_phase(api: str, settings: Settings, sandbox: Sandbox, template: dict[str
         route = f"{method} {path}"
         for param in re.findall(r"/(\d+)(?=/|$)", path):
             route = route.replace(f"/{param}", "/{chatRoomId}")
+        route = re.sub(r"^GET /api/v1/admin/stores/[^/]+$", "GET /api/v1/admin/stores/{storeId}", route)
         function = function_for(template, {"routeKey": route})
         headers = {"authorization": f"Bearer {settings.token(user, admin=admin)}"}
         started = time.monotonic()
@@ -800,9 +838,22 @@ def api_phase(api: str, settings: Settings, sandbox: Sandbox, template: dict[str
         "email": "owner@example.com",
         "phone": "01012345678",
     }
-    seller = call(
-        "POST", "/api/v1/admin/stores", "ops", "201", store, {"seller_status": "APPROVAL_REQUIRED"}, admin=True
-    )["seller_id"]
+
+    def scheduled(jobs: list[str]) -> None:
+        """The schedule's run of these jobs (the release function, invoked as EventBridge Scheduler does)."""
+        event = load_event("schedule.json")
+        event.update(jobs=jobs, scheduled_time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        function, answer = invoke("schedule.json", event)
+        row = Row("invoke", function, f"schedule.json {jobs}", "ok", answer.status, answer.ms, answer.lambda_ms)
+        row.note = note(answer.body)
+        report.add(row)
+        if not row.ok:
+            raise Failed(f"schedule {jobs}: {answer.status}: {answer.body!r}")
+
+    call("POST", "/api/v1/admin/stores", "ops", "202", store, {"registration_status": "pending"}, admin=True)
+    scheduled(["sellers"])
+    registered = {"registration_status": "registered", "seller_status": "APPROVAL_REQUIRED"}
+    seller = call("GET", "/api/v1/admin/stores/store_123", "ops", "200", want=registered, admin=True)["seller_id"]
     request = {"chat_room_id": 123, "store_id": "store_123", "amount": 15000, "message": "예약금 요청합니다."}
     call("POST", "/api/v1/payment/request", "user_1", "201", request, {"status": "pending"})
     status = "/api/v1/payment/status/123"
@@ -818,8 +869,14 @@ def api_phase(api: str, settings: Settings, sandbox: Sandbox, template: dict[str
     sandbox.call("POST", f"/sandbox/sellers/{seller}/status", {"status": "APPROVED"})  # sends seller.changed
     money = {"settlement.gross_amount": 30000, "settlement.platform_fee": 900, "settlement.net_amount": 29100}
     release = {"chat_room_id": 123}
-    released = call("POST", "/api/v1/payment/release", "user_1", "200", release, money)
-    sandbox.call("POST", f"/sandbox/payouts/{released['settlement']['payout_id']}/complete", {"status": "COMPLETED"})
+    call(
+        "POST", "/api/v1/payment/release", "user_1", "200", release, {**money, "settlement.payout_status": "scheduled"}
+    )
+    sandbox.settle_sales()
+    scheduled(["payouts"])
+    paid = {"payment_request.status": "released", "settlement.payout_status": "in_progress"}
+    payout_id = call("GET", status, "user_3", "200", want=paid)["settlement"]["payout_id"]
+    sandbox.call("POST", f"/sandbox/payouts/{payout_id}/complete", {"status": "COMPLETED"})
     # Released money is not refunded any more: the README's cancel, after release, is refused.
     cancel = {"paymentKey": keys["user_2"], "cancelReason": "예약 취소되었습니다."}
     call("POST", "/api/v1/payment/cancel", "user_2", "409", cancel, {"error.code": "ALREADY_RELEASED"})
@@ -938,7 +995,7 @@ def main(argv: list[str] | None = None) -> int:
             start_api = start_background("sam local start-api", command, logs / "start-api.log", env=sam_env)
             stack.append(start_api)
             wait_until(f"start-api on {api}", lambda: accepts("127.0.0.1", api_port), 90, start_api)
-            api_phase(api, settings, sandbox, template, report)
+            api_phase(api, settings, sandbox, template, report, invoker)
             timings["start-api"] = time.monotonic() - mark
         except Failed as exc:
             failure = str(exc)

@@ -7,8 +7,9 @@ TOKEN_CMD prints a JWT for a user: it is run with the user id as its last argume
 when the command contains it (e.g. ``python -m local.jwt {user}``; deployed, your identity provider's CLI).
 
 Steps (each printed with the HTTP status and the answer, secrets never):
-  1. with --admin: POST /api/v1/admin/stores registers the store (on a stack without Toss payouts the seller is
-     refused, but the store row is kept, which is all a payment request needs);
+  1. with --admin: POST /api/v1/admin/stores registers the store (answered 202 at once with the seller pending; the
+     scheduled run registers it with Toss, and on a stack without Toss payouts shows it refused; the store row is
+     all a payment request needs);
   1b. with --admin and without --room-has-members: the room's membership, as the chat service sends it (PUT
      /api/v1/admin/rooms/{room}/members: the owner and --payer; a room we have no membership for is refused);
   2. the owner opens a request for --payer (POST /request; an open request of the room is reused);

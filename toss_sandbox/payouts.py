@@ -177,6 +177,49 @@ class PayoutService:
         with self.core.store.lock:
             return {"items": [self.seller_json(s) for s in self.core.store.sellers.values()]}
 
+    def update_seller(self, seller_id: str, body: Any) -> dict[str, Any]:
+        """``POST /v2/sellers/{sellerId}``: change a seller's account or contact (docs/toss-behaviours.md: send the
+        fields that change; refSellerId is immutable). Sandbox choices: businessType cannot change either
+        (INVALID_REQUEST); the changed parts are checked as at registration; the status is kept."""
+        if not isinstance(body, dict):
+            raise _invalid("body must be a JSON object")
+        account = body.get("account")
+        if account is not None:
+            if not isinstance(account, dict):
+                raise _invalid("account must be an object")
+            _require_str(account, "bankCode", 10, "account.")
+            number = account.get("accountNumber")
+            if not isinstance(number, str) or not re.fullmatch(r"\d{1,20}", number):
+                raise _invalid("account.accountNumber must be at most 20 digits")
+            _require_str(account, "holderName", 60, "account.")
+            if seller_bank(account["bankCode"], self.core.settings.seller_bank_code_table) is None:
+                raise TossError(self.core.settings.seller_invalid_bank_code, "유효하지 않은 은행입니다.", 400)
+        for part, names in (("individual", ("name", "email", "phone")), ("company", ("name", "email", "phone"))):
+            if body.get(part) is not None:
+                if not isinstance(body[part], dict):
+                    raise _invalid(f"{part} must be an object")
+                for name in names:
+                    _require_str(body[part], name, 100, f"{part}.")
+        metadata = _check_metadata(body.get("metadata")) if "metadata" in body else None
+        core = self.core
+        with core.store.lock:
+            seller = core.store.sellers.get(seller_id)
+            if seller is None:
+                raise TossError("NOT_FOUND_SELLER")
+            if body.get("refSellerId", seller.ref_seller_id) != seller.ref_seller_id:
+                raise _invalid("refSellerId cannot change")
+            if body.get("businessType", seller.business_type) != seller.business_type:
+                raise _invalid("businessType cannot change")
+            if account is not None:
+                seller.account = {k: account[k] for k in ("bankCode", "accountNumber", "holderName")}
+            if body.get("individual") is not None:
+                seller.individual = dict(body["individual"])
+            if body.get("company") is not None:
+                seller.company = {**(seller.company or {}), **body["company"]}
+            if "metadata" in body:
+                seller.metadata = metadata
+            return self.seller_json(seller)
+
     def set_seller_status(self, seller_id: str, body: Any) -> dict[str, Any]:
         status = body.get("status") if isinstance(body, dict) else None
         if status not in SELLER_STATES:

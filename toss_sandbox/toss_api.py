@@ -72,6 +72,7 @@ class TossApi:
         r.add("POST", "/v2/sellers", self.register_seller)
         r.add("GET", "/v2/sellers", self.list_sellers)
         r.add("GET", "/v2/sellers/{sellerId}", self.get_seller)
+        r.add("POST", "/v2/sellers/{sellerId}", self.update_seller)
         r.add("POST", "/v2/payouts", self.request_payouts)
         r.add("GET", "/v2/payouts", self.list_payouts)
         r.add("GET", "/v2/payouts/{payoutId}", self.get_payout)
@@ -290,6 +291,10 @@ class TossApi:
 
     def get_seller(self, req: Request, ctx: CallContext) -> Response:
         return self._v2_ok("seller", self.core.payouts.get_seller(req.params["sellerId"]), ctx)
+
+    def update_seller(self, req: Request, ctx: CallContext) -> Response:
+        seller = self.core.payouts.update_seller(req.params["sellerId"], self._encrypted_body(req, ctx))
+        return self._v2_ok("seller", seller, ctx)
 
     def request_payouts(self, req: Request, ctx: CallContext) -> Response:
         result = self.core.payouts.request_payouts(self._encrypted_body(req, ctx))

@@ -1,23 +1,31 @@
 """ReleaseFunction: release a room's deposit to the store (HTTP), register store payout accounts (admin), and run
-the scheduled jobs (EventBridge Scheduler input `{"source": "escrow.schedule", "jobs": "all"}`)."""
+the scheduled jobs (EventBridge Scheduler input `{"source": "escrow.schedule", "jobs": "all"}`).
+
+Neither HTTP route calls Toss: a release answers with its settlement scheduled and a registration with the seller
+pending; the scheduled run's `payouts` and `sellers` jobs make the Toss calls (up to 60 s each)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.params import Path
 
 from escrow import db
-from escrow.http import BEARER, EscrowResolver, documented
-from escrow.models import RegisteredStore, RegisterStoreBody, ReleaseBody, Released
+from escrow.http import BEARER, JSON, EscrowResolver, documented
+from escrow.models import ID_PATTERN, RegisteredStore, RegisterStoreBody, ReleaseBody, Released
 from escrow.observability import lambda_entry, logger
 from escrow.services import release as service
 from escrow.services import stores
 
 app = EscrowResolver()
 
+StoreId = Annotated[str, Path(pattern=ID_PATTERN, description="the store's id")]
+
 
 @app.post(
     "/api/v1/payment/release",
-    summary="Release a fully paid room's deposit to the store (owner or admin)",
+    summary="Release a fully paid room's deposit to the store (owner or admin); the schedule pays it out",
     operation_id="post_payment_release",
     security=BEARER,
     responses=documented(200, Released, (400, 401, 403, 404, 409, 413, 422, 503)),
@@ -28,14 +36,32 @@ def release(body: ReleaseBody) -> dict[str, Any]:
 
 @app.post(
     "/api/v1/admin/stores",
-    summary="Register a store's payout account with Toss payouts (admin)",
+    summary="Register (or correct) a store's payout account; the scheduled run registers it with Toss payouts (admin)",
     operation_id="post_admin_stores",
     security=BEARER,
-    status_code=201,
-    responses=documented(201, RegisteredStore, (400, 401, 403, 409, 413, 422, 503)),
+    status_code=202,
+    responses=documented(
+        202,
+        RegisteredStore,
+        (400, 401, 403, 409, 413, 422, 503),
+        description="recorded: the registration is pending, the scheduled run sends it to Toss",
+        also={200: (RegisteredStore, "the store is registered with this content already: nothing new to send")},
+    ),
 )
-def register_store(body: RegisterStoreBody) -> dict[str, Any]:
-    return stores.register_store(app.principal, body)
+def register_store(body: RegisterStoreBody) -> Response[dict[str, Any]]:
+    status, answer = stores.register_store(app.principal, body)
+    return Response(status, JSON, answer)
+
+
+@app.get(
+    "/api/v1/admin/stores/<storeId>",
+    summary="A store's payout account and its seller at Toss: registration status, Toss's refusal (admin)",
+    operation_id="get_admin_stores_storeId",
+    security=BEARER,
+    responses=documented(200, RegisteredStore, (401, 403, 404, 503)),
+)
+def store(storeId: StoreId) -> dict[str, Any]:  # noqa: N803 - the path parameter's name in the API
+    return stores.get_store(app.principal, storeId)
 
 
 def _scheduled(event: dict[str, Any], context: Any) -> dict[str, Any]:

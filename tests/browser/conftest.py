@@ -85,7 +85,8 @@ class Stack:
         return [c for c in items if path_part in c["path"] and (method is None or c["method"] == method)]
 
     def register_store(self, store_id: str) -> None:
-        """An admin registers the store's payout account and Toss approves the seller (as the walkthrough does)."""
+        """An admin registers the store's payout account, the schedule registers its seller with Toss, and Toss approves
+        the seller (as the walkthrough does)."""
         r = self.post(
             "/api/v1/admin/stores",
             {
@@ -101,8 +102,19 @@ class Stack:
             "browser_admin",
             role="admin",
         )
-        assert r.status_code == 201, r.text
-        self.control(f"sellers/{r.json()['seller_id']}/status", {"status": "APPROVED"})
+        assert r.status_code == 202, r.text  # answered at once: the schedule's sellers job registers it with Toss
+
+        def registered() -> str | None:
+            r = requests.get(
+                f"{self.api}/api/v1/admin/stores/{store_id}",
+                headers={"authorization": f"Bearer {token('browser_admin', role='admin')}"},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            return r.json()["seller_id"] if r.json()["registration_status"] == "registered" else None
+
+        seller_id = eventually(registered, timeout=30, interval=0.2)
+        self.control(f"sellers/{seller_id}/status", {"status": "APPROVED"})
 
     def new_room(self) -> tuple[int, str]:
         """A room like the demo room (owner user_1, members user_2 and user_3) with a store of its own, so a test

@@ -17,15 +17,17 @@ from tests.support.events import token
 from tests.support.functions import ROOT
 
 TOSS_READ_TIMEOUT = 2.0  # short, so "Toss did not answer" tests run quickly
+SETTLEMENT_SECONDS = 1.0  # the sandbox's settlement cycle (Toss's is days)
 
 
 @pytest.fixture(scope="session")
 def sandbox(database_url: str) -> Iterator[Any]:
     from toss_sandbox import start_sandbox
 
-    # COMPAT (issue 8): the client does not wait for settlement yet, so this sandbox pays out at once from a large
-    # available balance. Remove when the client waits in `scheduled` until GET /v2/balances shows enough.
-    sb = start_sandbox(host="127.0.0.1", port=0, settlement_delay_seconds=0, available_balance=1_000_000_000)
+    # Toss's balances as they are (a confirmed sale enters pendingAmount and becomes available, all a payout may take,
+    # after the settlement cycle), with the cycle compressed to SETTLEMENT_SECONDS: tests that pay out wait for it
+    # (`Toss.settle_sales`). The sandbox clock is not moved on instead: signed webhooks carry the sandbox's time.
+    sb = start_sandbox(host="127.0.0.1", port=0, settlement_delay_seconds=SETTLEMENT_SECONDS)
     yield sb
     sb.stop()
 
@@ -176,7 +178,8 @@ class Toss:
             {
                 "path": c["path"],
                 "method": c["method"],
-                "body": c.get("decryptedBody") or c.get("requestBody"),
+                # A v2 body is what Toss decrypted (None when it refused the call before reading it, not the JWE).
+                "body": c.get("decryptedBody") if c["path"].startswith("/v2/") else c.get("requestBody"),
                 "status": c.get("responseStatus"),
                 "code": c.get("responseCode"),
                 "fault": c.get("fault"),
@@ -191,6 +194,19 @@ class Toss:
         r = requests.post(f"{self.url}/sandbox/{path}", json=body or {}, timeout=5)
         assert r.status_code == 200, r.text
         return dict(r.json())
+
+    def settle_sales(self, timeout: float = 10.0) -> None:
+        """Wait for Toss's settlement cycle: every sale due to settle by now (SETTLEMENT_SECONDS after its approval)
+        is in the available payout balance. Sales a test made with a longer cycle are not waited for."""
+        from datetime import datetime, timedelta
+
+        def settled() -> bool:
+            now = datetime.fromisoformat(requests.get(f"{self.url}/sandbox/clock", timeout=5).json()["now"])
+            sales = requests.get(f"{self.url}/sandbox/sales", timeout=5).json()["items"]
+            soon = now + timedelta(seconds=60)
+            return all(s["state"] == "available" or datetime.fromisoformat(s["settlesAt"]) > soon for s in sales)
+
+        eventually(settled, timeout=timeout, interval=0.1)
 
     def webhooks(self) -> list[dict[str, Any]]:
         return list(requests.get(f"{self.url}/sandbox/webhooks", timeout=5).json()["items"])

@@ -29,13 +29,36 @@ def admin(as_user):
     )
 
 
-def register_store(as_user, room, *, approve_with=None):
+def admin_get(as_user, path):
+    from tests.support.events import token
+
+    return requests.get(
+        as_user(None).base + path, timeout=30, headers={"authorization": f"Bearer {token('ops_admin', role='admin')}"}
+    )
+
+
+def run_schedule(**overrides):
+    """One scheduled run, as EventBridge Scheduler makes it (the `schedule` fixture, for helpers without it)."""
+    from tests.support.events import Context
+    from tests.support.functions import ROOT, load_function
+
+    class ScheduledContext(Context):
+        def get_remaining_time_in_millis(self) -> int:
+            return 900_000
+
+    event = json.loads((ROOT / "events" / "schedule.json").read_text())
+    return load_function("release").lambda_handler({**event, **overrides}, ScheduledContext())
+
+
+def register_store(as_user, room, *, approve_with=None, bank_code="88"):
+    """The admin registers the store (answered at once, the seller pending), the schedule's sellers job registers
+    it with Toss, and the admin sees the seller."""
     r = admin(as_user)(
         "/api/v1/admin/stores",
         {
             "store_id": room.store_id,
             "owner_id": f"owner_of_{room.store_id}",
-            "bank_code": "88",
+            "bank_code": bank_code,
             "account_number": "110123456789",
             "holder_name": "홍길동",
             "business_type": "INDIVIDUAL",
@@ -43,9 +66,15 @@ def register_store(as_user, room, *, approve_with=None):
             "phone": "01012345678",
         },
     )
-    assert r.status_code == 201, r.text
+    assert r.status_code == 202, r.text
     body = r.json()
+    assert body["registration_status"] == "pending" and body["seller_id"] is None
     assert body["account_number_masked"] == "********6789" and "110123456789" not in r.text
+    run_schedule(jobs=["sellers"])
+    r = admin_get(as_user, f"/api/v1/admin/stores/{room.store_id}")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["registration_status"] == "registered" and body["seller_id"], body
     if approve_with is not None:
         approve_with.control(f"sellers/{body['seller_id']}/status", {"status": "APPROVED"})
     return body
@@ -75,6 +104,13 @@ def money_trace(sql, request_id):
     return {r["entry_type"]: int(r["total"]) for r in ledger}
 
 
+def settlement_of(as_user, room, user=None):
+    """The settlement part of the room's status answer."""
+    r = as_user(user or room.owner).get(f"/api/v1/payment/status/{room.chat_room_id}")
+    assert r.status_code == 200, r.text
+    return r.json()["settlement"]
+
+
 def test_a_room_is_paid_released_and_the_store_is_paid_out(as_user, toss, make_room, sql, schedule, published):
     room = make_room(2)
     store = register_store(as_user, room)
@@ -93,12 +129,14 @@ def test_a_room_is_paid_released_and_the_store_is_paid_out(as_user, toss, make_r
         r, body = pay(as_user, toss, room, payer)
         assert r.status_code == 200
         keys.append(body["paymentKey"])
+    assert settlement_of(as_user, room) is None  # nothing released yet
     schedule(jobs=["publish"])
     funded = [
         e for e in published() if e["detail-type"] == "EscrowFunded" and e["detail"]["payment_request_id"] == request_id
     ]
     assert len(funded) == 1 and funded[0]["detail"]["total_amount"] == 30000
 
+    calls_before = len(toss.calls("/v2/"))
     r = as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -106,10 +144,18 @@ def test_a_room_is_paid_released_and_the_store_is_paid_out(as_user, toss, make_r
     assert {p["status"] for p in body["released_payments"]} == {"RELEASED"}
     settlement = body["settlement"]
     assert (settlement["gross_amount"], settlement["platform_fee"], settlement["net_amount"]) == (30000, 900, 29100)
-    assert settlement["payout_status"] == "in_progress"
+    # Release is the decision: the payout is the schedule's; the request path made no Toss call.
+    assert (settlement["payout_status"], settlement["payout_waiting_for"]) == ("scheduled", "schedule")
+    assert len(toss.calls("/v2/")) == calls_before
 
     again = as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
     assert again.status_code == 409 and again.json()["error"]["code"] == "ALREADY_RELEASED"
+
+    toss.settle_sales()  # Toss's settlement cycle: the card sales become payable
+    report = schedule(jobs=["payouts"])
+    assert report["payouts"]["payouts_requested"] == 1
+    settlement = settlement_of(as_user, room, room.members[0])  # any member sees it
+    assert settlement["payout_status"] == "in_progress" and settlement["payout_waiting_for"] is None
 
     toss.control(f"payouts/{settlement['payout_id']}/complete", {"status": "COMPLETED"})  # payout.changed
     eventually(
@@ -120,6 +166,7 @@ def test_a_room_is_paid_released_and_the_store_is_paid_out(as_user, toss, make_r
             == "completed"
         )
     )
+    assert settlement_of(as_user, room)["payout_status"] == "completed"
 
     # The money's trace: charged 30000 = released 30000; one settlement; one payout of the net to the seller.
     assert money_trace(sql, request_id) == {"charge": 30000, "release": 30000}
@@ -139,10 +186,20 @@ def test_a_payout_waits_until_the_seller_is_approved(as_user, toss, make_room, s
     store = register_store(as_user, room)  # APPROVAL_REQUIRED: Toss refuses payouts for now
     r = as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
     assert r.status_code == 200, r.text
-    assert r.json()["settlement"]["payout_status"] == "scheduled"
-    assert r.json()["settlement"]["payout_error_code"] == "FORBIDDEN_SELLER_PAYOUT"
+    assert (r.json()["settlement"]["payout_status"], r.json()["settlement"]["payout_waiting_for"]) == (
+        "scheduled",
+        "seller",
+    )
+    schedule(jobs=["payouts"])
+    settlement = settlement_of(as_user, room)
+    assert (settlement["payout_status"], settlement["payout_waiting_for"]) == ("scheduled", "seller")
+    assert settlement["payout_error_code"] == "FORBIDDEN_SELLER_PAYOUT" and settlement["payout_next_attempt_at"]
+    assert schedule(jobs=["payouts"])["payouts"]["payout_calls"] == 0  # the back-off holds
 
+    # Toss approves the seller: seller.changed ends the wait, and the next run pays out.
     toss.control(f"sellers/{store['seller_id']}/status", {"status": "APPROVED"})
+    eventually(lambda: settlement_of(as_user, room)["payout_waiting_for"] == "schedule")
+    toss.settle_sales()
     report = schedule(jobs=["payouts"])
     assert report["payouts"]["payouts_requested"] >= 1
     status = rows(sql, "SELECT payout_status FROM payment_settlements WHERE payment_request_id = %s", request_id)
@@ -312,12 +369,13 @@ def payout_event(payout_id: str, ref: str, status: str = "COMPLETED") -> bytes:
     ).encode()
 
 
-def test_forged_stale_and_replayed_webhooks_change_nothing(as_user, toss, make_room, sql, api):
+def test_forged_stale_and_replayed_webhooks_change_nothing(as_user, toss, make_room, sql, api, schedule):
     room, request_id, _ = funded_room(as_user, toss, make_room, n=1)
     register_store(as_user, room, approve_with=toss)
-    settlement = (
-        as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id}).json()["settlement"]
-    )
+    assert as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id}).status_code == 200
+    toss.settle_sales()
+    schedule(jobs=["payouts"])
+    settlement = settlement_of(as_user, room)
     hook = f"{api}/api/v1/payment/webhook"
     body = payout_event(settlement["payout_id"], settlement["ref_payout_id"])
 
@@ -387,6 +445,7 @@ def test_two_scheduled_runs_at_once_release_nothing_twice(as_user, toss, make_ro
         register_store(as_user, room, approve_with=toss)
         rooms.append(request_id)
     eventually(lambda: datetime.now(UTC) > release_at + timedelta(milliseconds=200), timeout=10)
+    toss.settle_sales()
     with ThreadPoolExecutor(2) as pool:
         reports = list(pool.map(lambda _: schedule(jobs=["release", "payouts"]), range(2)))
     assert sum(r["release"]["released"] for r in reports) >= 3

@@ -38,7 +38,7 @@ def test_smoke_registers_a_store_opens_a_request_pays_and_prints_the_money_trace
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    steps = (r"1\. register store \(admin\) +201", r"2\. open request \(owner\) +201", r"6\. confirm \(payer\) +200")
+    steps = (r"1\. register store \(admin\) +202", r"2\. open request \(owner\) +201", r"6\. confirm \(payer\) +200")
     for step in steps:
         assert re.search(step, out), out
     assert '"payment_status": "completed"' in out

@@ -25,21 +25,23 @@ SECRET_KEY = "test_sk_zXLkKEypNArWmo50nX3lmeaxYG5R"
 AMOUNT = 15000
 
 
+SETTLEMENT_SECONDS = 0.5  # the sandbox's settlement cycle (Toss's is days)
+
+
 @pytest.fixture(scope="module")
 def sandbox(database_url: str) -> Iterator[Any]:
     from escrow.config import reset_settings
     from escrow.toss.client import reset_toss_client
     from toss_sandbox import DEFAULT_SECURITY_KEY, start_sandbox
 
-    # COMPAT (issue 8): the client does not wait for settlement yet, so this sandbox pays out at once from a large
-    # available balance. Remove when the client waits in `scheduled` until GET /v2/balances shows enough.
+    # Toss's balances as they are, the settlement cycle compressed to SETTLEMENT_SECONDS: release() waits for it
+    # before the payout job runs.
     # COMPAT (issue 8): the client retries a refund with the same key after a 5xx answer, which Toss (per its
     # English docs) replays; remove idempotency_bind_5xx=False when a retry after an answer uses a new key.
     sb = start_sandbox(
         host="127.0.0.1",
         port=0,
-        settlement_delay_seconds=0,
-        available_balance=1_000_000_000,
+        settlement_delay_seconds=SETTLEMENT_SECONDS,
         idempotency_bind_5xx=False,
     )
     previous = {k: os.environ.get(k) for k in ENV}
@@ -132,10 +134,11 @@ def funded_room(sandbox: Any, make_room: Any, n: int = 2) -> tuple[Any, int, dic
 
 
 def register_store(sandbox: Any, room: Any) -> None:
+    """Register the store (the schedule's sellers job sends it to Toss) and approve its seller."""
     from escrow.models import RegisterStoreBody
-    from escrow.services.stores import register_store
+    from escrow.services.stores import get_store, register_due_sellers, register_store
 
-    store = register_store(
+    register_store(
         who("ops", admin=True),
         RegisterStoreBody(
             store_id=room.store_id,
@@ -147,6 +150,8 @@ def register_store(sandbox: Any, room: Any) -> None:
             phone="01012345678",
         ),
     )
+    register_due_sellers()
+    store = get_store(who("ops", admin=True), room.store_id)
     r = requests.post(
         f"{sandbox.url}/sandbox/sellers/{store['seller_id']}/status", json={"status": "APPROVED"}, timeout=5
     )
@@ -154,10 +159,24 @@ def register_store(sandbox: Any, room: Any) -> None:
 
 
 def release(sandbox: Any, room: Any) -> dict[str, Any]:
+    """Release the room (the decision) and pay it out (the schedule's payouts job, once its sales have settled)."""
+    from escrow.services.payouts import payouts_due, settlement_view
     from escrow.services.release import release_room
 
     register_store(sandbox, room)
     result = release_room(who(room.owner), room.chat_room_id)
+    assert result["settlement"]["payout_status"] == "scheduled", result
+
+    def settled() -> bool:  # Toss's settlement cycle: the room's sales become the available payout balance
+        sales = requests.get(f"{sandbox.url}/sandbox/sales", timeout=5).json()["items"]
+        return all(s["state"] == "available" for s in sales)
+
+    deadline = time.monotonic() + 10
+    while not settled():
+        assert time.monotonic() < deadline, "the sandbox's sales did not settle"
+        time.sleep(0.05)
+    payouts_due(1000)
+    result["settlement"] = settlement_view(result["settlement"]["settlement_id"])
     assert result["settlement"]["payout_status"] == "in_progress", result
     return result
 

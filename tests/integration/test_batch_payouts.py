@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -18,9 +19,11 @@ import pymysql
 import pytest
 import requests
 
+from escrow import db
 from escrow.auth import Principal
 from escrow.clock import utcnow
 from escrow.models import ConfirmBody, CreatePaymentRequestBody, PrepareBody, RegisterStoreBody
+from escrow.repositories import stores as stores_repo
 from escrow.services import payments as payment_service
 from escrow.services import payouts as payout_service
 from escrow.services import release as release_service
@@ -39,9 +42,8 @@ NET = AMOUNT - AMOUNT * 300 // 10_000  # one participant per room, 3 % platform 
 def sandbox() -> Iterator[Any]:
     from toss_sandbox import start_sandbox
 
-    # COMPAT (issue 8): the client does not wait for settlement yet, so this sandbox pays out at once from a large
-    # available balance. Remove when the client waits in `scheduled` until GET /v2/balances shows enough.
-    sb = start_sandbox(host="127.0.0.1", port=0, settlement_delay_seconds=0, available_balance=1_000_000_000)
+    # Sales become payable after the settlement cycle (2 days of sandbox time): release_all moves the clock on.
+    sb = start_sandbox(host="127.0.0.1", port=0)
     yield sb
     sb.stop()
 
@@ -60,9 +62,10 @@ def toss(sandbox: Any) -> TossClient:
     )
 
 
-@pytest.fixture()
-def own_database() -> Iterator[pymysql.connections.Connection]:
-    """A fresh database for this test (migrated by the real command); the session's is restored afterwards."""
+@contextmanager
+def fresh_database() -> Iterator[pymysql.connections.Connection]:
+    """A fresh database (migrated by the real command) that the services use inside the block; the one used before
+    is restored afterwards. A database of its own is a stack of its own (its own ids)."""
     from escrow.config import parse_database_url, reset_settings
 
     name = f"escrow_test_payouts_{uuid.uuid4().hex[:8]}"
@@ -103,6 +106,13 @@ def own_database() -> Iterator[pymysql.connections.Connection]:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
+@pytest.fixture()
+def own_database() -> Iterator[pymysql.connections.Connection]:
+    """A fresh database for this test; the session's is restored afterwards."""
+    with fresh_database() as conn:
+        yield conn
+
+
 def conn_to_server() -> pymysql.connections.Connection:
     from escrow.config import parse_database_url
 
@@ -120,7 +130,11 @@ def register_store(toss: TossClient, sandbox: Any, store_id: str, *, approve: bo
         email="owner@example.com",
         phone="01012345678",
     )
-    seller_id = str(store_service.register_store(ADMIN, body, toss=toss)["seller_id"])
+    status, answer = store_service.register_store(ADMIN, body)
+    assert (status, answer["registration_status"]) == (202, "pending")
+    assert store_service.register_due_sellers(toss=toss)["sellers_registered"] >= 1  # the schedule's sellers job
+    with db.reader() as tx:
+        seller_id = str(stores_repo.seller_view(tx, store_id)["toss_seller_id"])
     if approve:
         requests.post(
             f"{sandbox.url}/sandbox/sellers/{seller_id}/status", json={"status": "APPROVED"}, timeout=5
@@ -154,6 +168,10 @@ def funded_rooms(sql: Any, sandbox: Any, toss: TossClient, store_ids: list[str],
         )
         assert confirmed["payment_status"] == "completed"
         request_ids.append(opened["payment_request_id"])
+    # Toss's settlement cycle passes: the card sales become the available payout balance.
+    requests.post(
+        f"{sandbox.url}/sandbox/clock", json={"advance_seconds": 2 * 24 * 3600 + 1}, timeout=5
+    ).raise_for_status()
     return request_ids
 
 
@@ -241,10 +259,16 @@ def test_one_unapproved_seller_does_not_hold_back_the_others(own_database, sandb
     ]
     assert len({c["idempotencyKey"] for c in calls}) == len(calls)  # each request its own key
 
-    # Once Toss approves the seller, the next run pays the three out: a fresh attempt, so new keys.
+    # Refused for the seller, they wait with a back-off: the next run does not send them again.
+    assert {r["payout_status"] for r in settlements(sql) if r["toss_seller_id"] == bad_seller} == {"scheduled"}
+    assert payout_service.payouts_due(1000, toss=toss)["payout_calls"] == 0
+
+    # Once Toss approves the seller (its seller.changed ends the wait), the next run pays the three out: a fresh
+    # attempt, so new keys.
     requests.post(
         f"{sandbox.url}/sandbox/sellers/{bad_seller}/status", json={"status": "APPROVED"}, timeout=5
     ).raise_for_status()
+    store_service.apply_seller_status({"id": bad_seller, "status": "APPROVED"})  # what seller.changed does
     later = payout_service.payouts_due(1000, toss=toss)
     assert later["payouts_requested"] == 3 and later["payout_calls"] == 1
     rows = settlements(sql)

@@ -1,5 +1,6 @@
 """Store registration stores the account number sealed (escrow.crypto), against real MariaDB and the Toss sandbox;
-only the payout path's payout_account_number opens it."""
+only the payout path opens it: the schedule's sellers job (to register the seller with Toss) and
+payout_account_number."""
 
 from __future__ import annotations
 
@@ -50,6 +51,14 @@ def _body(store_id: str) -> RegisterStoreBody:
     )
 
 
+def _register(store_id: str, toss: TossClient) -> dict[str, Any]:
+    """The admin's registration (answered at once, the seller pending), then the schedule's sellers job."""
+    status, answer = store_service.register_store(ADMIN, _body(store_id))
+    assert (status, answer["registration_status"]) == (202, "pending")
+    store_service.register_due_sellers(toss=toss)
+    return store_service.get_store(ADMIN, store_id)
+
+
 def _row(sql, store_id: str) -> dict[str, Any]:
     with sql.cursor() as cur:
         cur.execute("SELECT * FROM stores WHERE store_id = %s", (store_id,))
@@ -60,22 +69,22 @@ def test_a_registered_account_number_is_stored_sealed_and_only_its_last_digits_i
     database_url: str, sql, toss: TossClient, sandbox: Any, caplog
 ) -> None:
     store_id = f"st_{uuid.uuid4().hex[:10]}"
-    answer = store_service.register_store(ADMIN, _body(store_id), toss=toss)
+    answer = _register(store_id, toss)
 
-    assert answer["account_number_masked"] == "********6789"
+    assert answer["account_number_masked"] == "********6789" and answer["registration_status"] == "registered"
     row = _row(sql, store_id)
     assert row["account_number"] is None and row["account_number_last4"] == "6789"
     assert NUMBER.encode() not in bytes(row["account_number_ciphertext"]) + bytes(row["account_number_data_key"])
     assert NUMBER not in caplog.text
-    # Toss received the number in clear, once, at registration.
+    # Toss received the number in clear, once, from the sellers job.
     assert toss.get_seller(answer["seller_id"])["account"]["accountNumber"] == NUMBER
     assert store_service.payout_account_number(store_id) == NUMBER
 
 
 def test_a_sealed_number_copied_to_another_store_does_not_open(database_url: str, sql, toss: TossClient) -> None:
     first, second = f"st_{uuid.uuid4().hex[:10]}", f"st_{uuid.uuid4().hex[:10]}"
-    store_service.register_store(ADMIN, _body(first), toss=toss)
-    store_service.register_store(ADMIN, _body(second), toss=toss)
+    _register(first, toss)
+    _register(second, toss)
     with sql.cursor() as cur:  # an attacker with write access moves one store's sealed number onto another
         cur.execute(
             "UPDATE stores s JOIN stores f ON f.store_id = %s SET s.account_number_ciphertext = "
@@ -105,7 +114,7 @@ def deployed_kms(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
 def test_deployed_registration_seals_with_the_kms_key(database_url: str, sql, toss: TossClient, deployed_kms) -> None:
     kms, key_arn = deployed_kms
     store_id = f"st_{uuid.uuid4().hex[:10]}"
-    store_service.register_store(ADMIN, _body(store_id), toss=toss)
+    store_service.register_store(ADMIN, _body(store_id))
     row = _row(sql, store_id)
     context = crypto.encryption_context("stores", "account_number", store_id)
     data_key = kms.decrypt(CiphertextBlob=bytes(row["account_number_data_key"]), EncryptionContext=context)
@@ -124,7 +133,7 @@ def test_registration_stops_before_toss_when_the_key_service_fails(
         store_id = f"st_{uuid.uuid4().hex[:10]}"
         try:
             with pytest.raises(UpstreamUnavailable) as caught:
-                store_service.register_store(ADMIN, _body(store_id), toss=toss)
+                store_service.register_store(ADMIN, _body(store_id))
         finally:
             monkeypatch.undo()
             config.reset_settings()

@@ -26,7 +26,11 @@ ARCHITECTURE_ROUTES = {
         "POST /api/v1/payment/confirm",
     },
     "CancelFunction": {"POST /api/v1/payment/cancel"},
-    "ReleaseFunction": {"POST /api/v1/payment/release", "POST /api/v1/admin/stores"},
+    "ReleaseFunction": {
+        "POST /api/v1/payment/release",
+        "POST /api/v1/admin/stores",
+        "GET /api/v1/admin/stores/{storeId}",
+    },
     "WebhookFunction": {"POST /api/v1/payment/webhook"},
     "MembershipFunction": set(),  # RoomMembershipChanged events from the chat service (EventBridge), no route
     "MigrateFunction": set(),  # the CloudFormation custom resource and manual runs; no route

@@ -79,6 +79,9 @@ def base_environment(**values: str) -> dict[str, str]:
 
 # --- the stack ------------------------------------------------------------------------------------------------
 
+STACK_ID_PREFIX = "local"  # TOSS_ID_PREFIX of the local stack (local/env.json)
+SETTLEMENT_SECONDS = 1.0  # the stack's sandbox settlement cycle (Toss's is days; the local runner's default 60 s)
+
 
 @dataclass
 class Stack:
@@ -104,6 +107,7 @@ class Stack:
             AWS_SECRET_ACCESS_KEY="local",
             AWS_DEFAULT_REGION="ap-northeast-2",
             RECONCILE_AFTER_SECONDS="0",
+            TOSS_ID_PREFIX=STACK_ID_PREFIX,  # the local stack's (local/env.json)
             POWERTOOLS_LOG_LEVEL="INFO",
             **{"COLUMNS": "200", **env},
         )
@@ -146,6 +150,21 @@ class Stack:
         return str(
             self.control("payments", {"orderId": order_id, "amount": amount, "orderName": "예약금"})["paymentKey"]
         )
+
+    def run_job(self, name: str) -> dict[str, Any]:
+        """One of the scheduled jobs, as the schedule runs it (the console's run-job)."""
+        done = self.ops("run-job", name, "--yes", "--operator", "ops.test", "--reason", "the test's schedule", "--json")
+        assert done.code == 0, done
+        return dict(done.json())
+
+    def settle_sales(self) -> None:
+        """Wait for the sandbox's settlement cycle: the sales made so far become the available payout balance."""
+
+        def settled() -> bool:
+            sales = requests.get(f"{self.sandbox}/sandbox/sales", timeout=10).json()["items"]
+            return all(s["state"] == "available" for s in sales)
+
+        eventually(settled, timeout=10, interval=0.1)
 
     def toss_calls(self, path_part: str, method: str | None = None) -> list[dict[str, Any]]:
         items = requests.get(f"{self.sandbox}/sandbox/calls", timeout=10).json()["items"]
@@ -217,6 +236,8 @@ def stack(ops_database: str) -> Iterator[Stack]:
                 "0",
                 "--schedule-interval",
                 "0",
+                "--settlement-seconds",
+                str(SETTLEMENT_SECONDS),
                 "--skip-migrations",
                 "--skip-seed",
                 "--workers",
@@ -338,8 +359,12 @@ class Rooms:
             "ops_admin",
             role="admin",
         )
-        assert r.status_code == 201, r.text
-        room.seller_id = r.json()["seller_id"]
+        assert r.status_code == 202, r.text  # answered at once; the schedule's sellers job registers it with Toss
+        self.stack.run_job("sellers")
+        room.seller_id = rows(self.sql, "SELECT toss_seller_id FROM stores WHERE store_id = %s", room.store_id)[0][
+            "toss_seller_id"
+        ]
+        assert room.seller_id
         if approve:
             self.stack.control(f"sellers/{room.seller_id}/status", {"status": "APPROVED"})
             eventually(
@@ -391,9 +416,16 @@ class Rooms:
         return room
 
     def release(self, room: Room) -> dict[str, Any]:
+        """Release (the decision: the settlement scheduled), then what the schedule does once the room's sales have
+        settled: the payouts job sends the payout. Returns the settlement as the status answer shows it."""
         r = self.stack.post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id}, room.owner)
         assert r.status_code == 200, r.text
-        room.settlement = r.json()["settlement"]
+        assert r.json()["settlement"]["payout_status"] == "scheduled"
+        self.stack.settle_sales()
+        self.stack.run_job("payouts")
+        status = self.stack.get(f"/api/v1/payment/status/{room.chat_room_id}", room.owner)
+        assert status.status_code == 200, status.text
+        room.settlement = status.json()["settlement"]
         return room.settlement
 
     def settlement_row(self, room: Room) -> dict[str, Any]:

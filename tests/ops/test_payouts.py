@@ -32,7 +32,7 @@ def test_payouts_lists_a_refused_payout_with_its_reason_and_next_step(stack: Sta
     assert len(mine) == 1
     assert mine[0]["payout_error_code"] == "FORBIDDEN_SELLER_PAYOUT"
     assert mine[0]["chat_room_id"] == room.chat_room_id and mine[0]["net_amount"] == 29100
-    assert mine[0]["next_step"] == "refused; the schedule asks again every run"
+    assert mine[0]["next_step"].startswith("waits for the store's seller at Toss (seller.changed ends the wait)")
     assert any(p["id"] == s["id"] for p in stack.ops("payouts", "--waiting", "--json").json()["payouts"])
 
     table = stack.ops("payouts", "--refused")
@@ -61,7 +61,7 @@ def test_a_failed_payout_is_retried_by_an_operator_and_paid_with_a_new_attempt(s
     assert result["before"]["payout_status"] == "failed" and result["toss_payout_status"] == "FAILED"
     assert result["after"] == {
         "payout_status": "scheduled",
-        "ref_payout_id": f"escrow-req-{room.request_id}-a2",  # Toss keeps a used refPayoutId for ever
+        "ref_payout_id": f"local-escrow-req-{room.request_id}-a2",  # Toss keeps a used refPayoutId for ever
         "payout_id": None,
         "next_attempt": 2,
     }
@@ -69,7 +69,7 @@ def test_a_failed_payout_is_retried_by_an_operator_and_paid_with_a_new_attempt(s
     assert (after["payout_status"], after["payout_id"], after["ref_payout_id"]) == (
         "scheduled",
         None,
-        f"escrow-req-{room.request_id}-a2",
+        f"local-escrow-req-{room.request_id}-a2",
     )
     (action,) = rows(sql, "SELECT * FROM operator_actions WHERE target = %s", f"settlement:{sid}")
     assert (action["action"], action["operator"], action["reason"], action["status"]) == (
@@ -90,7 +90,7 @@ def test_a_failed_payout_is_retried_by_an_operator_and_paid_with_a_new_attempt(s
         for c in stack.toss_calls("/v2/payouts", "POST")
         if any(i.get("refPayoutId") == after["ref_payout_id"] for i in (c.get("decryptedBody") or []))
     ]
-    assert len(sent) == 1 and sent[0]["idempotencyKey"] == f"payout-{sid}-2"
+    assert len(sent) == 1 and sent[0]["idempotencyKey"] == f"local-payout-{sid}-2"
     paid = rooms.settlement_row(room)
     assert paid["payout_status"] == "in_progress" and paid["payout_id"] not in (None, before["payout_id"])
     stack.control(f"payouts/{paid['payout_id']}/complete", {"status": "COMPLETED"})

@@ -31,9 +31,13 @@ def test_the_port_names_every_toss_call_the_services_make():
         "get_payment_by_order",
         "cancel",
         "register_seller",
+        "update_seller",
         "get_seller",
+        "list_sellers",
         "request_payouts",
         "get_payout",
+        "list_payouts",
+        "get_balances",
     }
 
 

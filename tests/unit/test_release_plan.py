@@ -124,7 +124,7 @@ def test_allowed_transitions(machine, current, new):
         (CANCEL, "done", "failed"),
         (PAYOUT, PayoutStatus.COMPLETED, PayoutStatus.FAILED),
         (PAYOUT, PayoutStatus.NOT_NEEDED, PayoutStatus.REQUESTING),
-        (PAYOUT, PayoutStatus.FAILED, PayoutStatus.SCHEDULED),  # nothing retries a failed payout by itself
+        (PAYOUT, PayoutStatus.FAILED, PayoutStatus.REQUESTING),  # only an operator's retry: failed -> scheduled
         (OPERATOR_ACTION, OperatorActionStatus.DONE, OperatorActionStatus.FAILED),  # an outcome is written once
     ],
 )

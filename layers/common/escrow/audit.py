@@ -74,7 +74,7 @@ Stale items (older than the reconciliation period, default 2 x RECONCILE_AFTER_S
 - `stale_payment`, `stale_order`: a share or order in_progress/unknown (not one waiting for a virtual-account
   deposit); `stale_refund_pending`: an order in refund_pending; `stale_cancel`: a refund requested/unknown;
   `stale_refund_retry`: a refund refused for now whose next attempt is overdue; `stale_payout`: a payout never sent
-  or with an expired lease.
+  (and not saying what it waits for: Toss's payout balance, the store's seller, a retry) or with an expired lease.
 - `job_failure`: an item a scheduled job set aside (`job_failures`), with its error; reported by an audit of all
   rooms (and, for a request set aside, by an audit that covers the request).
 """
@@ -982,7 +982,10 @@ def _settlement_checks(request: Row, settlements: list[Row], ledger: list[Row], 
                 detail=f"{s['payout_error_code']}: the store is owed {s['net_amount']}",
             )
         )
-    if payout_status == "scheduled" and s["stale"] and not s["payout_error_code"]:
+    # A scheduled payout that says what it waits for (Toss's payout balance, the store's seller, a retry after a
+    # refusal) is not stale: it has its own alarms (PayoutsWaitingForBalance, PayoutsRefused).
+    waits = s["payout_waiting_for"] not in (None, "schedule")
+    if payout_status == "scheduled" and s["stale"] and not s["payout_error_code"] and not waits:
         out.append(
             Finding(
                 "stale_payout",

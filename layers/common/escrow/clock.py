@@ -65,5 +65,8 @@ def iso(value: datetime | None) -> str | None:
 
 
 def new_order_id(request_id: int) -> str:
-    """6-64 chars of [A-Za-z0-9_-], unique: the request id plus 96 random bits."""
-    return f"esc{request_id}-{secrets.token_urlsafe(12)}"
+    """6-64 chars of [A-Za-z0-9_-], unique: the stack prefix (escrow.toss.ids), the request id and 96 random bits
+    (at most 8 + 1 + 23 + 1 + 16 = 49 characters)."""
+    from escrow.toss.ids import toss_name
+
+    return toss_name(f"esc{request_id}-{secrets.token_urlsafe(12)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -66,6 +67,10 @@ class Settings:
     toss_read_timeout: float = 20.0
     toss_payout_read_timeout: float = 60.0
     toss_webhook_hmac_key_encoding: str = "hex"
+    # Every id and Idempotency-Key we send Toss starts with this (escrow.toss.ids): two stacks, or a database
+    # rebuilt from nothing, on one merchant id must never send Toss an id it has seen (keys live 15 days there,
+    # refPayoutId / refSellerId / orderId for good). Letters and digits, at most 8 (refSellerId has 20 in all).
+    toss_id_prefix: str = ""
 
     platform_fee_bps: int = 300
     # Account numbers at rest (escrow.crypto): the template's KMS key; locally a development key (or this one).
@@ -97,6 +102,8 @@ class Settings:
             raise ValueError("TOSS_READ_TIMEOUT must be between 0 and 28 seconds (API Gateway's limit is 29 s)")
         if not 0 <= self.platform_fee_bps <= 10_000:
             raise ValueError("PLATFORM_FEE_BPS must be between 0 and 10000")
+        if not re.fullmatch(r"[A-Za-z0-9]{0,8}", self.toss_id_prefix):
+            raise ValueError("TOSS_ID_PREFIX must be at most 8 letters or digits")
         if self.reconcile_after_seconds < 0:
             raise ValueError("RECONCILE_AFTER_SECONDS must not be negative")
         if self.jwt_max_lifetime_seconds <= 0:

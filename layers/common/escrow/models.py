@@ -130,36 +130,13 @@ class RoomMembersBody(_Body):
     version: Annotated[StrictInt, Field(ge=0, le=2**62)] | None = None
 
 
-BANK_CODES = {
-    "04": "KB국민은행",
-    "05": "하나은행",
-    "88": "신한은행",
-    "20": "우리은행",
-    "11": "NH농협은행",
-    "03": "IBK기업은행",
-    "23": "SC제일은행",
-    "27": "씨티은행",
-    "32": "부산은행",
-    "31": "대구은행",
-    "34": "광주은행",
-    "35": "제주은행",
-    "39": "경남은행",
-    "92": "토스뱅크",
-    "89": "케이뱅크",
-    "90": "카카오뱅크",
-    "45": "새마을금고",
-    "07": "수협은행",
-    "50": "저축은행중앙회",
-    "71": "우체국예금보험",
-    "64": "산림조합",
-}  # the brief's list, exactly as the chat app sends it
-
-
 class RegisterStoreBody(_Body):
     store_id: Annotated[StrictStr, Field(pattern=ID_PATTERN)]
     owner_id: UserId
     name: Annotated[Text, Field(min_length=1, max_length=100)] | None = None
-    bank_code: StrictStr
+    # A bank code (the brief's, Toss's or the 3-digit standard code) or the bank's name: escrow.banks resolves it
+    # (422 UNKNOWN_BANK otherwise).
+    bank_code: Annotated[StrictStr, Field(min_length=1, max_length=40)]
     account_number: Annotated[StrictStr, Field(pattern=r"^[0-9]{6,20}$")]
     holder_name: Annotated[Text, Field(min_length=1, max_length=30)]
     business_type: Annotated[StrictStr, Field(pattern=r"^(INDIVIDUAL|INDIVIDUAL_BUSINESS|CORPORATE)$")] = "INDIVIDUAL"
@@ -168,13 +145,6 @@ class RegisterStoreBody(_Body):
     company_name: Annotated[Text, Field(max_length=100)] | None = None
     representative_name: Annotated[Text, Field(max_length=60)] | None = None
     business_registration_number: Annotated[StrictStr, Field(pattern=r"^[0-9]{10}$")] | None = None
-
-    @field_validator("bank_code")
-    @classmethod
-    def _known_bank(cls, value: str) -> str:
-        if value not in BANK_CODES:
-            raise ValueError("bank_code must be one of the brief's bank codes")
-        return value
 
 
 # --- answers (documentation only) ----------------------------------------------------------------------------
@@ -240,10 +210,48 @@ class RemovedParticipant(_Answer):
     removed_at: str | None
 
 
+class PayoutBalance(_Answer):
+    available_amount: int | None = Field(description="Toss's availableAmount at the last reading (GET /v2/balances)")
+    pending_amount: int | None = Field(description="Toss's pendingAmount at the last reading")
+    needed_amount: int = Field(
+        description="what availableAmount must reach for this payout: its net and every older one waiting"
+    )
+
+
+class Settlement(_Answer):
+    settlement_id: int
+    gross_amount: int
+    platform_fee: int
+    net_amount: int
+    ref_payout_id: str
+    payout_id: str | None
+    payout_status: str = Field(
+        description="scheduled | requesting | requested | in_progress | completed | failed | not_needed | canceled"
+    )
+    payout_waiting_for: str | None = Field(
+        description="for a scheduled payout: schedule (the next scheduled run sends it) | balance (Toss's available "
+        "payout balance does not cover it yet: card sales settle after a cycle) | seller (the store has no seller Toss "
+        "pays yet) | retry (Toss refused it or did not settle it; tried again at payout_next_attempt_at); else null"
+    )
+    payout_attempts: int
+    payout_error_code: str | None = Field(description="Toss's code of the last refusal or failure")
+    payout_error_message: str | None
+    payout_next_attempt_at: str | None = Field(description="when a payout waiting for a retry is tried again")
+    payout_completed_at: str | None
+    released_at: str | None
+    balance_checked_at: str | None = Field(
+        default=None, description="when waiting for the balance: when it was last read"
+    )
+    balance: PayoutBalance | None = Field(default=None, description="when waiting for the balance, to admins only")
+
+
 class RoomStatus(_Answer):
     payment_request: RequestSummary
     payments: list[ShareStatus] = Field(description="the current participants")
     removed_participants: list[RemovedParticipant] = Field(default_factory=list)
+    settlement: Settlement | None = Field(
+        default=None, description="the settlement and its payout, once the request is released"
+    )
 
 
 class ParticipantAdded(_Answer):
@@ -315,32 +323,34 @@ class ReleasedPayment(_Answer):
     amount: int
 
 
-class Settlement(_Answer):
-    settlement_id: int
-    gross_amount: int
-    platform_fee: int
-    net_amount: int
-    ref_payout_id: str
-    payout_id: str | None
-    payout_status: str = Field(description="scheduled | requesting | requested | in_progress | completed | failed")
-    payout_error_code: str | None
-    payout_completed_at: str | None
-
-
 class Released(_Answer):
     released_payments: list[ReleasedPayment]
     payment_request_id: int
-    settlement: Settlement
+    settlement: Settlement = Field(description="scheduled: the scheduled run sends the payout (no Toss call here)")
 
 
 class RegisteredStore(_Answer):
     store_id: str
     owner_id: str
-    seller_id: str | None
-    seller_status: str | None
-    bank_code: str
+    name: str | None
+    registration_status: str | None = Field(
+        description="pending (the scheduled run sends it to Toss) | sending | registered | refused (see "
+        "seller_error_code; register again to correct it)"
+    )
+    ref_seller_id: str | None = Field(description="our refSellerId at Toss")
+    seller_id: str | None = Field(description="Toss's seller id, once registered")
+    seller_status: str | None = Field(
+        description="Toss's: APPROVAL_REQUIRED | PARTIALLY_APPROVED | KYC_REQUIRED | APPROVED"
+    )
+    business_type: str | None
+    bank_code: str | None = Field(description="the bank's 3-digit standard code (what payouts send Toss)")
+    bank_name: str | None
     account_number_masked: str | None
-    holder_name: str
+    holder_name: str | None
+    seller_attempts: int
+    seller_error_code: str | None = Field(description="Toss's code of the last refusal")
+    seller_error_message: str | None
+    seller_next_attempt_at: str | None = Field(description="when an error Toss may overcome is tried again")
 
 
 class WebhookAck(_Answer):
@@ -355,16 +365,17 @@ ERRORS = {
     402: "PAYMENT_DECLINED (with toss_code)",
     403: "NOT_ROOM_OWNER, NOT_ROOM_MEMBER, NOT_A_PARTICIPANT, NOT_ALLOWED_TO_CANCEL, ADMIN_ONLY, SERVICE_ONLY",
     404: "ROOM_NOT_FOUND (no membership from the chat service yet), PAYMENT_REQUEST_NOT_FOUND, PAYMENT_NOT_FOUND, "
-    "INVALID_CHAT_ROOM_ID, NOT_A_PARTICIPANT",
+    "INVALID_CHAT_ROOM_ID, NOT_A_PARTICIPANT, STORE_NOT_FOUND",
     409: "OPEN_REQUEST_EXISTS, ALREADY_PAID, PAYMENT_IN_PROGRESS, PAYMENT_OUTCOME_UNKNOWN, ORDER_ID_ALREADY_USED, "
     "PAYMENT_KEY_IN_USE, ALREADY_RELEASED (with the first release's released_payments and settlement), "
     "ALREADY_REFUNDED, NOT_REFUNDABLE, REFUND_IN_PROGRESS, REQUEST_NOT_FUNDED, NOT_RELEASABLE, "
-    "STORE_ALREADY_REGISTERED, REFUND_REFUSED, INVALID_STATE_TRANSITION, AMOUNT_MISMATCH_REFUNDED, "
-    "REQUEST_CLOSED_REFUNDED, SELLER_REFUSED, REQUEST_CLOSED, PAYMENT_REFUNDED, PARTICIPANT_REMOVED, ORDER_OUTDATED, "
-    "ALREADY_A_PARTICIPANT, LAST_PARTICIPANT, REQUEST_CHANGED",
+    "SELLER_REGISTRATION_IN_PROGRESS, SELLER_BUSINESS_TYPE_FIXED, REFUND_REFUSED, INVALID_STATE_TRANSITION, "
+    "AMOUNT_MISMATCH_REFUNDED, REQUEST_CLOSED_REFUNDED, REQUEST_CLOSED, PAYMENT_REFUNDED, PARTICIPANT_REMOVED, "
+    "ORDER_OUTDATED, ALREADY_A_PARTICIPANT, LAST_PARTICIPANT, REQUEST_CHANGED",
     413: "PAYLOAD_TOO_LARGE: bodies are limited to 64 KiB",
     422: "VALIDATION_ERROR (with details [{field, message}]), AMOUNT_MISMATCH, NOT_ROOM_MEMBERS, NO_PARTICIPANTS, "
-    "UNKNOWN_STORE, CANCEL_AMOUNT_TOO_LARGE, COMPANY_DETAILS_REQUIRED, TOO_MANY_PARTICIPANTS, TOO_MANY_MEMBERS",
+    "UNKNOWN_STORE, CANCEL_AMOUNT_TOO_LARGE, COMPANY_DETAILS_REQUIRED, UNKNOWN_BANK, TOO_MANY_PARTICIPANTS, "
+    "TOO_MANY_MEMBERS",
     502: "PAYMENT_OUTCOME_UNKNOWN, REFUND_OUTCOME_UNKNOWN: Toss gave no definite answer; settled automatically",
     503: "DATABASE_UNAVAILABLE, DATABASE_BUSY, TOSS_UNAVAILABLE, SECRETS_UNAVAILABLE, SERVICE_NOT_CONFIGURED, "
     "AUTH_NOT_CONFIGURED: nothing was changed, try again (with `outcome: unknown` when the database connection was "

@@ -287,18 +287,32 @@ CANCEL_IN_FLIGHT: frozenset[CancelStatus] = frozenset({CancelStatus.REQUESTED, C
 
 
 # --- settlements' payouts (`payment_settlements.payout_status`) ----------------------------------------------
+#
+# Release is the decision; the payout is its execution (escrow.services.payouts). A released settlement waits in
+# `scheduled` until the payout job sends it: while Toss's payout balance (GET /v2/balances, availableAmount) does
+# not cover it, while the store has no payable seller, or until the back-off after a refusal has passed.
+# `payout_waiting_for` says which (PayoutWaitingFor).
 
 
 class PayoutStatus(StrEnum):
-    SCHEDULED = "scheduled"  # to be sent to Toss
+    SCHEDULED = "scheduled"  # to be sent to Toss (payout_waiting_for says what it waits for)
     NOT_NEEDED = "not_needed"  # nothing to pay out (the fee took it all)
     REQUESTING = "requesting"  # claimed by a run and being sent (payout_lease_until says for how long)
     # Toss's own statuses (lower case), recorded as Toss reports them:
     REQUESTED = "requested"
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
-    FAILED = "failed"
+    FAILED = "failed"  # Toss failed it, or refused it for a reason only a person can fix (payout_error_code)
     CANCELED = "canceled"
+
+
+class PayoutWaitingFor(StrEnum):
+    """Why a `scheduled` payout has not been sent (`payment_settlements.payout_waiting_for`)."""
+
+    SCHEDULE = "schedule"  # nothing: the next scheduled run sends it
+    BALANCE = "balance"  # Toss's available payout balance did not cover it (card sales settle after a cycle)
+    SELLER = "seller"  # the store has no seller at Toss yet, or Toss does not pay its seller yet (KYC)
+    RETRY = "retry"  # Toss refused it or did not settle it; tried again at payout_next_attempt_at (back-off)
 
 
 _TOSS_HOLDS_IT = {PayoutStatus.REQUESTED, PayoutStatus.IN_PROGRESS, PayoutStatus.COMPLETED, PayoutStatus.FAILED}
@@ -312,8 +326,10 @@ PAYOUT = Machine(
         PayoutStatus.SCHEDULED: {PayoutStatus.REQUESTING, *_TOSS_HOLDS_IT},
         PayoutStatus.NOT_NEEDED: set(),
         # requesting -> requesting: a run takes over a payout whose lease ran out (same key); -> scheduled: refused
-        # for now, or missing from Toss's answer; -> canceled: recorded as Toss's answer states it (Toss documents
-        # CANCELED only for a scheduled payout cancelled later, so it is not expected in an answer to a request).
+        # for now (back-off), answered with an error Toss may overcome, or missing from Toss's answer (each a new
+        # attempt with a new key); -> failed: refused for a reason a person must fix (the seller's account);
+        # -> canceled: recorded as Toss's answer states it (Toss documents CANCELED only for a scheduled payout
+        # cancelled later, so it is not expected in an answer to a request).
         PayoutStatus.REQUESTING: {
             PayoutStatus.REQUESTING,
             PayoutStatus.SCHEDULED,
@@ -325,6 +341,7 @@ PAYOUT = Machine(
         # arrive, so a late REQUESTED after IN_PROGRESS is written (the next poll or webhook corrects it).
         PayoutStatus.IN_PROGRESS: {*_TOSS_HOLDS_IT},
         PayoutStatus.COMPLETED: set(),
+        # A failed payout is final here; only an operator sends it back to the schedule (OPERATOR_PAYOUT below).
         PayoutStatus.FAILED: set(),
         PayoutStatus.CANCELED: set(),
     },
@@ -337,6 +354,46 @@ PAYOUT_AT_TOSS: frozenset[PayoutStatus] = frozenset({PayoutStatus.IN_PROGRESS, P
 PAYOUT_CLAIMABLE: frozenset[PayoutStatus] = frozenset({PayoutStatus.SCHEDULED, PayoutStatus.REQUESTING})
 # Still needs the schedule: to send, to ask again, or to poll.
 PAYOUT_DUE: frozenset[PayoutStatus] = PAYOUT_CLAIMABLE | PAYOUT_AT_TOSS
+
+
+# --- stores' sellers at Toss payouts v2 (`stores.seller_registration`) ----------------------------------------
+#
+# `POST /api/v1/admin/stores` records what to register and answers at once; the `sellers` job sends it to Toss
+# (escrow.services.stores). Toss's own word on the seller (APPROVAL_REQUIRED, PARTIALLY_APPROVED, KYC_REQUIRED,
+# APPROVED) is `stores.seller_status`, stored as Toss spells it.
+
+
+class SellerRegistration(StrEnum):
+    PENDING = "pending"  # accepted by our API; the sellers job sends it (a registration, or an update of the seller)
+    SENDING = "sending"  # claimed by a run (seller_lease_until); Toss's answer not recorded yet
+    REGISTERED = "registered"  # Toss holds the seller with this content
+    REFUSED = "refused"  # Toss refused it (seller_error_code); the admin corrects it by registering again
+
+
+SELLER_REGISTRATION = Machine(
+    "a seller registration",
+    initial={SellerRegistration.PENDING},
+    transitions={
+        # pending -> pending: registered again (corrected) before the job sent it, or answered with an error Toss
+        # may overcome (retried with a new key after a back-off).
+        SellerRegistration.PENDING: {SellerRegistration.SENDING, SellerRegistration.PENDING},
+        # sending -> sending: a run takes over one whose lease ran out (no answer: the same key); -> pending: Toss
+        # answered with an error it may overcome (the next attempt has a new key).
+        SellerRegistration.SENDING: {
+            SellerRegistration.SENDING,
+            SellerRegistration.PENDING,
+            SellerRegistration.REGISTERED,
+            SellerRegistration.REFUSED,
+        },
+        # -> pending: the admin changes the account (the job sends Toss an update of the seller).
+        SellerRegistration.REGISTERED: {SellerRegistration.PENDING},
+        # -> pending: the admin corrects it and registers again.
+        SellerRegistration.REFUSED: {SellerRegistration.PENDING},
+    },
+)
+
+# Toss pays out to these sellers only (docs/toss-behaviours.md, "Balances and payouts").
+PAYABLE_SELLER_STATUSES: frozenset[str] = frozenset({"PARTIALLY_APPROVED", "APPROVED"})
 
 
 # --- webhook deliveries (`payment_webhooks.verification` and `.outcome`) -------------------------------------
@@ -415,10 +472,19 @@ def check_payout(current: str, new: str) -> None:
     PAYOUT.check(current, new)
 
 
+def check_seller_registration(current: str | None, new: str) -> None:
+    if current is None:
+        SELLER_REGISTRATION.check_initial(new)
+    else:
+        SELLER_REGISTRATION.check(current, new)
+
+
 # --- what an operator may do by hand (escrow.ops through services/operator.py) --------------------------------
 
 # A failed payout goes back to the schedule (retry-payout). Not a move of PAYOUT: a payout Toss failed is final for
-# the schedule and for Toss's webhooks; only a person, after fixing the cause, decides to pay it again.
+# the schedule and for Toss's webhooks; only a person, after fixing the cause (the store's account: registering the
+# store again updates its Toss seller), decides to pay it again: a new attempt, so a new Idempotency-Key, and a new
+# refPayoutId when Toss had made a payout under the old one (settlements_repo.reschedule_by_operator).
 OPERATOR_PAYOUT = Machine(
     "a payout (by an operator)",
     initial=set(),

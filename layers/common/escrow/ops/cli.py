@@ -435,8 +435,14 @@ def _next_step(s: dict[str, Any]) -> str:
     status = s["payout_status"]
     if status == "failed":
         return f"fix the cause, then: retry-payout {s['id']}"
+    waiting = s.get("payout_waiting_for")
+    again = f" from {_when(s['payout_next_attempt_at'])}" if s.get("payout_next_attempt_at") else ""
+    if status == "scheduled" and waiting == "balance":
+        return "waits for Toss's payout balance (GET /v2/balances); sent by the first run it covers"
+    if status == "scheduled" and waiting == "seller":
+        return f"waits for the store's seller at Toss (seller.changed ends the wait); asked again{again or ' each run'}"
     if status == "scheduled" and s["payout_error_code"]:
-        return "refused; the schedule asks again every run"
+        return f"refused; the schedule asks again{again or ' each run'} (a back-off that grows)"
     if status == "scheduled":
         return "the next scheduled run sends it"
     if status == "requesting":

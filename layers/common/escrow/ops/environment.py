@@ -65,6 +65,9 @@ def stack_environment(stack_name: str, *, region: str | None = None, client: Any
     for name, variable in STACK_OUTPUTS.items():
         if outputs.get(name):
             env[variable] = outputs[name]
+    # The prefix of every id the stack sends Toss (template: TossIdPrefix, else the stage): a refPayoutId the console
+    # makes for a retried payout must carry it too.
+    env["TOSS_ID_PREFIX"] = parameters.get("TossIdPrefix") or parameters.get("Stage", "")
     for name, variable in CREATED_DATABASE_OUTPUTS.items():
         if outputs.get(name) and not env.get(variable):
             env[variable] = outputs[name]

@@ -115,8 +115,8 @@ def settlements(tx: Tx, request_ids_: Sequence[int], period: int) -> list[Row]:
     """`lease_over`: no lease, or a lease that ran out longer than the period ago."""
     return tx.all(
         "SELECT s.id, s.payment_request_id, s.gross_amount, s.fee_bps, s.platform_fee, s.net_amount, "
-        "s.ref_payout_id, s.payout_id, s.payout_status, s.payout_error_code, s.payout_lease_until, s.updated_at, "
-        "s.updated_at < NOW(3) - INTERVAL %s SECOND AS stale, "
+        "s.ref_payout_id, s.payout_id, s.payout_status, s.payout_waiting_for, s.payout_error_code, "
+        "s.payout_lease_until, s.updated_at, s.updated_at < NOW(3) - INTERVAL %s SECOND AS stale, "
         "(s.payout_lease_until IS NULL OR s.payout_lease_until < NOW(3) - INTERVAL %s SECOND) AS lease_over "
         f"FROM payment_settlements s WHERE s.payment_request_id IN ({marks(request_ids_)}) ORDER BY s.id",
         [period, period, *request_ids_],

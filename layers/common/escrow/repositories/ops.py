@@ -89,8 +89,9 @@ def cancels(tx: Tx, request_ids: Sequence[int]) -> list[Row]:
 
 _SETTLEMENT_COLUMNS = (
     "s.id, s.payment_request_id, s.store_id, s.gross_amount, s.fee_bps, s.platform_fee, s.net_amount, s.released_by, "
-    "s.ref_payout_id, s.payout_id, s.payout_status, s.payout_attempts, s.payout_error_code, s.payout_error_message, "
-    "s.payout_lease_until, s.payout_requested_at, s.payout_completed_at, s.created_at, s.updated_at, "
+    "s.ref_payout_id, s.payout_id, s.payout_status, s.payout_waiting_for, s.payout_attempts, s.payout_error_code, "
+    "s.payout_error_message, s.payout_next_attempt_at, s.payout_lease_until, s.payout_requested_at, "
+    "s.payout_completed_at, s.created_at, s.updated_at, "
     "r.chat_room_id, st.toss_seller_id, st.seller_status"
 )
 _SETTLEMENT_FROM = (

@@ -31,6 +31,7 @@ from escrow.services import payments as payment_service
 from escrow.services import payouts as payout_service
 from escrow.services import refunds as refund_service
 from escrow.services import release as release_service
+from escrow.services import stores as store_service
 from escrow.services import webhooks as webhook_service
 from escrow.states import CancelStatus, RequestStatus
 from escrow.toss import TossError
@@ -319,6 +320,7 @@ DEFAULT_JOBS = (
     "reconcile_cancels",
     "expire",
     "release",
+    "sellers",  # before payouts: a store registered since the last run can be paid out in this one
     "payouts",
     "publish",
     "webhook_retention",
@@ -330,6 +332,7 @@ OPTIONAL_JOBS = ("audit",)  # only when asked for by name
 PROGRESS: dict[str, tuple[str, ...]] = {
     "expire": ("expired",),
     "release": ("released",),
+    "sellers": ("seller_calls",),
     "payouts": ("payouts_requested", "payout_calls"),
     "publish": ("events_published",),
     "webhook_retention": ("webhooks_deleted",),
@@ -337,6 +340,8 @@ PROGRESS: dict[str, tuple[str, ...]] = {
     "reconcile_cancels": ("refunds_retried",),
 }
 MAX_PASSES = 500
+# Figures that are a state at the end of the run, not a sum over its passes.
+GAUGES = frozenset({"payouts_waiting_for_balance"})
 
 
 def run_scheduled(
@@ -358,12 +363,16 @@ def run_scheduled(
 
     wanted = list(DEFAULT_JOBS) if jobs == "all" else list(jobs)
     report: dict[str, Any] = {}
+    budget = payout_service.Budget()  # Toss's payout balance, read once per run (when a payout is due)
     steps: dict[str, Callable[[], dict[str, int]]] = {
         "reconcile_payments": lambda: reconcile_payments(toss=toss, deadline=out_of_time),
         "reconcile_cancels": lambda: reconcile_cancels(toss=toss, deadline=out_of_time),
         "expire": lambda: expire_overdue(toss=toss, now=now, deadline=out_of_time),
         "release": lambda: release_service.release_due(BATCH * 5, toss=toss, now=now, deadline=out_of_time),
-        "payouts": lambda: payout_service.payouts_due(BATCH * 5, toss=toss, now=now, deadline=out_of_time),
+        "sellers": lambda: store_service.register_due_sellers(toss=toss, now=now, deadline=out_of_time),
+        "payouts": lambda: payout_service.payouts_due(
+            BATCH * 5, toss=toss, now=now, deadline=out_of_time, budget=budget
+        ),
         "publish": lambda: publish_outbox(publisher=publisher, deadline=out_of_time),
         "webhook_retention": lambda: {"webhooks_deleted": webhook_service.retention(now())},
         "audit": lambda: audit_ledger(toss=toss, now=now, deadline=out_of_time),
@@ -380,11 +389,17 @@ def run_scheduled(
         progressed = False
         for name in wanted:
             result = steps[name]()
-            totals[name].update({k: v for k, v in result.items() if isinstance(v, int | float)})
+            totals[name].update({k: v for k, v in result.items() if isinstance(v, int | float) and k not in GAUGES})
+            for key in GAUGES & result.keys():
+                totals[name][key] = result[key]  # the last pass's value
             progressed |= any(result.get(key) for key in PROGRESS.get(name, ()))
         if not progressed or out_of_time() or passes >= MAX_PASSES:
             break
     report.update({name: dict(counter) for name, counter in totals.items()})
+    if "payouts" in totals:
+        # A gauge-like count per run: how many released payouts wait for Toss's payout balance (alarmed when it
+        # stays above 0 for longer than a settlement cycle).
+        count("PayoutsWaitingForBalance", totals["payouts"]["payouts_waiting_for_balance"])
     report["passes"] = passes
     report["seconds"] = round(time.monotonic() - started, 3)
     return report

@@ -117,7 +117,11 @@ def retry_payout(settlement_id: int, *, operator: str, reason: str, toss: TossPo
         if s["payout_status"] != before["payout_status"] or s["payout_id"] != before["payout_id"]:
             raise Conflict("the payout changed while we looked at it; nothing was changed, look again", code="CHANGED")
         check_operator_payout(s["payout_status"], "scheduled")
-        new_ref = f"escrow-req-{s['payment_request_id']}-a{s['payout_attempts'] + 1}" if s["payout_id"] else None
+        new_ref = (
+            settlements_repo.retry_ref_payout_id(s["payment_request_id"], s["payout_attempts"] + 1)
+            if s["payout_id"]
+            else None
+        )
         after = {
             "payout_status": "scheduled",
             "ref_payout_id": new_ref or s["ref_payout_id"],

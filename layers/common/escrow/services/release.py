@@ -1,5 +1,6 @@
 """Releasing held money to the store: the decision, one settlement per request. Sending the settlement's payout to
-Toss is `escrow.services.payouts`.
+Toss is `escrow.services.payouts`, in the scheduled run: the release endpoint never calls Toss (a payout call may
+take 60 s, inside a 30 s API), it answers with the settlement `scheduled` and what its payout waits for.
 
 The schedule releases due requests in chunks: one transaction locks up to RELEASE_CHUNK requests, skipping those
 another transaction holds (`requests_repo.lock_many_skip_locked`; MySQL 8 / MariaDB 10.6: two runs at once take
@@ -216,7 +217,9 @@ def _release_locked_many(
 # --- the release endpoint -----------------------------------------------------------------------------------
 
 
-def release_room(principal: Principal, chat_room_id: int, *, toss: TossPort | None = None) -> dict[str, Any]:
+def release_room(principal: Principal, chat_room_id: int) -> dict[str, Any]:
+    """Release a funded room's held shares: the shares, ledger, settlement and event in one transaction. The payout
+    is the schedule's (the answer shows the settlement scheduled)."""
     with db.transaction() as tx:
         room = rooms.known_room(tx, chat_room_id)
         rooms.require_owner(principal, room, "release the deposit")
@@ -239,7 +242,7 @@ def release_room(principal: Principal, chat_room_id: int, *, toss: TossPort | No
             code = plan.postponed[request["id"]]
             raise Conflict(_POSTPONED[code], code=code)
     (released,) = plan.releases
-    settle = payouts.request_payout(settlement_ids[request["id"]], toss=toss)
+    settle = payouts.settlement_view(settlement_ids[request["id"]], principal)
     return {
         "released_payments": released.released_payments(),
         "payment_request_id": request["id"],

@@ -259,6 +259,12 @@ def room_status(principal: Principal, chat_room_id: int) -> dict[str, Any]:
         return int(s["paid_amount"]) - int(s["refunded_amount"])
 
     paid = sum(1 for s in current if s["status"] in PAID_IN_FULL)
+    # Released: the settlement and its payout (what it waits for: Toss's payout balance, the store's seller, a retry).
+    settlement = None
+    if view["status"] == RequestStatus.RELEASED:
+        from escrow.services import payouts  # only a released request's status needs it
+
+        settlement = payouts.settlement_for_request(view["id"], principal)
     return {
         "payment_request": {
             "payment_request_id": view["id"],
@@ -301,4 +307,5 @@ def room_status(principal: Principal, chat_room_id: int) -> dict[str, Any]:
             }
             for s in removed
         ],
+        "settlement": settlement,
     }

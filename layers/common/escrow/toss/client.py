@@ -86,26 +86,54 @@ class TossClient:
     # --- payouts v2 (ENCRYPTION security mode) ---------------------------------------------------------
 
     def register_seller(self, seller: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
-        return _object(self._encrypted("POST", "/v2/sellers", seller, idempotency_key))
+        return _entity(self._encrypted("POST", "/v2/sellers", seller, idempotency_key))
+
+    def update_seller(self, seller_id: str, changes: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+        """`POST /v2/sellers/{sellerId}`: only the fields that change (docs/toss-behaviours.md)."""
+        path = f"/v2/sellers/{quote(seller_id, safe='')}"
+        return _entity(self._encrypted("POST", path, changes, idempotency_key))
 
     def get_seller(self, seller_id: str) -> dict[str, Any]:
-        return _object(self._encrypted("GET", f"/v2/sellers/{quote(seller_id, safe='')}"))
+        return _entity(self._encrypted("GET", f"/v2/sellers/{quote(seller_id, safe='')}"))
+
+    def list_sellers(self) -> list[dict[str, Any]]:
+        """`GET /v2/sellers` (its paging parameters are UNCONFIRMED: the first page only)."""
+        return _items(self._encrypted("GET", "/v2/sellers"))
 
     def request_payouts(self, items: list[dict[str, Any]], *, idempotency_key: str) -> list[dict[str, Any]]:
-        """One call for up to 100 payout items (Toss takes a JSON array)."""
-        body = self._encrypted("POST", "/v2/payouts", items, idempotency_key)
-        found = body.get("items", body if isinstance(body, list) else [body])
-        return [dict(item) for item in found]
+        """One call for up to 100 payout items (Toss takes a JSON array). The answer's entityBody is read as
+        `{"items": [...]}` ([3P]) or a bare list (UNCONFIRMED which one Toss sends)."""
+        return _items(self._encrypted("POST", "/v2/payouts", items, idempotency_key))
 
     def get_payout(self, payout_id: str) -> dict[str, Any]:
-        return _object(self._encrypted("GET", f"/v2/payouts/{quote(payout_id, safe='')}"))
+        return _entity(self._encrypted("GET", f"/v2/payouts/{quote(payout_id, safe='')}"))
+
+    def list_payouts(self) -> list[dict[str, Any]]:
+        """`GET /v2/payouts`: how a payout whose id we never learnt is found by its refPayoutId (its query and
+        paging parameters are UNCONFIRMED: the first page only)."""
+        return _items(self._encrypted("GET", "/v2/payouts"))
+
+    def get_balances(self) -> dict[str, int]:
+        """`GET /v2/balances`: {"available": availableAmount.value, "pending": pendingAmount.value} in KRW."""
+        entity = _entity(self._encrypted("GET", "/v2/balances"))
+        amounts: dict[str, int] = {}
+        for name, field in (("available", "availableAmount"), ("pending", "pendingAmount")):
+            value = entity.get(field)
+            value = value.get("value") if isinstance(value, dict) else value
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+                raise TossApiError(200, "UNREADABLE_RESPONSE", f"{field} is not an amount", answered=False)
+            amounts[name] = int(value)
+        return amounts
 
     def _encrypted(self, method: str, path: str, body: Any = None, idempotency_key: str | None = None) -> Any:
-        """A v2 call: the body goes out as a JWE, the answer (success or error) comes back as one."""
+        """A v2 call: the body goes out as a JWE, the answer (success or error) comes back as one. Returns the
+        answer's entityBody (a dict, a list, or None)."""
         from escrow.toss import jwe
 
         if not self.security_key:
-            raise TossApiError(0, "SECURITY_KEY_MISSING", "no Toss security key is configured for payouts")
+            raise TossApiError(
+                0, "SECURITY_KEY_MISSING", "no Toss security key is configured for payouts", answered=False
+            )
         headers = self._headers(idempotency_key)
         headers["TossPayments-api-security-mode"] = "ENCRYPTION"
         data = None
@@ -127,20 +155,31 @@ class TossClient:
                 raise TossTimeout(f"Toss did not answer {method} {path} in time") from exc
         text = response.text.strip()
         try:
-            payload = json.loads(text) if text.startswith("{") else json.loads(jwe.decrypt(text, self.security_key))
+            plain = text if text.startswith(("{", "[")) else jwe.decrypt(text, self.security_key)
+            payload = json.loads(plain)
         except (ValueError, jwe.JweError) as exc:
+            # Not Toss's answer as far as we can tell (a proxy's page, a body we cannot decrypt): nothing bound a
+            # key that we know of, so the operation's outcome is unknown and a retry reuses the key.
             raise TossApiError(
-                response.status_code, "UNREADABLE_RESPONSE", f"could not read Toss's answer: {exc}"
+                response.status_code, "UNREADABLE_RESPONSE", f"could not read Toss's answer: {exc}", answered=False
             ) from exc
-        error = payload.get("error") if isinstance(payload, dict) else None
-        if error or not 200 <= response.status_code < 300:
-            error = error or {}
-            raise TossApiError(
-                response.status_code,
-                str(error.get("code") or "UNKNOWN_ERROR"),
-                str(error.get("message") or "payout call failed"),
+        error = _v2_error(payload)
+        if error is not None or not 200 <= response.status_code < 300:
+            code, message = error or (None, None)
+            logger.info(
+                "toss error",
+                extra={
+                    "toss_path": path,
+                    "toss_method": method,
+                    "toss_status": response.status_code,
+                    "toss_code": code,
+                },
             )
-        return payload.get("entityBody", payload)
+            if code is None:
+                # An error status whose body names no code: Toss's answer, but we cannot tell what it says.
+                raise TossApiError(response.status_code, "UNREADABLE_RESPONSE", "Toss answered without an error code")
+            raise TossApiError(response.status_code, code, message or "payout call failed")
+        return payload.get("entityBody") if isinstance(payload, dict) and "entityBody" in payload else payload
 
     # --- transport ---------------------------------------------------------------------------------------
 
@@ -202,11 +241,33 @@ class TossClient:
         raise TossApiError(response.status_code, code, message)
 
 
-def _object(body: Any) -> dict[str, Any]:
-    """A v2 entity (a seller, a payout) is a JSON object; anything else is an answer we cannot read."""
-    if not isinstance(body, dict):
-        raise TossApiError(200, "UNREADABLE_RESPONSE", f"Toss answered a {type(body).__name__} where an object belongs")
-    return body
+def _v2_error(payload: Any) -> tuple[str, str] | None:
+    """The error of a v2 answer: `{"error": {code, message}}` (the v2 envelope) or a bare `{code, message}` (the v1
+    shape, which a v2 endpoint may answer too); None when the answer carries no error."""
+    if not isinstance(payload, dict):
+        return None
+    nested = payload.get("error")
+    source = nested if isinstance(nested, dict) else payload if "code" in payload else None
+    if source is None or not source.get("code"):
+        return None
+    return str(source["code"]), str(source.get("message") or "")
+
+
+def _entity(body: Any) -> dict[str, Any]:
+    """A v2 entityBody that must be one object (a seller, a payout, a balance)."""
+    if isinstance(body, dict):
+        return body
+    if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
+        return body[0]
+    raise TossApiError(200, "UNREADABLE_RESPONSE", "Toss answered without the expected object", answered=False)
+
+
+def _items(body: Any) -> list[dict[str, Any]]:
+    """A v2 entityBody that lists objects: `{"items": [...]}`, a bare list, or one object."""
+    found = body.get("items", [body]) if isinstance(body, dict) else body
+    if not isinstance(found, list):
+        return []
+    return [dict(item) for item in found if isinstance(item, dict)]
 
 
 def _payment(data: dict[str, Any]) -> Payment:

@@ -46,6 +46,7 @@ CONFIGURATION_CODES = frozenset(
         "INCORRECT_BASIC_AUTH_FORMAT",
         "NOT_SUPPORTED_WIDGET_KEY",
         "INVALID_IDEMPOTENCY_KEY",
+        "SECURITY_KEY_MISSING",  # ours: no security key configured for payouts v2 (nothing was sent)
     }
 )
 
@@ -58,11 +59,19 @@ class TossError(Exception):
 
 
 class TossApiError(TossError):
-    def __init__(self, status: int, code: str, message: str):
+    """An answer with an error, or an answer we could not read.
+
+    `answered` is False when no answer of Toss's was read (an unreadable body, or a call we did not make: no
+    security key): the operation may have happened, and a retry reuses its Idempotency-Key. True means Toss
+    answered with `code`: that answer is bound to the key (for 15 days, 4xx surely and 5xx perhaps), so a new
+    attempt needs a new key."""
+
+    def __init__(self, status: int, code: str, message: str, *, answered: bool = True):
         super().__init__(f"Toss {status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.answered = answered
         self.retryable = code in RETRYABLE_CODES or status >= 500 or status == 429
         self.outcome_unknown = code in OUTCOME_UNKNOWN_CODES or status >= 500
         self.configuration = code in CONFIGURATION_CODES

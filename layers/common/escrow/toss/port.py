@@ -51,8 +51,16 @@ class TossPort(Protocol):
         """`POST /v2/sellers`."""
         ...
 
+    def update_seller(self, seller_id: str, changes: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+        """`POST /v2/sellers/{id}`: only the fields that change."""
+        ...
+
     def get_seller(self, seller_id: str) -> dict[str, Any]:
         """`GET /v2/sellers/{id}`."""
+        ...
+
+    def list_sellers(self) -> list[dict[str, Any]]:
+        """`GET /v2/sellers`: how a seller whose answer was lost is found by its refSellerId (the first page)."""
         ...
 
     def request_payouts(self, items: list[dict[str, Any]], *, idempotency_key: str) -> list[dict[str, Any]]:
@@ -61,4 +69,12 @@ class TossPort(Protocol):
 
     def get_payout(self, payout_id: str) -> dict[str, Any]:
         """`GET /v2/payouts/{id}`."""
+        ...
+
+    def list_payouts(self) -> list[dict[str, Any]]:
+        """`GET /v2/payouts`: how a payout whose id we never learnt is found by its refPayoutId (the first page)."""
+        ...
+
+    def get_balances(self) -> dict[str, int]:
+        """`GET /v2/balances`: `{"available": ..., "pending": ...}` in KRW; what payouts may spend is available."""
         ...
