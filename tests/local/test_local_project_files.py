@@ -34,6 +34,7 @@ ARCHITECTURE_ROUTES = {
     "WebhookFunction": {"POST /api/v1/payment/webhook"},
     "MembershipFunction": set(),  # RoomMembershipChanged events from the chat service (EventBridge), no route
     "MigrateFunction": set(),  # the CloudFormation custom resource and manual runs; no route
+    "JobsWorkerFunction": set(),  # chunks of scheduled work from the jobs queue (SQS), no route
 }
 SECRET_VARS = {
     "MigrateFunction": {"DB_SECRET_ARN"},
@@ -43,6 +44,7 @@ SECRET_VARS = {
     "CancelFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN", "TOSS_SECRET_ARN"},
     "ReleaseFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN", "TOSS_SECRET_ARN"},
     "WebhookFunction": {"DB_SECRET_ARN", "TOSS_SECRET_ARN"},
+    "JobsWorkerFunction": {"DB_SECRET_ARN", "TOSS_SECRET_ARN"},  # refunds and payouts, no JWT (no HTTP)
 }
 
 
@@ -95,6 +97,7 @@ def test_local_defaults_are_the_architecture_ones() -> None:
     assert (env["TOSS_CONNECT_TIMEOUT"], env["TOSS_READ_TIMEOUT"], env["TOSS_PAYOUT_READ_TIMEOUT"]) == ("3", "20", "60")
     assert env["PLATFORM_FEE_BPS"] == "300"
     assert env["DB_SECRET_ARN"] == env["TOSS_SECRET_ARN"] == env["JWT_SECRET_ARN"] == ""
+    assert env["JOBS_QUEUE_URL"] == ""  # locally the scheduled run does every job itself (FanOut's fallback)
 
 
 @pytest.mark.parametrize("path", EVENTS, ids=[p.name for p in EVENTS])
