@@ -125,7 +125,12 @@ def drain(url: str, sb: Any, workers: int, args: argparse.Namespace, kills: int 
     devnull = open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "a")
     started = time.monotonic()
     try:
-        with WorkerPool(workers, env={"POWERTOOLS_LOG_LEVEL": "WARNING"}, stderr=devnull, timeout_s=900) as pool:
+        with WorkerPool(
+            workers,
+            env={"POWERTOOLS_LOG_LEVEL": os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING")},
+            stderr=devnull,
+            timeout_s=900,
+        ) as pool:
             killer = None
             if kills:
                 killer = threading.Thread(

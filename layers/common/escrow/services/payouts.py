@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from escrow import db
 from escrow.clock import db_time, iso, utcnow
+from escrow.errors import AppError
 from escrow.observability import count, logger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import settlements as settlements_repo
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from escrow.auth import Principal
 
 PAYOUT_BATCH = 100  # items per POST /v2/payouts
+RECORD_ATTEMPTS = 3  # recording Toss's answer to a payout request, after a deadlock
 PAYOUT_LEASE = timedelta(minutes=3)  # longer than one payout call may take (TOSS_PAYOUT_READ_TIMEOUT, 60 s)
 # Polling is the fallback for a lost payout.changed webhook (Toss retries those for days): an accepted payout is
 # first polled after PAYOUT_POLL_AFTER and then at that interval, at most PAYOUT_POLLS_PER_RUN per run.
@@ -403,21 +406,34 @@ def _record_payouts(batch: list[dict[str, Any]], items: list[dict[str, Any]], no
     poll_at = db_time(now + PAYOUT_POLL_AFTER)
     final: list[dict[str, Any]] = []
     missing: list[int] = []
-    with db.transaction() as tx:
-        for s in batch:
-            item = answered.get(s["ref_payout_id"])
-            if item is None:
-                missing.append(s["id"])
-                continue
-            status = _answered_status(item)
-            if status in PAYOUT_FINAL:
-                final.append(item)
-                status = PayoutStatus.IN_PROGRESS  # apply_payout_status below closes it, with its event
-            # Only while still ours: a webhook may have settled it already, or a run that took over recorded it.
-            settlements_repo.record_accepted(tx, s["id"], payout_id=item.get("id"), new=status, poll_at=poll_at)
-        if missing:
-            # Not in the answer: not created. A new attempt (a new key) asks again; refPayoutId guards a duplicate.
-            settlements_repo.reschedule_unanswered_items(tx, missing, next_attempt_at=db_time(now + RETRY_FIRST))
+    # Toss's answer is in hand: a deadlock with another worker (InnoDB rolls the whole transaction back) must not
+    # leave it unrecorded until the lease runs out, so the transaction is tried again a few times.
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        final, missing = [], []
+        try:
+            with db.transaction() as tx:
+                for s in batch:
+                    item = answered.get(s["ref_payout_id"])
+                    if item is None:
+                        missing.append(s["id"])
+                        continue
+                    status = _answered_status(item)
+                    if status in PAYOUT_FINAL:
+                        final.append(item)
+                        status = PayoutStatus.IN_PROGRESS  # apply_payout_status below closes it, with its event
+                    # Only while still ours: a webhook may have settled it already, or a run that took over did.
+                    settlements_repo.record_accepted(tx, s["id"], payout_id=item.get("id"), new=status, poll_at=poll_at)
+                if missing:
+                    # Not in the answer: not created. A new attempt (a new key) asks again; refPayoutId guards a
+                    # duplicate.
+                    settlements_repo.reschedule_unanswered_items(
+                        tx, missing, next_attempt_at=db_time(now + RETRY_FIRST)
+                    )
+            break
+        except AppError as exc:
+            if exc.code != "DATABASE_BUSY" or attempt == RECORD_ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)
     for item in final:
         apply_payout_status(item, actor="payout_answer")
     count("PayoutsRequested", len(batch) - len(missing))
