@@ -264,18 +264,20 @@ class TokenBucket:
 
     def take(self) -> float:
         """Take a token; returns the seconds waited for it."""
-        waited = 0.0
         with self._lock:
-            while True:
-                now = self._clock()
-                self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-                self._at = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return waited
-                pause = (1 - self._tokens) / self.rate
-                self._sleep(pause)
-                waited += pause
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return 0.0
+            # Wait for the one token that is missing and take it: the bucket is empty after (time slept beyond it
+            # is not credited, so the rate is never exceeded).
+            pause = (1 - self._tokens) / self.rate
+            self._sleep(pause)
+            self._tokens = 0.0
+            self._at = max(self._clock(), now + pause)
+            return pause
 
 
 class PacedToss:
