@@ -197,6 +197,10 @@ def _release_locked_many(
         return plan_release(requests, [], set(), fee_bps=0, actor=actor), {}
     shares = payments_repo.lock_for_requests(tx, funded)
     in_flight = cancels_repo.payments_with_refund_in_flight(tx, [s["id"] for s in shares])
+    # A current participant's refund waiting for their refund account holds the release too (its money is on its way
+    # back); a removed participant's does not: what they hold is never released.
+    waiting = cancels_repo.payments_waiting_for_account(tx, [s["id"] for s in shares])
+    in_flight |= {s["id"] for s in shares if s["id"] in waiting and s["status"] != PaymentStatus.REMOVED}
     plan = plan_release(requests, shares, in_flight, fee_bps=get_settings().platform_fee_bps, actor=actor)
     if not plan.releases:
         return plan, {}
