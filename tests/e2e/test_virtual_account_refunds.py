@@ -97,6 +97,16 @@ def status_of(as_user, room, user) -> dict[str, Any]:
     return r.json()
 
 
+def assert_audit_clean(room) -> None:
+    """The ledger audit (against Toss, rules of intent) finds nothing: a refund waiting for an account is open."""
+    from escrow.audit import audit
+
+    report = audit(chat_room_id=room.chat_room_id, reconciliation_period_seconds=0)
+    # A released room's payout waits for the payouts job, which these tests do not run.
+    findings = [f for f in report.findings if f.check != "stale_payout"]
+    assert not findings, report.table()
+
+
 def share_in(view, payer, part="payments") -> dict[str, Any]:
     return next(p for p in view[part] if p["payer_id"] == payer)
 
@@ -209,6 +219,7 @@ def test_the_owner_cancels_the_room_and_the_virtual_account_refund_waits_for_the
     assert again.status_code == 202 and again.json()["refund_account_needed"] is True
     schedule(jobs=["reconcile_cancels"])
     assert cancel_rows(sql, key)[0]["status"] == "needs_account" and toss_cancels(toss, key) == []
+    assert_audit_clean(room)
 
     r = cancel(as_user, va_payer, key, refundReceiveAccount=ACCOUNT)
     assert r.status_code == 200, r.text
@@ -221,6 +232,7 @@ def test_the_owner_cancels_the_room_and_the_virtual_account_refund_waits_for_the
     assert cancel_rows(sql, key)[0]["status"] == "done" and stored_accounts(sql, key) == []
     assert money_trace(sql, request_id) == {"charge": 30000, "refund": 30000}
     assert share_in(status_of(as_user, room, va_payer), va_payer)["refund_account_needed"] is False
+    assert_audit_clean(room)
     assert_never_shown("\n".join(logs.lines))
 
 
@@ -261,6 +273,7 @@ def test_an_expired_request_refunds_the_deposit_once_the_payer_gives_an_account_
     assert cancel_rows(sql, key)[0]["status"] == "needs_account"
     assert money_trace(sql, request_id) == {"charge": 15000}
     assert share_in(status_of(as_user, room, payer), payer)["refund_account_needed"] is True
+    assert_audit_clean(room)
 
     r = cancel(as_user, payer, key, refundReceiveAccount={**ACCOUNT, "accountNumber": OTHERS, "holderName": "다른사람"})
     assert r.status_code == 200 and r.json()["refund_status"] == "refunded", r.text
@@ -298,6 +311,7 @@ def test_a_removed_participants_deposit_waits_for_their_account_and_the_room_is_
     assert r.status_code == 200, r.text
     assert [p["payer_id"] for p in r.json()["released_payments"]] == [staying]
     assert rows(sql, CHARGE, key)[0]["status"] == "held"
+    assert_audit_clean(room)
 
     r = cancel(as_user, leaving, key, refundReceiveAccount=ACCOUNT)
     assert r.status_code == 200 and r.json()["refund_status"] == "refunded", r.text
@@ -305,3 +319,4 @@ def test_a_removed_participants_deposit_waits_for_their_account_and_the_room_is_
     assert money_trace(sql, request_id) == {"charge": 30000, "release": 15000, "refund": 15000}
     removed = share_in(status_of(as_user, room, leaving), leaving, "removed_participants")
     assert removed["refund_account_needed"] is False and removed["held_amount"] == 0
+    assert_audit_clean(room)
