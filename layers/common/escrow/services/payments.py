@@ -35,7 +35,7 @@ from escrow.repositories import charges as charges_repo
 from escrow.repositories import ledger
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
-from escrow.services.funding import refresh_funding
+from escrow.services.funding import refresh_funding, refuse_after_deadline
 from escrow.states import (
     CONFIRMING,
     ORDER_IN_FLIGHT,
@@ -95,7 +95,7 @@ def _share(tx: db.Tx, request: dict[str, Any], payer_id: str) -> dict[str, Any]:
     return share
 
 
-def _check_payable(tx: db.Tx, share: dict[str, Any]) -> int:
+def _check_payable(tx: db.Tx, request: dict[str, Any], share: dict[str, Any]) -> int:
     """What the share owes now, or why it cannot pay now."""
     if share["status"] in CONFIRMING:
         raise Conflict("your payment is being confirmed; wait for its result", code="PAYMENT_IN_PROGRESS")
@@ -106,6 +106,7 @@ def _check_payable(tx: db.Tx, share: dict[str, Any]) -> int:
     due = owed(share)
     if due <= 0 or share["status"] == PaymentStatus.RELEASED:
         raise Conflict("your share is already paid in full", code="ALREADY_PAID")
+    refuse_after_deadline(request, "paying")
     return due
 
 
@@ -118,7 +119,7 @@ def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
     with db.transaction() as tx:
         request = _open_request(tx, body.chat_room_id)
         share = _share(tx, request, principal.user_id)
-        due = _check_payable(tx, share)
+        due = _check_payable(tx, request, share)
         order = payments_repo.find_order(tx, share["order_id"]) if share["order_id"] else None
         if order is not None and order["status"] == OrderStatus.ISSUED and order["amount"] == due:
             order_id = order["order_id"]
@@ -245,7 +246,7 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                     "PAYMENT_IN_PROGRESS" if share["status"] == PaymentStatus.IN_PROGRESS else "PAYMENT_OUTCOME_UNKNOWN"
                 )
                 raise Conflict("an earlier payment of your share is still being settled", code=code)
-            due = _check_payable(tx, share)
+            due = _check_payable(tx, request, share)
             if body.amount != due:
                 raise ValidationFailed(
                     f"the amount must be {due} KRW (what your share owes now)",

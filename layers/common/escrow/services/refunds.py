@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from escrow import db
 from escrow.clock import Clock, db_time, utcnow
 from escrow.errors import AppError, Conflict, Forbidden, NotFound, UpstreamUnavailable, ValidationFailed
+from escrow.money import MIN_AMOUNT
 from escrow.observability import count, logger
 from escrow.repositories import cancels as cancels_repo
 from escrow.repositories import charges as charges_repo
@@ -219,6 +220,17 @@ def _check_refundable(share: dict[str, Any], charge: dict[str, Any], amount: int
             f"cancelAmount is more than the remaining {remaining} KRW",
             code="CANCEL_AMOUNT_TOO_LARGE",
             details=[{"field": "cancelAmount", "message": f"at most {remaining}"}],
+        )
+    # What the payer would owe after this refund must be payable again: Toss refuses a payment under MIN_AMOUNT
+    # (BELOW_MINIMUM_AMOUNT), so a refund that leaves 1-99 KRW owed would leave a share nobody can fill again.
+    refund = remaining if amount is None else amount
+    owed_after = int(share["amount"]) - (int(share["paid_amount"]) - int(share["refunded_amount"]) - refund)
+    if 0 < owed_after < MIN_AMOUNT:
+        raise ValidationFailed(
+            f"this refund would leave {owed_after} KRW owed, which cannot be paid again (Toss takes at least "
+            f"{MIN_AMOUNT} KRW); refund at least {refund + MIN_AMOUNT - owed_after} KRW",
+            code="CANCEL_AMOUNT_BELOW_MINIMUM",
+            details=[{"field": "cancelAmount", "message": f"leaves {owed_after} KRW owed; at least {MIN_AMOUNT}"}],
         )
 
 
