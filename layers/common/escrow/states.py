@@ -84,7 +84,9 @@ PAYMENT = Machine(
             PaymentStatus.PARTIALLY_REFUNDED,
             PaymentStatus.REFUNDED,
         },
+        # -> in_progress: Toss took a virtual-account deposit back (a deposit error); the account waits again.
         PaymentStatus.COMPLETED: {
+            PaymentStatus.IN_PROGRESS,
             PaymentStatus.RELEASED,
             PaymentStatus.REFUNDED,
             PaymentStatus.PARTIALLY_REFUNDED,

@@ -35,6 +35,7 @@ from escrow.repositories import charges as charges_repo
 from escrow.repositories import ledger
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
+from escrow.repositories import settlements as settlements_repo
 from escrow.services.funding import refresh_funding, refuse_after_deadline
 from escrow.states import (
     CONFIRMING,
@@ -42,6 +43,7 @@ from escrow.states import (
     ChargeStatus,
     OrderStatus,
     PaymentStatus,
+    PayoutStatus,
     RequestStatus,
     share_status_for,
 )
@@ -739,6 +741,7 @@ def _deposit_reversed(
             extra={"payment_request_id": request["id"], "payment_id": share["id"]},
         )
         count("ReleasedDepositsReversed")
+        _hold_payout(tx, request["id"])
         return "deposit_reversed_after_release"
     payments_repo.refresh_amounts(tx, share["id"])
     target = PaymentStatus.IN_PROGRESS if share["status"] != PaymentStatus.REMOVED else PaymentStatus.REMOVED
@@ -746,6 +749,24 @@ def _deposit_reversed(
         payments_repo.set_status(tx, share["id"], share["status"], target, toss_status=payment.status)
     refresh_funding(tx, request, why="deposit_reversed")
     return "deposit_reversed"
+
+
+def _hold_payout(tx: db.Tx, request_id: int) -> None:
+    """A released deposit Toss took back: the store's payout is not sent (failed with DEPOSIT_REVERSED, for a person
+    to decide: the payer deposits again, then `escrow.ops retry-payout`). A payout already at Toss cannot be held:
+    the alarm (ReleasedDepositsReversed) is what tells someone."""
+    found = settlements_repo.for_request(tx, request_id)
+    settlement = settlements_repo.lock(tx, found["id"]) if found is not None else None
+    if settlement is None or settlement["payout_status"] != PayoutStatus.SCHEDULED:
+        return
+    settlements_repo.set_payout_status(
+        tx,
+        settlement["id"],
+        settlement["payout_status"],
+        PayoutStatus.FAILED,
+        payout_error_code="DEPOSIT_REVERSED",
+        payout_error_message="Toss took a released virtual-account deposit back; the payout is held",
+    )
 
 
 # A share whose charge we take: its live attempt was sent to Toss (or had failed: Toss's record wins).
@@ -759,14 +780,16 @@ _REFUND_REASONS = {
 
 
 def _record_charge(tx: db.Tx, request_id: int, payment_id: int, payment: Payment, *, actor: str, reason: str) -> None:
-    """Money Toss took for this share: one ledger entry per paymentKey, whatever happens to it next."""
+    """Money Toss took for this share: one ledger entry per paymentKey, whatever happens to it next; a virtual
+    account deposited again after Toss took a deposit back (a reversal) is a charge again, of its own."""
+    reversals = ledger.reversals_of(tx, payment.payment_key)
     ledger.record(
         tx,
         request_id=request_id,
         payment_id=payment_id,
         entry_type="charge",
         amount=payment.total_amount,
-        reference=payment.payment_key,
+        reference=payment.payment_key if reversals == 0 else f"{payment.payment_key}:deposit-{reversals + 1}",
         actor=actor,
         reason=reason,
     )
