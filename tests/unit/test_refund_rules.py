@@ -156,6 +156,19 @@ def test_refusals_that_pass_are_asked_again_later_and_later():
     assert waits == [5, 10, 20, 320, 360]  # doubling from 5 minutes, at most 6 hours
 
 
+def test_a_refund_key_carries_the_stack_prefix(monkeypatch):
+    # The row id comes from a database sequence: a second stack, or a rebuilt database, would repeat it.
+    from escrow.config import reset_settings
+
+    monkeypatch.setenv("TOSS_ID_PREFIX", "prod")
+    reset_settings()
+    try:
+        assert cancel_idempotency_key(42, 2) == "prod-cancel-42-2"
+    finally:
+        monkeypatch.delenv("TOSS_ID_PREFIX")
+        reset_settings()
+
+
 def test_each_attempt_of_a_refund_has_its_own_key_and_identical_cancels_are_one():
     assert [cancel_idempotency_key(42, n) for n in (1, 2, 3)] == ["cancel-42", "cancel-42-2", "cancel-42-3"]
     same = _request_key("pk", "user_2", 1_000, "예약 취소", None)

@@ -48,6 +48,7 @@ from escrow.states import (
 )
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import get_toss_client
+from escrow.toss.ids import toss_name
 from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
@@ -66,7 +67,10 @@ RETRY_BACKOFF_MAX = timedelta(hours=6)
 
 
 def cancel_idempotency_key(cancel_id: int, attempt: int = 1) -> str:
-    return f"cancel-{cancel_id}" if attempt <= 1 else f"cancel-{cancel_id}-{attempt}"
+    """The key of a refund row's attempt, with the stack prefix: the row id comes from a database sequence, so two
+    stacks on one merchant id (or a rebuilt database) would otherwise send a key Toss holds for 15 days."""
+    name = f"cancel-{cancel_id}" if attempt <= 1 else f"cancel-{cancel_id}-{attempt}"
+    return toss_name(name)
 
 
 def retry_at(attempt: int, now: Clock = utcnow) -> datetime | None:
