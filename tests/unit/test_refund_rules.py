@@ -213,7 +213,9 @@ def test_no_more_than_what_the_charge_still_holds_is_refunded():
     assert caught.value.code == "CANCEL_AMOUNT_TOO_LARGE"
 
 
-@pytest.mark.parametrize(("amount", "allowed"), [(1, False), (99, False), (100, True), (AMOUNT - 99, True), (None, True)])
+@pytest.mark.parametrize(
+    ("amount", "allowed"), [(1, False), (99, False), (100, True), (AMOUNT - 99, True), (None, True)]
+)
 def test_a_refund_never_leaves_an_amount_owed_that_toss_would_not_take(amount, allowed):
     # Toss takes no payment under 100 KRW (BELOW_MINIMUM_AMOUNT): 1-99 KRW owed could never be paid again.
     if allowed:
