@@ -241,8 +241,9 @@ def _check_refundable(share: dict[str, Any], charge: dict[str, Any], amount: int
 # --- asking Toss, and recording what Toss holds ------------------------------------------------------------------
 
 
-def send_refund(cancel_id: int, *, toss: TossPort | None = None) -> RefundOutcome:
-    """Ask Toss for the refund of row `cancel_id` with its attempt's key, and record what Toss holds afterwards."""
+def send_refund(cancel_id: int, *, toss: TossPort | None = None, promised: bool = False) -> RefundOutcome:
+    """Ask Toss for the refund of row `cancel_id` with its attempt's key, and record what Toss holds afterwards.
+    `promised`: an earlier attempt of this row was answered "settled automatically" (its row went `unknown`)."""
     toss = toss or get_toss_client()
     with db.reader() as tx:
         row = cancels_repo.get(tx, cancel_id)
@@ -273,7 +274,14 @@ def send_refund(cancel_id: int, *, toss: TossPort | None = None) -> RefundOutcom
                 return looked
             if looked is None:
                 return _unknown(cancel_id, charge, exc)
+            promised = promised or row["status"] == CancelStatus.UNKNOWN
+            if exc.outcome_unknown and promised and _new_attempt(cancel_id, CancelStatus.UNKNOWN):
+                # We promised this refund is settled automatically, and Toss replays the 5xx it first answered for
+                # this key (errors are bound to a key for 15 days) while its record shows no refund: ask again now,
+                # with a new key. A new key cannot refund twice: `refundableAmount` is what the charge still holds.
+                return send_refund(cancel_id, toss=toss, promised=True)
         retry, automatic = refusal_retry(exc, str(row["request_key"]))
+        automatic = automatic or (retry and promised)  # a promise is kept by the schedule, not by the payer
         with db.transaction() as tx:
             cancels_repo.set_status_if_open(
                 tx,
@@ -312,20 +320,27 @@ def refusal_retry(exc: TossApiError, request_key: str) -> tuple[bool, bool]:
 
 def retry_refused(cancel_id: int) -> None:
     """A refund Toss refused for a reason that passes, asked again: a new attempt, so a new Idempotency-Key."""
+    _new_attempt(cancel_id, CancelStatus.FAILED)
+
+
+def _new_attempt(cancel_id: int, from_status: CancelStatus) -> bool:
+    """Move refund row `cancel_id` from `from_status` to a new attempt (requested, attempt + 1: a new key), under the
+    locks every refund takes (request, then share). False when the row is no longer in `from_status`."""
     with db.transaction() as tx:
         row = cancels_repo.get(tx, cancel_id)
-        if row is None or row["status"] != CancelStatus.FAILED:
-            return
+        if row is None or row["status"] != from_status:
+            return False
         found = charges_repo.find(tx, row["payment_key"])
         assert found is not None
         requests_repo.lock(tx, found["payment_request_id"])
         payments_repo.lock(tx, found["payment_id"])
         row = cancels_repo.get(tx, cancel_id)
-        if row is None or row["status"] != CancelStatus.FAILED:
-            return
+        if row is None or row["status"] != from_status:
+            return False
         cancels_repo.set_status(
             tx, cancel_id, row["status"], CancelStatus.REQUESTED, attempt=int(row["attempt"]) + 1, next_attempt_at=None
         )
+    return True
 
 
 def _look(cancel_id: int, payment_key: str, toss: TossPort) -> RefundOutcome | None:
