@@ -49,6 +49,7 @@ from escrow.states import (
 )
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import get_toss_client
+from escrow.toss.errors import passes
 from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
@@ -249,6 +250,7 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                 )
                 raise Conflict("an earlier payment of your share is still being settled", code=code)
             due = _check_payable(tx, request, share)
+            key_attempt = 0
             if body.amount != due:
                 raise ValidationFailed(
                     f"the amount must be {due} KRW (what your share owes now)",
@@ -269,10 +271,24 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                 order["payment_id"] == share["id"]
                 and order["status"] == OrderStatus.FAILED
                 and order["payment_key"] == body.paymentKey
+                and not passes(order["failure_code"])
             ):
                 # The same confirm again after Toss declined it: the same answer, not a new attempt.
                 raise PaymentDeclined(
                     order["failure_message"] or "the payment was declined", toss_code=order["failure_code"]
+                )
+            elif (
+                order["payment_id"] == share["id"]
+                and order["status"] == OrderStatus.FAILED
+                and order["payment_key"] == body.paymentKey
+            ):
+                # Refused for a reason that passes (Toss's trouble, or our configuration) and answered 503 "pay again
+                # shortly": the same confirm again is a new attempt, with a new key (Toss replays the error for the
+                # old one). Toss approves a payment once, so this cannot charge twice.
+                key_attempt = int(order["confirm_attempt"]) + 1
+                payments_repo.bump_confirm_attempt(tx, body.orderId, int(order["confirm_attempt"]))
+                payments_repo.set_order_status(
+                    tx, body.orderId, order["status"], OrderStatus.IN_PROGRESS, failure_code=None, failure_message=None
                 )
             elif order["payment_id"] != share["id"] or order["status"] != OrderStatus.ISSUED:
                 raise Conflict("this orderId was already used; prepare a new order", code="ORDER_ID_ALREADY_USED")
@@ -298,7 +314,7 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                 failure_message=None,
                 confirm_started_at=db_time(utcnow()),
             )
-            return Attempt(share["id"], request["id"], body.orderId, body.paymentKey, due)
+            return Attempt(share["id"], request["id"], body.orderId, body.paymentKey, due, key_attempt=key_attempt)
     except _Replayed:
         replayed = _replay(payer_id, body)
         assert replayed is not None
