@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from escrow.services.refunds import cancel_idempotency_key
 from tests.e2e.conftest import eventually
 from tests.e2e.test_money_out_and_back import money_trace, register_store
 from tests.e2e.test_room_gets_paid import open_request, pay, prepare, rows
@@ -227,7 +228,7 @@ def test_the_owner_cancels_the_room_and_the_virtual_account_refund_waits_for_the
     assert_never_shown(r.text)
     [call] = toss_cancels(toss, key)
     assert call["body"]["refundReceiveAccount"] == SENT
-    assert call["idempotency_key"] == f"cancel-{row['id']}-2"  # a new attempt, a new key
+    assert call["idempotency_key"] == cancel_idempotency_key(row["id"], 2)  # a new attempt, a new key
     assert toss.payment(key)["status"] == "CANCELED"
     assert cancel_rows(sql, key)[0]["status"] == "done" and stored_accounts(sql, key) == []
     assert money_trace(sql, request_id) == {"charge": 30000, "refund": 30000}
@@ -278,7 +279,7 @@ def test_an_expired_request_refunds_the_deposit_once_the_payer_gives_an_account_
     r = cancel(as_user, payer, key, refundReceiveAccount={**ACCOUNT, "accountNumber": OTHERS, "holderName": "다른사람"})
     assert r.status_code == 200 and r.json()["refund_status"] == "refunded", r.text
     keys = [c["idempotency_key"] for c in toss_cancels(toss, key)]
-    assert keys == [f"cancel-{row['id']}-2", f"cancel-{row['id']}-3"]  # every attempt its own key
+    assert keys == [cancel_idempotency_key(row["id"], 2), cancel_idempotency_key(row["id"], 3)]  # each its own key
     assert toss.payment(key)["status"] == "CANCELED"
     assert money_trace(sql, request_id) == {"charge": 15000, "refund": 15000}
     assert share_in(status_of(as_user, room, payer), payer)["refund_account_needed"] is False
