@@ -132,6 +132,8 @@ def test_the_payers_cancel_needs_their_account_and_then_refunds_it(as_user, toss
     r = cancel(as_user, payer, key, refundReceiveAccount=ACCOUNT)
     assert r.status_code == 200, r.text
     assert r.json()["refund_status"] == "refunded" and r.json()["refunded_amount"] == 15000
+    assert r.json()["refund_account"]["account_number_masked"] == "********6789"
+    assert r.json()["refund_account"]["bank"]["toss_code"] == "88"
     assert_never_shown(r.text)
     payment = toss.payment(key)
     assert payment["status"] == "CANCELED" and payment["cancels"][-1]["cancelAmount"] == 15000

@@ -371,6 +371,11 @@ class RefundResult(_Answer):
     refunds: list[dict[str, Any]] | None = None
     payment_request_status: str | None = None
     already_cancelled: bool | None = Field(default=None, description="the request was cancelled by an earlier call")
+    refund_account: dict[str, Any] | None = Field(
+        default=None,
+        description="the refund account the payer gave, masked: {bank: {name, standard_code, toss_code}, "
+        "account_number_masked} (never the number or the holder)",
+    )
     message: str | None = None
 
 

@@ -178,6 +178,7 @@ def cancel_share(
         if principal.user_id not in (share["payer_id"], owner) and not principal.is_admin:
             raise Forbidden("only the payer or the room's owner can cancel this payment", code="NOT_ALLOWED_TO_CANCEL")
         waiting = _resume_waiting(tx, principal, share, charge, account) if account is not None else None
+        used = waiting is not None  # the account given is the one this refund sends
         if waiting is not None:
             cancel_id = waiting
         else:
@@ -196,6 +197,7 @@ def cancel_share(
                     )
                 if account is not None:
                     refund_accounts.remember(tx, charge, account, given_by=principal.user_id)
+                    used = True
                 if existing is None:
                     cancel_id = cancels_repo.insert(
                         tx,
@@ -218,11 +220,13 @@ def cancel_share(
                         next_attempt_at=None,
                     )
     outcome = send_refund(cancel_id, toss=toss)
+    shown = {"refund_account": refund_accounts.masked(account)} if account is not None and used else {}
     if outcome.status == "done":
-        return _charge_answer(outcome.charge)
+        return {**_charge_answer(outcome.charge), **shown}
     if outcome.status == "unknown":
         return {
             **_charge_answer(outcome.charge, "refund_pending"),
+            **shown,
             "message": "Toss has not confirmed the refund yet; it is settled automatically. Do not ask again.",
         }
     if outcome.status == "failed":
