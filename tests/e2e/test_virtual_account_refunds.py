@@ -27,6 +27,7 @@ NUMBER = "110123456789"
 OTHERS = "3333012345678"  # an account the sandbox knows the holder of (registered by the test that uses it)
 ACCOUNT = {"bank": "신한", "accountNumber": "110-123-456789", "holderName": "김환불"}
 SENT = {"bank": "88", "accountNumber": NUMBER, "holderName": "김환불"}  # what Toss gets: its code, digits only
+TOLD = "SELECT payload FROM outbox WHERE event_type = 'RefundAccountNeeded' AND aggregate_id = %s"
 CHARGE = "SELECT status FROM payment_charges WHERE payment_key = %s"
 SHARE_OF_CHARGE = (
     "SELECT p.status FROM payments p JOIN payment_charges c ON c.payment_id = p.id WHERE c.payment_key = %s"
@@ -208,6 +209,10 @@ def test_the_owner_cancels_the_room_and_the_virtual_account_refund_waits_for_the
     assert toss_cancels(toss, key) == []  # never sent without an account
     [row] = cancel_rows(sql, key)
     assert row["status"] == "needs_account"
+    [told] = rows(sql, TOLD, str(request_id))
+    told = json.loads(told["payload"])
+    assert (told["payer_id"], told["paymentKey"], told["refund_amount"]) == (va_payer, key, 15000)
+    assert told["chat_room_id"] == room.chat_room_id and told["account_refused"] is False
 
     # The status says so, to everyone; the paymentKey to the payer only.
     mine = share_in(status_of(as_user, room, va_payer), va_payer)
@@ -274,6 +279,8 @@ def test_an_expired_request_refunds_the_deposit_once_the_payer_gives_an_account_
     assert_never_shown(r.text)
     assert stored_accounts(sql, key) == [] and toss.payment(key)["status"] == "DONE"
     assert cancel_rows(sql, key)[0]["status"] == "needs_account"
+    told = [json.loads(r["payload"]) for r in rows(sql, TOLD, str(request_id))]
+    assert [t["account_refused"] for t in told] == [False, True]  # told when it waited, and again after the refusal
     assert money_trace(sql, request_id) == {"charge": 15000}
     assert share_in(status_of(as_user, room, payer), payer)["refund_account_needed"] is True
     assert_audit_clean(room)

@@ -426,9 +426,12 @@ def _waits_for_account(
     own cancel is failed with no next attempt: they were told why, and ask again with an account."""
     own = str(row["request_key"]).startswith(("auto:", "client:"))
     with db.transaction() as tx:
+        request = requests_repo.lock(tx, row["payment_request_id"])
+        share = payments_repo.lock(tx, row["payment_id"])
+        assert request is not None and share is not None
         if sent:
             refund_accounts.forget(tx, row["payment_key"])
-        cancels_repo.set_status_if_open(
+        waits = cancels_repo.set_status_if_open(
             tx,
             cancel_id,
             CancelStatus.FAILED if own else CancelStatus.NEEDS_ACCOUNT,
@@ -436,6 +439,21 @@ def _waits_for_account(
             toss_message=(exc.message if exc is not None else "no refund account on file")[:500],
             next_attempt_at=None,
         )
+        if waits and not own:  # the payer is told (through the chat service) that their refund waits for them
+            outbox_repo.add(
+                tx,
+                event_type="RefundAccountNeeded",
+                aggregate_id=request["id"],
+                dedupe_key=f"RefundAccountNeeded:{cancel_id}:{row['attempt']}",
+                payload={
+                    "payment_request_id": request["id"],
+                    "chat_room_id": request["chat_room_id"],
+                    "payer_id": share["payer_id"],
+                    "paymentKey": row["payment_key"],
+                    "refund_amount": int(charge["amount"]) - int(charge["refunded_amount"]),
+                    "account_refused": sent,
+                },
+            )
     count("RefundsWaitingForAccount")
     logger.warning(
         "refund waits for the payer's refund account",
