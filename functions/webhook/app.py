@@ -41,7 +41,7 @@ def _answer(outcome: service.Outcome) -> Response[Any]:
     responses=documented(200, WebhookAck, (400, 401, 413, 429, 503), webhook=True),
 )
 def webhook() -> Response[Any]:
-    return _answer(service.receive(dict(app.current_event.headers), app.raw_body))
+    return _answer(service.receive(dict(app.current_event.headers), app.raw_body, deadline=app.deadline))
 
 
 lambda_handler = lambda_entry(app.resolve)

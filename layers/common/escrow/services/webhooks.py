@@ -48,6 +48,7 @@ from escrow.toss.client import get_toss_client
 from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
+    from escrow.deadline import Deadline
     from escrow.toss.models import Payment
 
 SIGNED_EVENTS = ("payout.changed", "seller.changed")
@@ -262,8 +263,14 @@ def _processed(claimed: bool) -> Outcome:
 
 
 def receive(
-    headers: dict[str, str], raw: bytes, *, toss: TossPort | None = None, now: datetime | None = None
+    headers: dict[str, str],
+    raw: bytes,
+    *,
+    toss: TossPort | None = None,
+    now: datetime | None = None,
+    deadline: Deadline | None = None,
 ) -> Outcome:
+    """One delivery; `deadline` bounds the Toss lookups (escrow.deadline)."""
     headers = {k.lower(): v for k, v in headers.items()}
     now = now or datetime.now(UTC)
     if len(raw) > WEBHOOK_MAX_BODY:
@@ -315,9 +322,9 @@ def receive(
 
     try:
         if event_type == "PAYMENT_STATUS_CHANGED":
-            return _payment_status_changed(webhook_id, payload, dedupe_key, toss)
+            return _payment_status_changed(webhook_id, payload, dedupe_key, toss, deadline)
         if event_type == "DEPOSIT_CALLBACK":
-            return _deposit_callback(webhook_id, payload, dedupe_key, toss)
+            return _deposit_callback(webhook_id, payload, dedupe_key, toss, deadline)
         if event_type in SIGNED_EVENTS:
             return _signed_event(webhook_id, event_type, payload, raw, headers, dedupe_key, now)
     except (TossError, DatabaseUnavailable) as exc:
@@ -368,7 +375,11 @@ def _apply_fetched(payment: Payment, toss: TossPort | None) -> str:
 
 
 def _payment_status_changed(
-    webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossPort | None
+    webhook_id: int,
+    payload: dict[str, Any],
+    dedupe_key: str | None,
+    toss: TossPort | None,
+    deadline: Deadline | None = None,
 ) -> Outcome:
     raw_data = payload.get("data")
     data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
@@ -408,7 +419,7 @@ def _payment_status_changed(
         )
         count("WebhooksThrottled")
         return Outcome(Result.THROTTLED, "too many deliveries for this payment just now; deliver it again later")
-    toss = toss or get_toss_client()
+    toss = toss or get_toss_client(deadline)
     # The body is only a trigger: what we act on is what Toss itself says now.
     try:
         fetched = (
@@ -434,7 +445,11 @@ def _payment_status_changed(
 
 
 def _deposit_callback(
-    webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossPort | None
+    webhook_id: int,
+    payload: dict[str, Any],
+    dedupe_key: str | None,
+    toss: TossPort | None,
+    deadline: Deadline | None = None,
 ) -> Outcome:
     order_id, secret = payload.get("orderId"), payload.get("secret")
     if not isinstance(order_id, str) or not _ORDER_ID.match(order_id) or not isinstance(secret, str):
@@ -443,7 +458,7 @@ def _deposit_callback(
         stored = charges_repo.secret_for_order(tx, order_id) or ""
     if not stored or not hmac.compare_digest(stored.encode(), secret.encode()):
         return _rejected(webhook_id, WebhookVerification.SECRET_MISMATCH, "the secret does not match the payment's")
-    fetched = (toss or get_toss_client()).get_payment_by_order(order_id, read_timeout=LOOKUP_READ_TIMEOUT)
+    fetched = (toss or get_toss_client(deadline)).get_payment_by_order(order_id, read_timeout=LOOKUP_READ_TIMEOUT)
     outcome = _apply_fetched(fetched, toss)
     dedupe = dedupe_key or f"deposit:{order_id}:{payload.get('transactionKey')}:{payload.get('status')}"
     claimed = _finish(
