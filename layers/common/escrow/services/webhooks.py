@@ -5,6 +5,8 @@ trigger to fetch the payment from Toss), DEPOSIT_CALLBACK carries the payment's 
 seller.changed carry an HMAC-SHA256 signature.
 
 The endpoint has no JWT, so anyone can write to it. What an unverified delivery costs us is bounded:
+* with an allowlist of Toss's sending addresses (`TOSS_WEBHOOK_ALLOWED_IPS`, escrow.webhook_source), a delivery from
+  any other address is refused (403) before its body is read, and logged as metadata only;
 * every delivery is logged as metadata first (its headers, size and SHA-256); its body is kept, with personal data
   masked, only once it verified (WEBHOOK_MAX_BODY bounds what is read at all);
 * a payment event is looked up at Toss only for a payment of ours (a charge, or an order we issued or tried) whose
@@ -31,7 +33,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from escrow import db
+from escrow import db, webhook_source
 from escrow.clock import db_time
 from escrow.config import get_settings, toss_keys
 from escrow.errors import DatabaseUnavailable, NotFound
@@ -105,6 +107,7 @@ class Result(StrEnum):
     REJECTED = "rejected"  # not verified (see `reason`): Toss must not deliver it again as it is
     RETRY_LATER = "retry_later"  # not processed now (Toss or the database unreachable): deliver it again
     THROTTLED = "throttled"  # too many deliveries for one payment just now: deliver it again later
+    SOURCE_NOT_ALLOWED = "source_not_allowed"  # sent from an address outside the allowlist
     TOO_LARGE = "too_large"  # larger than any Toss webhook
     INVALID_JSON = "invalid_json"  # the body is not a JSON object
 
@@ -268,11 +271,26 @@ def receive(
     *,
     toss: TossPort | None = None,
     now: datetime | None = None,
+    source_ip: str | None = None,
     deadline: Deadline | None = None,
 ) -> Outcome:
-    """One delivery; `deadline` bounds the Toss lookups (escrow.deadline)."""
+    """One delivery: `source_ip` is API Gateway's `requestContext.http.sourceIp` (checked against the allowlist when
+    one is configured); `deadline` bounds the Toss lookups (escrow.deadline)."""
     headers = {k.lower(): v for k, v in headers.items()}
     now = now or datetime.now(UTC)
+    allowlist = webhook_source.parse_allowlist(get_settings().toss_webhook_allowed_ips)
+    if not webhook_source.is_allowed(source_ip, allowlist):
+        # Not from an address Toss sends from: refused before the body is read or parsed, kept as metadata only.
+        webhook_id = _log(headers, raw, None, None)
+        _finish(
+            webhook_id,
+            verification=WebhookVerification.SOURCE_NOT_ALLOWED,
+            outcome=WebhookOutcome.REJECTED,
+            detail="sender address not in the allowlist",
+        )
+        count("WebhooksRejected")
+        logger.warning("webhook from an address outside the allowlist refused", extra={"webhook_id": webhook_id})
+        return Outcome(Result.SOURCE_NOT_ALLOWED, "this address may not deliver webhooks")
     if len(raw) > WEBHOOK_MAX_BODY:
         webhook_id = _log(headers, b"", None, None)
         _finish(
