@@ -820,8 +820,10 @@ def _share_ledger(
     charge_entries: dict[str, int] = defaultdict(int)
     refund_entries: dict[str, int] = defaultdict(int)
     for e in entries:
-        if e["entry_type"] == "charge":
-            charge_entries[e["reference"]] += int(e["amount"])
+        if e["entry_type"] == "charge":  # a deposit made again after a reversal is `<paymentKey>:deposit-<n>`
+            charge_entries[str(e["reference"]).split(":deposit-")[0]] += int(e["amount"])
+        elif e["entry_type"] == "reversal":  # `reversal:<paymentKey>:<transaction>`: Toss took a deposit back
+            charge_entries[str(e["reference"]).split(":")[1]] -= int(e["amount"])
         elif e["entry_type"] == "refund":
             refund_entries[e["reference"]] += int(e["amount"])
     for c in charges:

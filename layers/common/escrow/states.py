@@ -84,7 +84,9 @@ PAYMENT = Machine(
             PaymentStatus.PARTIALLY_REFUNDED,
             PaymentStatus.REFUNDED,
         },
+        # -> in_progress: Toss took a virtual-account deposit back (a deposit error); the account waits again.
         PaymentStatus.COMPLETED: {
+            PaymentStatus.IN_PROGRESS,
             PaymentStatus.RELEASED,
             PaymentStatus.REFUNDED,
             PaymentStatus.PARTIALLY_REFUNDED,
@@ -236,7 +238,8 @@ ORDER = Machine(
         # Toss's record wins: an order we had marked failed that Toss reports approved is done (or, when the share
         # was paid meanwhile, a charge to refund). failed -> failed: the same failure recorded again (a repeated
         # confirm, an ABORTED webhook after our decline).
-        OrderStatus.FAILED: {OrderStatus.DONE, OrderStatus.FAILED, OrderStatus.REFUND_PENDING},
+        # -> in_progress: refused for a reason that passes (Toss's trouble, our configuration), confirmed again.
+        OrderStatus.FAILED: {OrderStatus.DONE, OrderStatus.FAILED, OrderStatus.REFUND_PENDING, OrderStatus.IN_PROGRESS},
         OrderStatus.SUPERSEDED: {OrderStatus.FAILED, OrderStatus.REFUND_PENDING},
         OrderStatus.DONE: set(),
         # refund_pending -> refund_pending: the same unexpected charge reported again (webhook and reconciliation).

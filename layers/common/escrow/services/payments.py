@@ -35,18 +35,21 @@ from escrow.repositories import charges as charges_repo
 from escrow.repositories import ledger
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
-from escrow.services.funding import refresh_funding
+from escrow.repositories import settlements as settlements_repo
+from escrow.services.funding import refresh_funding, refuse_after_deadline
 from escrow.states import (
     CONFIRMING,
     ORDER_IN_FLIGHT,
     ChargeStatus,
     OrderStatus,
     PaymentStatus,
+    PayoutStatus,
     RequestStatus,
     share_status_for,
 )
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import get_toss_client
+from escrow.toss.errors import passes
 from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
@@ -96,7 +99,7 @@ def _share(tx: db.Tx, request: dict[str, Any], payer_id: str) -> dict[str, Any]:
     return share
 
 
-def _check_payable(tx: db.Tx, share: dict[str, Any]) -> int:
+def _check_payable(tx: db.Tx, request: dict[str, Any], share: dict[str, Any]) -> int:
     """What the share owes now, or why it cannot pay now."""
     if share["status"] in CONFIRMING:
         raise Conflict("your payment is being confirmed; wait for its result", code="PAYMENT_IN_PROGRESS")
@@ -107,6 +110,7 @@ def _check_payable(tx: db.Tx, share: dict[str, Any]) -> int:
     due = owed(share)
     if due <= 0 or share["status"] == PaymentStatus.RELEASED:
         raise Conflict("your share is already paid in full", code="ALREADY_PAID")
+    refuse_after_deadline(request, "paying")
     return due
 
 
@@ -119,7 +123,7 @@ def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
     with db.transaction() as tx:
         request = _open_request(tx, body.chat_room_id)
         share = _share(tx, request, principal.user_id)
-        due = _check_payable(tx, share)
+        due = _check_payable(tx, request, share)
         order = payments_repo.find_order(tx, share["order_id"]) if share["order_id"] else None
         if order is not None and order["status"] == OrderStatus.ISSUED and order["amount"] == due:
             order_id = order["order_id"]
@@ -246,7 +250,8 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                     "PAYMENT_IN_PROGRESS" if share["status"] == PaymentStatus.IN_PROGRESS else "PAYMENT_OUTCOME_UNKNOWN"
                 )
                 raise Conflict("an earlier payment of your share is still being settled", code=code)
-            due = _check_payable(tx, share)
+            due = _check_payable(tx, request, share)
+            key_attempt = 0
             if body.amount != due:
                 raise ValidationFailed(
                     f"the amount must be {due} KRW (what your share owes now)",
@@ -267,10 +272,24 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                 order["payment_id"] == share["id"]
                 and order["status"] == OrderStatus.FAILED
                 and order["payment_key"] == body.paymentKey
+                and not passes(order["failure_code"])
             ):
                 # The same confirm again after Toss declined it: the same answer, not a new attempt.
                 raise PaymentDeclined(
                     order["failure_message"] or "the payment was declined", toss_code=order["failure_code"]
+                )
+            elif (
+                order["payment_id"] == share["id"]
+                and order["status"] == OrderStatus.FAILED
+                and order["payment_key"] == body.paymentKey
+            ):
+                # Refused for a reason that passes (Toss's trouble, or our configuration) and answered 503 "pay again
+                # shortly": the same confirm again is a new attempt, with a new key (Toss replays the error for the
+                # old one). Toss approves a payment once, so this cannot charge twice.
+                key_attempt = int(order["confirm_attempt"]) + 1
+                payments_repo.bump_confirm_attempt(tx, body.orderId, int(order["confirm_attempt"]))
+                payments_repo.set_order_status(
+                    tx, body.orderId, order["status"], OrderStatus.IN_PROGRESS, failure_code=None, failure_message=None
                 )
             elif order["payment_id"] != share["id"] or order["status"] != OrderStatus.ISSUED:
                 raise Conflict("this orderId was already used; prepare a new order", code="ORDER_ID_ALREADY_USED")
@@ -296,7 +315,7 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                 failure_message=None,
                 confirm_started_at=db_time(utcnow()),
             )
-            return Attempt(share["id"], request["id"], body.orderId, body.paymentKey, due)
+            return Attempt(share["id"], request["id"], body.orderId, body.paymentKey, due, key_attempt=key_attempt)
     except _Replayed:
         replayed = _replay(payer_id, body)
         assert replayed is not None
@@ -751,6 +770,7 @@ def _deposit_reversed(
             extra={"payment_request_id": request["id"], "payment_id": share["id"]},
         )
         count("ReleasedDepositsReversed")
+        _hold_payout(tx, request["id"])
         return "deposit_reversed_after_release"
     payments_repo.refresh_amounts(tx, share["id"])
     target = PaymentStatus.IN_PROGRESS if share["status"] != PaymentStatus.REMOVED else PaymentStatus.REMOVED
@@ -758,6 +778,24 @@ def _deposit_reversed(
         payments_repo.set_status(tx, share["id"], share["status"], target, toss_status=payment.status)
     refresh_funding(tx, request, why="deposit_reversed")
     return "deposit_reversed"
+
+
+def _hold_payout(tx: db.Tx, request_id: int) -> None:
+    """A released deposit Toss took back: the store's payout is not sent (failed with DEPOSIT_REVERSED, for a person
+    to decide: the payer deposits again, then `escrow.ops retry-payout`). A payout already at Toss cannot be held:
+    the alarm (ReleasedDepositsReversed) is what tells someone."""
+    found = settlements_repo.for_request(tx, request_id)
+    settlement = settlements_repo.lock(tx, found["id"]) if found is not None else None
+    if settlement is None or settlement["payout_status"] != PayoutStatus.SCHEDULED:
+        return
+    settlements_repo.set_payout_status(
+        tx,
+        settlement["id"],
+        settlement["payout_status"],
+        PayoutStatus.FAILED,
+        payout_error_code="DEPOSIT_REVERSED",
+        payout_error_message="Toss took a released virtual-account deposit back; the payout is held",
+    )
 
 
 # A share whose charge we take: its live attempt was sent to Toss (or had failed: Toss's record wins).
@@ -771,14 +809,16 @@ _REFUND_REASONS = {
 
 
 def _record_charge(tx: db.Tx, request_id: int, payment_id: int, payment: Payment, *, actor: str, reason: str) -> None:
-    """Money Toss took for this share: one ledger entry per paymentKey, whatever happens to it next."""
+    """Money Toss took for this share: one ledger entry per paymentKey, whatever happens to it next; a virtual
+    account deposited again after Toss took a deposit back (a reversal) is a charge again, of its own."""
+    reversals = ledger.reversals_of(tx, payment.payment_key)
     ledger.record(
         tx,
         request_id=request_id,
         payment_id=payment_id,
         entry_type="charge",
         amount=payment.total_amount,
-        reference=payment.payment_key,
+        reference=payment.payment_key if reversals == 0 else f"{payment.payment_key}:deposit-{reversals + 1}",
         actor=actor,
         reason=reason,
     )

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from escrow import db
 from escrow.clock import Clock, db_time, utcnow
 from escrow.errors import AppError, Conflict, Forbidden, NotFound, UpstreamUnavailable, ValidationFailed
+from escrow.money import MIN_AMOUNT
 from escrow.observability import count, logger
 from escrow.repositories import cancels as cancels_repo
 from escrow.repositories import charges as charges_repo
@@ -47,6 +48,7 @@ from escrow.states import (
 )
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import get_toss_client
+from escrow.toss.ids import toss_name
 from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
@@ -66,7 +68,10 @@ RETRY_BACKOFF_MAX = timedelta(hours=6)
 
 
 def cancel_idempotency_key(cancel_id: int, attempt: int = 1) -> str:
-    return f"cancel-{cancel_id}" if attempt <= 1 else f"cancel-{cancel_id}-{attempt}"
+    """The key of a refund row's attempt, with the stack prefix: the row id comes from a database sequence, so two
+    stacks on one merchant id (or a rebuilt database) would otherwise send a key Toss holds for 15 days."""
+    name = f"cancel-{cancel_id}" if attempt <= 1 else f"cancel-{cancel_id}-{attempt}"
+    return toss_name(name)
 
 
 def retry_at(attempt: int, now: Clock = utcnow) -> datetime | None:
@@ -235,13 +240,28 @@ def _check_refundable(share: dict[str, Any], charge: dict[str, Any], amount: int
             code="CANCEL_AMOUNT_TOO_LARGE",
             details=[{"field": "cancelAmount", "message": f"at most {remaining}"}],
         )
+    # What the payer would owe after this refund must be payable again: Toss refuses a payment under MIN_AMOUNT
+    # (BELOW_MINIMUM_AMOUNT), so a refund that leaves 1-99 KRW owed would leave a share nobody can fill again.
+    refund = remaining if amount is None else amount
+    owed_after = int(share["amount"]) - (int(share["paid_amount"]) - int(share["refunded_amount"]) - refund)
+    if 0 < owed_after < MIN_AMOUNT:
+        raise ValidationFailed(
+            f"this refund would leave {owed_after} KRW owed, which cannot be paid again (Toss takes at least "
+            f"{MIN_AMOUNT} KRW); refund at least {refund + MIN_AMOUNT - owed_after} KRW",
+            code="CANCEL_AMOUNT_BELOW_MINIMUM",
+            details=[{"field": "cancelAmount", "message": f"leaves {owed_after} KRW owed; at least {MIN_AMOUNT}"}],
+        )
 
 
 # --- asking Toss, and recording what Toss holds ------------------------------------------------------------------
 
 
-def send_refund(cancel_id: int, *, toss: TossPort | None = None, deadline: Deadline | None = None) -> RefundOutcome:
-    """Ask Toss for the refund of row `cancel_id` with its attempt's key, and record what Toss holds afterwards."""
+def send_refund(
+    cancel_id: int, *, toss: TossPort | None = None, promised: bool = False, deadline: Deadline | None = None
+) -> RefundOutcome:
+    """Ask Toss for the refund of row `cancel_id` with its attempt's key, and record what Toss holds afterwards.
+    `promised`: an earlier attempt of this row was answered "settled automatically" (its row went `unknown`).
+    `deadline`: the invocation's, which every Toss call fits in (escrow.deadline)."""
     toss = toss or get_toss_client(deadline)
     with db.reader() as tx:
         row = cancels_repo.get(tx, cancel_id)
@@ -272,7 +292,14 @@ def send_refund(cancel_id: int, *, toss: TossPort | None = None, deadline: Deadl
                 return looked
             if looked is None:
                 return _unknown(cancel_id, charge, exc)
+            promised = promised or row["status"] == CancelStatus.UNKNOWN
+            if exc.outcome_unknown and promised and _new_attempt(cancel_id, CancelStatus.UNKNOWN):
+                # We promised this refund is settled automatically, and Toss replays the 5xx it first answered for
+                # this key (errors are bound to a key for 15 days) while its record shows no refund: ask again now,
+                # with a new key. A new key cannot refund twice: `refundableAmount` is what the charge still holds.
+                return send_refund(cancel_id, toss=toss, promised=True)
         retry, automatic = refusal_retry(exc, str(row["request_key"]))
+        automatic = automatic or (retry and promised)  # a promise is kept by the schedule, not by the payer
         with db.transaction() as tx:
             cancels_repo.set_status_if_open(
                 tx,
@@ -311,20 +338,27 @@ def refusal_retry(exc: TossApiError, request_key: str) -> tuple[bool, bool]:
 
 def retry_refused(cancel_id: int) -> None:
     """A refund Toss refused for a reason that passes, asked again: a new attempt, so a new Idempotency-Key."""
+    _new_attempt(cancel_id, CancelStatus.FAILED)
+
+
+def _new_attempt(cancel_id: int, from_status: CancelStatus) -> bool:
+    """Move refund row `cancel_id` from `from_status` to a new attempt (requested, attempt + 1: a new key), under the
+    locks every refund takes (request, then share). False when the row is no longer in `from_status`."""
     with db.transaction() as tx:
         row = cancels_repo.get(tx, cancel_id)
-        if row is None or row["status"] != CancelStatus.FAILED:
-            return
+        if row is None or row["status"] != from_status:
+            return False
         found = charges_repo.find(tx, row["payment_key"])
         assert found is not None
         requests_repo.lock(tx, found["payment_request_id"])
         payments_repo.lock(tx, found["payment_id"])
         row = cancels_repo.get(tx, cancel_id)
-        if row is None or row["status"] != CancelStatus.FAILED:
-            return
+        if row is None or row["status"] != from_status:
+            return False
         cancels_repo.set_status(
             tx, cancel_id, row["status"], CancelStatus.REQUESTED, attempt=int(row["attempt"]) + 1, next_attempt_at=None
         )
+    return True
 
 
 def _look(cancel_id: int, payment_key: str, toss: TossPort) -> RefundOutcome | None:

@@ -17,7 +17,7 @@ from escrow.repositories import requests as requests_repo
 from escrow.repositories import rooms as rooms_repo
 from escrow.repositories import stores as stores_repo
 from escrow.services import refunds, rooms
-from escrow.services.funding import refresh_funding
+from escrow.services.funding import refresh_funding, refuse_after_deadline
 from escrow.states import CANCEL_IN_FLIGHT, CONFIRMING, PAID_IN_FULL, PaymentStatus, RequestStatus
 
 if TYPE_CHECKING:
@@ -122,6 +122,7 @@ def add_participant(principal: Principal, body: ParticipantBody) -> dict[str, An
     for them again (its earlier notice is corrected)."""
     with db.transaction() as tx:
         request = _open_for_owner(tx, principal, body.chat_room_id, "add participants")
+        refuse_after_deadline(request, "adding a participant")
         if not rooms_repo.is_member(tx, body.chat_room_id, body.user_id):
             raise ValidationFailed(
                 "participants must be members of the room",

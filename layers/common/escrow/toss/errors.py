@@ -58,6 +58,12 @@ class TossError(Exception):
     outcome_unknown = False
 
 
+def passes(code: str | None) -> bool:
+    """A refusal that is not the payer's: Toss's passing trouble or our configuration. Asking again (with a new key:
+    Toss replays an error for its key) may succeed."""
+    return code in RETRYABLE_CODES or code in CONFIGURATION_CODES
+
+
 class TossApiError(TossError):
     """An answer with an error, or an answer we could not read.
 
