@@ -107,3 +107,30 @@ def test_a_deposit_reversed_after_release_holds_the_payout(as_user, toss, make_r
     schedule()
     settlement = rows(sql, held, request_id)[0]
     assert (settlement["payout_status"], settlement["payout_id"]) == ("failed", None)  # held: nothing sent
+
+
+def test_a_virtual_account_past_its_due_date_frees_the_share_to_pay_again(as_user, toss, make_room, sql, schedule):
+    # Toss keeps an account whose dueDate passed WAITING_FOR_DEPOSIT, sends no webhook, and refuses a deposit into
+    # it: the share must not wait for it for good (the payer could not pay another way until the request closed).
+    room = make_room(1)
+    request_id = open_request(as_user, room)
+    payer = room.members[0]
+    key = pay_by_virtual_account(as_user, toss, room, payer)
+    r = as_user(payer).post("/api/v1/payment/prepare", {"chat_room_id": room.chat_room_id})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "PAYMENT_IN_PROGRESS", r.text
+
+    toss.control("clock", {"advance_seconds": 8 * 86400})  # the account's 7 days pass
+    assert toss.payment(key)["virtualAccount"]["expired"] is True
+    rows(sql, "UPDATE payment_orders SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE payment_key = %s", key)
+    schedule(jobs=["reconcile_payments"])
+    assert rows(sql, SHARE_OF_CHARGE, key)[0]["status"] == "failed"
+    charge = rows(sql, "SELECT status FROM payment_charges WHERE payment_key = %s", key)[0]
+    assert charge["status"] == "cancelled"
+
+    r, _ = pay(as_user, toss, room, payer)  # by card this time
+    assert r.status_code == 200 and r.json()["payment_status"] == "completed", r.text
+    assert request_status(sql, request_id) == "completed"
+    from escrow.audit import audit
+
+    report = audit(chat_room_id=room.chat_room_id, reconciliation_period_seconds=0)
+    assert not report.findings, [f.to_dict() for f in report.findings]

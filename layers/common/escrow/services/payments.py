@@ -639,6 +639,12 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                 payments_repo.update(tx, share["id"], toss_status=payment.status, last_toss_response=response)
             elif charge is not None and charge["status"] in (ChargeStatus.HELD, ChargeStatus.RELEASED):
                 return _deposit_reversed(tx, request, share, charge, payment), None
+            elif (
+                charge is not None
+                and charge["status"] == ChargeStatus.WAITING_FOR_DEPOSIT
+                and payment.deposit_window_closed(utcnow())
+            ):
+                return _account_expired(tx, share, charge, order, payment), None
             return "waiting_for_deposit", None
 
         if payment.status in ("ABORTED", "EXPIRED"):
@@ -780,6 +786,32 @@ def _deposit_reversed(
     return "deposit_reversed"
 
 
+def _account_expired(
+    tx: db.Tx, share: dict[str, Any], charge: dict[str, Any], order: dict[str, Any], payment: Payment
+) -> str:
+    """A virtual account whose deposit can no longer come (its dueDate passed): nothing was paid into it, so the
+    share is payable again (another account, or a card) instead of waiting for good."""
+    key = charge["payment_key"]
+    charges_repo.set_status(tx, key, charge["status"], ChargeStatus.CANCELLED, toss_status=payment.status)
+    why = "the virtual account's deposit deadline passed without a deposit; pay again"
+    if order["status"] in ORDER_IN_FLIGHT:
+        payments_repo.set_order_status(
+            tx,
+            order["order_id"],
+            order["status"],
+            OrderStatus.FAILED,
+            failure_code="VIRTUAL_ACCOUNT_EXPIRED",
+            failure_message=why,
+        )
+    payments_repo.refresh_amounts(tx, share["id"])
+    fresh = payments_repo.lock(tx, share["id"])
+    assert fresh is not None
+    if fresh["status"] in CONFIRMING and fresh["order_id"] == order["order_id"]:
+        _back_from_confirming(tx, fresh, failure_code="VIRTUAL_ACCOUNT_EXPIRED", failure_message=why)
+    count("VirtualAccountsExpired")
+    return "failed"
+
+
 def _hold_payout(tx: db.Tx, request_id: int) -> None:
     """A released deposit Toss took back: the store's payout is not sent (failed with DEPOSIT_REVERSED, for a person
     to decide: the payer deposits again, then `escrow.ops retry-payout`). A payout already at Toss cannot be held:
@@ -880,7 +912,13 @@ def reconcile_order(order: dict[str, Any], *, toss: TossPort) -> str:
     if found is None:
         record_failure(order["order_id"], "NOT_FOUND_PAYMENT", "Toss has no payment for this order", actor="reconcile")
         return "failed"
-    return apply_toss_payment(found, actor="reconcile", reason="reconciliation", toss=toss)
+    outcome = apply_toss_payment(found, actor="reconcile", reason="reconciliation", toss=toss)
+    if outcome == "waiting_for_deposit":
+        # Nothing changed (the payer has not deposited yet): to the back of the queue, so that accounts waiting for
+        # days never crowd out the confirms whose outcome is unknown (the schedule takes the oldest first).
+        with db.transaction() as tx:
+            payments_repo.touch_order(tx, order["order_id"])
+    return outcome
 
 
 def _mark_refunded(order_id: str, payment: Payment, *, actor: str, why: str) -> str:

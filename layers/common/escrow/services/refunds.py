@@ -332,7 +332,8 @@ def refusal_retry(exc: TossApiError, request_key: str) -> tuple[bool, bool]:
     or expired request, a removed participant: never silently left failed). A payer's or owner's own cancel
     (`auto:`/`client:` keys) is theirs to ask again: they were told that nothing was refunded, and a refund made
     later behind their back would not be what they asked for."""
-    retry = exc.retryable or exc.code in RETRY_LATER_CODES or exc.outcome_unknown
+    # Our configuration (a key Toss does not take) passes too, once an operator fixes it: never final.
+    retry = exc.retryable or exc.code in RETRY_LATER_CODES or exc.outcome_unknown or exc.configuration
     return retry, retry and not request_key.startswith(("auto:", "client:"))
 
 
