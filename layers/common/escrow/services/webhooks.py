@@ -6,7 +6,7 @@ seller.changed carry an HMAC-SHA256 signature.
 
 The endpoint has no JWT, so anyone can write to it. What an unverified delivery costs us is bounded:
 * with an allowlist of Toss's sending addresses (`TOSS_WEBHOOK_ALLOWED_IPS`, escrow.webhook_source), a delivery from
-  any other address is refused (403) before its body is read, and logged as metadata only;
+  any other address is refused (403) before its body is parsed, and logged as metadata only;
 * every delivery is logged as metadata first (its headers, size and SHA-256); its body is kept, with personal data
   masked, only once it verified (WEBHOOK_MAX_BODY bounds what is read at all);
 * a payment event is looked up at Toss only for a payment of ours (a charge, or an order we issued or tried) whose
@@ -280,7 +280,7 @@ def receive(
     now = now or datetime.now(UTC)
     allowlist = webhook_source.parse_allowlist(get_settings().toss_webhook_allowed_ips)
     if not webhook_source.is_allowed(source_ip, allowlist):
-        # Not from an address Toss sends from: refused before the body is read or parsed, kept as metadata only.
+        # Not from an address Toss sends from: refused before the body is parsed, kept as metadata only (size, SHA-256).
         webhook_id = _log(headers, raw, None, None)
         _finish(
             webhook_id,
