@@ -110,3 +110,29 @@ def test_the_client_bounds_each_call_by_the_deadline_and_starts_none_past_it() -
     assert len(session.timeouts) == 3  # not sent
     assert client.calls == bounded.calls == 3  # one count for the client and its views
     assert client.within(None) is client
+
+
+def test_a_confirm_still_processing_at_toss_is_not_waited_for_past_the_deadline() -> None:
+    """IDEMPOTENT_REQUEST_PROCESSING is asked again after a pause, but only while a call still fits after it."""
+    from escrow.services.payments import Attempt, _call_confirm
+    from escrow.toss.errors import TossApiError
+    from tests.support.fake_toss import FakeToss
+
+    toss = FakeToss()
+    key = toss.authenticate("order-deadline-1", 1000)
+    attempt = Attempt(1, 1, "order-deadline-1", key, 1000)
+    clock = Clock()
+    toss.processing_next("confirm")
+    roomy = Deadline.from_context(LambdaContext(10_000), margin=2.0, clock=clock)
+    assert _call_confirm(toss, attempt, roomy).status == "DONE"  # asked again after 0.25 s: approved
+    assert [c.operation for c in toss.calls].count("confirm") == 2
+
+    toss = FakeToss()
+    key = toss.authenticate("order-deadline-2", 1000)
+    attempt = Attempt(1, 1, "order-deadline-2", key, 1000)
+    toss.processing_next("confirm")
+    tight = Deadline.from_context(LambdaContext(3_100), margin=2.0, clock=clock)  # 1.1 s: no pause leaves 1 s
+    with pytest.raises(TossApiError) as refused:
+        _call_confirm(toss, attempt, tight)
+    assert refused.value.code == "IDEMPOTENT_REQUEST_PROCESSING"
+    assert [c.operation for c in toss.calls].count("confirm") == 1
