@@ -330,3 +330,24 @@ def test_a_removed_participants_deposit_waits_for_their_account_and_the_room_is_
     removed = share_in(status_of(as_user, room, leaving), leaving, "removed_participants")
     assert removed["refund_account_needed"] is False and removed["held_amount"] == 0
     assert_audit_clean(room)
+
+
+def test_the_account_given_twice_at_once_refunds_once(as_user, toss, make_room, sql):
+    from concurrent.futures import ThreadPoolExecutor
+
+    room = make_room(1)
+    request_id = open_request(as_user, room)
+    payer = room.members[0]
+    key = pay_by_virtual_account(as_user, toss, sql, room, payer)
+    r = as_user(room.owner).post("/api/v1/payment/cancel", {"chat_room_id": room.chat_room_id, "cancelReason": "취소"})
+    assert r.status_code == 202 and r.json()["refund_account_needed"] is True, r.text
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: cancel(as_user, payer, key, refundReceiveAccount=ACCOUNT), range(2)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 409], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 409).json()["error"]["code"]
+    assert refused in ("REFUND_IN_PROGRESS", "ALREADY_REFUNDED")
+    assert [c["status"] for c in toss_cancels(toss, key)] == [200]  # one refund asked, one made
+    assert money_trace(sql, request_id) == {"charge": 15000, "refund": 15000}
+    assert stored_accounts(sql, key) == []
