@@ -351,3 +351,18 @@ def test_the_account_given_twice_at_once_refunds_once(as_user, toss, make_room, 
     assert [c["status"] for c in toss_cancels(toss, key)] == [200]  # one refund asked, one made
     assert money_trace(sql, request_id) == {"charge": 15000, "refund": 15000}
     assert stored_accounts(sql, key) == []
+
+
+def test_an_account_left_by_a_refund_toss_did_not_make_goes_when_the_money_is_released(as_user, toss, make_room, sql):
+    room = make_room(1)
+    open_request(as_user, room)
+    payer = room.members[0]
+    key = pay_by_virtual_account(as_user, toss, sql, room, payer)
+    toss.faults(failure_code="PROVIDER_ERROR", count=1, paths=[f"/v1/payments/{key}/cancel"])
+    r = cancel(as_user, payer, key, refundReceiveAccount=ACCOUNT)
+    assert r.status_code == 503 and r.json()["error"]["toss_code"] == "PROVIDER_ERROR", r.text
+    assert len(stored_accounts(sql, key)) == 1  # the payer may ask again without giving it again
+    assert toss.payment(key)["status"] == "DONE"
+    r = as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
+    assert r.status_code == 200, r.text
+    assert stored_accounts(sql, key) == []  # released: nothing of theirs is refunded any more

@@ -1,6 +1,6 @@
 -- The payer's bank account a deposited virtual-account payment is refunded to (Toss's refundReceiveAccount): one per
 -- charge, given by the payer on the cancel route, kept only until the refund that needs it is done (or Toss refuses
--- it). The account number and the holder's name are sealed together (escrow.crypto, envelope encryption; the context
+-- it, or the share's money is released). The account number and the holder's name are sealed together (escrow.crypto, envelope encryption; the context
 -- names this table, the column `account` and the row's paymentKey); the bank's Toss code and the number's last four
 -- digits stay in clear for masked answers. Only the refund paths open it.
 CREATE TABLE refund_accounts (

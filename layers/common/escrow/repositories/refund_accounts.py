@@ -4,8 +4,11 @@ only, and deleted once the refund that needed it is done or Toss refuses it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from escrow.crypto import Sealed
 from escrow.db import Row, Tx
+from escrow.repositories._sql import marks
 
 _COLUMNS = (
     "payment_key, payment_id, bank_code, account_ciphertext, account_data_key, account_number_last4, given_by, "
@@ -33,3 +36,10 @@ def get(tx: Tx, payment_key: str) -> Row | None:
 
 def forget(tx: Tx, payment_key: str) -> int:
     return tx.execute("DELETE FROM refund_accounts WHERE payment_key = %s", (payment_key,))
+
+
+def forget_for_payments(tx: Tx, payment_ids: Sequence[int]) -> int:
+    """The refund accounts of these shares (released: nothing of theirs is refunded any more), one statement."""
+    if not payment_ids:
+        return 0
+    return tx.execute(f"DELETE FROM refund_accounts WHERE payment_id IN ({marks(payment_ids)})", list(payment_ids))

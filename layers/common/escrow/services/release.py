@@ -30,6 +30,7 @@ from escrow.repositories import charges as charges_repo
 from escrow.repositories import ledger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
+from escrow.repositories import refund_accounts as refund_accounts_repo
 from escrow.repositories import requests as requests_repo
 from escrow.repositories import settlements as settlements_repo
 from escrow.services import isolation, payouts, rooms
@@ -207,6 +208,9 @@ def _release_locked_many(
     if plan.shares:
         payments_repo.release_many(tx, plan.shares)
         charges_repo.release_for_shares(tx, [s["id"] for s in plan.shares])
+        # A payer's refund account left from a refund Toss did not make (the payer did not ask again) is not kept
+        # once their money is released: nothing of theirs is refunded any more.
+        refund_accounts_repo.forget_for_payments(tx, [s["id"] for s in plan.shares])
         ledger.record_many(tx, plan.ledger_entries)
     # One statement for the settlements of the chunk and one for its events: ref_payout_id is the settlement's
     # refPayoutId at Toss, unique.
