@@ -265,6 +265,10 @@ class CancelStatus(StrEnum):
     UNKNOWN = "unknown"  # Toss's answer was lost and the lookup failed; the schedule asks again
     DONE = "done"
     FAILED = "failed"  # Toss refused it, or holds no refund for it
+    # A deposited virtual-account payment is refunded to the payer's bank account (Toss's refundReceiveAccount), and
+    # we have none on file (or Toss refused the one we had): the refund waits, open, for the payer to give one. Not
+    # failed: nothing was refused for good, and nobody else can finish it.
+    NEEDS_ACCOUNT = "needs_account"
 
 
 CANCEL = Machine(
@@ -272,8 +276,22 @@ CANCEL = Machine(
     initial={CancelStatus.REQUESTED},
     transitions={
         # requested -> requested: the payer asks again after a lost answer, with the same key.
-        CancelStatus.REQUESTED: {CancelStatus.REQUESTED, CancelStatus.UNKNOWN, CancelStatus.DONE, CancelStatus.FAILED},
-        CancelStatus.UNKNOWN: {CancelStatus.REQUESTED, CancelStatus.UNKNOWN, CancelStatus.DONE, CancelStatus.FAILED},
+        # -> needs_account: a refund of a deposited virtual account with no refund account on file (Toss not asked),
+        # or one Toss refused the account of.
+        CancelStatus.REQUESTED: {
+            CancelStatus.REQUESTED,
+            CancelStatus.UNKNOWN,
+            CancelStatus.DONE,
+            CancelStatus.FAILED,
+            CancelStatus.NEEDS_ACCOUNT,
+        },
+        CancelStatus.UNKNOWN: {
+            CancelStatus.REQUESTED,
+            CancelStatus.UNKNOWN,
+            CancelStatus.DONE,
+            CancelStatus.FAILED,
+            CancelStatus.NEEDS_ACCOUNT,
+        },
         # -> requested: asked again, with the same key. -> done: Toss's record wins; a refund we had recorded as
         # not made (NOT_CANCELLED_AT_TOSS) that Toss lists afterwards is done.
         CancelStatus.FAILED: {CancelStatus.REQUESTED, CancelStatus.DONE},
@@ -282,11 +300,18 @@ CANCEL = Machine(
         # a further transaction (one made in Toss's dashboard), the second worker writes it over the first's: the
         # row stays done with the other transaction key.
         CancelStatus.DONE: {CancelStatus.DONE},
+        # -> requested: the payer gave an account (a new attempt: a new Idempotency-Key). -> done: Toss lists a refund
+        # of the charge made otherwise (Toss's record wins). needs_account -> needs_account: still no usable account.
+        CancelStatus.NEEDS_ACCOUNT: {CancelStatus.REQUESTED, CancelStatus.DONE, CancelStatus.NEEDS_ACCOUNT},
     },
 )
 
 # A refund whose outcome is not recorded yet: a release of the room waits for it.
 CANCEL_IN_FLIGHT: frozenset[CancelStatus] = frozenset({CancelStatus.REQUESTED, CancelStatus.UNKNOWN})
+# A refund that is not finished and not given up: in flight, or waiting for the payer's refund account. The share
+# holds the money meanwhile: it may not pay again, be added back, or (a current participant) be released. Only the
+# in-flight ones are sent again by the schedule; one waiting for an account is never failed nor reported stale.
+CANCEL_OPEN: frozenset[CancelStatus] = CANCEL_IN_FLIGHT | {CancelStatus.NEEDS_ACCOUNT}
 
 
 # --- settlements' payouts (`payment_settlements.payout_status`) ----------------------------------------------

@@ -7,6 +7,7 @@ import base64
 import copy
 import json
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -112,12 +113,15 @@ class TossClient:
         idempotency_key: str,
         amount: int | None = None,
         refundable_amount: int | None = None,
+        refund_account: Mapping[str, str] | None = None,
     ) -> Payment:
         body: dict[str, Any] = {"cancelReason": reason}
         if amount is not None:
             body["cancelAmount"] = amount
         if refundable_amount is not None:
             body["refundableAmount"] = refundable_amount
+        if refund_account is not None:
+            body["refundReceiveAccount"] = dict(refund_account)
         path = f"/v1/payments/{quote(payment_key, safe='')}/cancel"
         return _payment(self._request("POST", path, body, idempotency_key))
 
