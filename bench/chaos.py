@@ -1290,7 +1290,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mysql-url", default=MYSQL_URL, help="server URL without a database (127.0.0.1 only)")
     parser.add_argument("--log-file", help="where the services' log goes (default /tmp/<database>.log)")
     parser.add_argument("--report-json", help="also write the figures as JSON to this file")
+    parser.add_argument(
+        "--watchdog",
+        type=float,
+        help="after this many seconds print every thread's stack to stderr and exit (a stuck run says where)",
+    )
     args = parser.parse_args(argv)
+    if args.watchdog:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(args.watchdog, exit=True)
     if args.rooms < 1 or args.participants < 1 or args.clients < 1:
         parser.error("--rooms, --participants and --clients must be at least 1")
     opts = Options(

@@ -67,6 +67,10 @@ FEED_TEXT = {
         "기한 안에 모두 결제하지 않아 요청이 만료되었어요. 결제한 금액은 환불돼요.",
         "요청이 만료되었어요.",
     ),
+    "RefundAccountNeeded": (
+        "{payer_id}님, 가상계좌로 입금한 {refund_amount:,}원을 돌려받을 계좌를 알려주세요.",
+        "가상계좌 환불을 받을 계좌를 알려주세요.",
+    ),
 }
 
 Answer = tuple[int, list[tuple[str, str]], bytes]

@@ -26,6 +26,13 @@ IdempotencyKey = Annotated[
 @app.post(
     "/api/v1/payment/cancel",
     summary="Refund a held share (payer or owner), or cancel a whole request (owner)",
+    description=(
+        "A deposited virtual-account payment is refunded by Toss only to a bank account: its payer gives "
+        "refundReceiveAccount {bank, accountNumber, holderName} (422 REFUND_ACCOUNT_REQUIRED without one; 422 "
+        "REFUND_ACCOUNT_NOT_NEEDED for any other payment; 403 REFUND_ACCOUNT_PAYER_ONLY from anyone else; 422 "
+        "REFUND_ACCOUNT_REFUSED when Toss refuses it, nothing refunded). The same body completes a refund that waits "
+        "for the account (refund_account_needed on the status)."
+    ),
     operation_id="post_payment_cancel",
     security=BEARER,
     responses=documented(
@@ -36,13 +43,17 @@ IdempotencyKey = Annotated[
             202: (
                 RefundResult,
                 "a whole request was cancelled; some refunds are still pending at Toss (refund_status refund_pending) "
-                "and are settled automatically",
+                "and are settled automatically, or wait for their payer's bank account (refund_account_needed: a "
+                "deposited virtual account, which each payer gives on this route with paymentKey and "
+                "refundReceiveAccount)",
             )
         },
     ),
 )
 def cancel(body: CancelBody, idempotency_key: IdempotencyKey = None) -> Response[dict[str, Any]]:
-    result = service.cancel(app.principal, body, client_key=idempotency_key[:200] if idempotency_key else None)
+    result = service.cancel(
+        app.principal, body, client_key=idempotency_key[:200] if idempotency_key else None, deadline=app.deadline
+    )
     return Response(202 if result["refund_status"] == "refund_pending" else 200, JSON, result)
 
 

@@ -82,7 +82,7 @@ def test_any_refund_of_a_funded_request_unfunds_it_and_corrects_the_notice(as_us
     assert status_of(as_user, room)["payment_request"]["status"] == "completed"
     assert events_of(sql, request_id) == ["EscrowFunded"]
 
-    assert cancel(as_user, a, keys[a], 1).status_code == 200
+    assert cancel(as_user, a, keys[a], 100).status_code == 200
     view = status_of(as_user, room)
     assert view["payment_request"]["status"] == "pending" and view["payment_request"]["paid_count"] == 1
     assert events_of(sql, request_id)[-2:] == ["EscrowUnfunded", "PaymentRefunded"] or events_of(sql, request_id)[
@@ -91,7 +91,7 @@ def test_any_refund_of_a_funded_request_unfunds_it_and_corrects_the_notice(as_us
     unfunded = rows(
         sql, "SELECT payload FROM outbox WHERE aggregate_id = %s AND event_type = 'EscrowUnfunded'", str(request_id)
     )
-    assert json.loads(unfunded[0]["payload"])["held_amount"] == 29999
+    assert json.loads(unfunded[0]["payload"])["held_amount"] == 29900
 
 
 # --- 2. dropouts: pay again, remove and add participants ------------------------------------------------------
@@ -124,6 +124,79 @@ def test_a_refunded_payer_can_pay_again_the_full_amount_or_the_difference(as_use
     r = as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
     assert r.status_code == 200, r.text
     assert r.json()["settlement"]["gross_amount"] == 30000
+
+
+def test_a_refund_never_leaves_an_amount_owed_that_toss_would_not_take(as_user, toss, make_room, sql):
+    # Found by the model test: a 10 KRW refund left 10 KRW owed; Toss refuses a payment under 100 KRW
+    # (BELOW_MINIMUM_AMOUNT), so the share could never be held in full again and the room could only expire.
+    room = make_room(2)
+    a, b = room.members
+    open_request(as_user, room)
+    _, body_a = pay(as_user, toss, room, a)
+    pay(as_user, toss, room, b)
+
+    r = cancel(as_user, a, body_a["paymentKey"], 10)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "CANCEL_AMOUNT_BELOW_MINIMUM", r.text
+    assert toss_cancels(toss, body_a["paymentKey"]) == []  # nothing was asked of Toss
+    assert status_of(as_user, room)["payment_request"]["status"] == "completed"
+
+    r = cancel(as_user, a, body_a["paymentKey"], 100)  # 100 KRW owed can be paid again
+    assert r.status_code == 200, r.text
+    assert prepare(as_user, room, a)["amount"] == 100
+    r, _ = pay(as_user, toss, room, a)
+    assert r.status_code == 200 and r.json()["payment_status"] == "completed", r.text
+    assert status_of(as_user, room)["payment_request"]["status"] == "completed"
+
+
+def test_nobody_pays_or_joins_after_the_deadline_and_a_request_funded_in_time_stays_funded(
+    as_user, toss, make_room, sql, schedule
+):
+    # Found by the model test: between the deadline and the scheduled run that expires the request, members
+    # could still pay (money taken for a request about to be refunded) and the owner could still add people.
+    room = make_room(3)
+    a, b, c = room.members
+    request_id = open_request(as_user, room)
+    _, body_a = pay(as_user, toss, room, a)
+    order_b = prepare(as_user, room, b)
+    rows(sql, "UPDATE payment_requests SET expires_at = NOW(3) - INTERVAL 1 SECOND WHERE id = %s", request_id)
+
+    r = as_user(b).post("/api/v1/payment/prepare", {"chat_room_id": room.chat_room_id})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "REQUEST_DEADLINE_PASSED", r.text
+    key = toss.widget(order_b["orderId"], order_b["amount"])
+    r = as_user(b).post(
+        "/api/v1/payment/initiate",
+        {
+            "chat_room_id": room.chat_room_id,
+            "amount": order_b["amount"],
+            "paymentKey": key,
+            "orderId": order_b["orderId"],
+        },
+    )
+    assert r.status_code == 409 and r.json()["error"]["code"] == "REQUEST_DEADLINE_PASSED", r.text
+    assert toss.payment(key)["status"] != "DONE"  # never confirmed: no money taken
+    r = as_user(room.owner).post(
+        "/api/v1/payment/participants/remove", {"chat_room_id": room.chat_room_id, "user_id": c}
+    )
+    assert r.status_code == 200, r.text
+    r = as_user(room.owner).post("/api/v1/payment/participants/add", {"chat_room_id": room.chat_room_id, "user_id": c})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "REQUEST_DEADLINE_PASSED", r.text
+
+    schedule(jobs=["expire"])
+    view = status_of(as_user, room)
+    assert view["payment_request"]["status"] == "expired"
+    assert eventually(lambda: toss.payment(body_a["paymentKey"])["status"] == "CANCELED")
+
+
+def test_a_request_funded_before_its_deadline_is_released_after_it(as_user, toss, make_room, sql, schedule):
+    room = make_room(2)
+    request_id = open_request(as_user, room)
+    for payer in room.members:
+        pay(as_user, toss, room, payer)
+    rows(sql, "UPDATE payment_requests SET expires_at = NOW(3) - INTERVAL 1 SECOND WHERE id = %s", request_id)
+    schedule(jobs=["expire"])
+    assert status_of(as_user, room)["payment_request"]["status"] == "completed"
+    r = as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
+    assert r.status_code == 200, r.text
 
 
 def test_the_owner_removes_a_participant_and_their_money_is_refunded(as_user, toss, make_room, sql):

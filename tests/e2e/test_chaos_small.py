@@ -44,9 +44,15 @@ def test_a_small_chaos_run_settles_with_no_audit_finding_and_no_500(tmp_path: Pa
         str(tmp_path / "services.log"),
         "--report-json",
         str(report_file),
+        # About 20 s alone, longer beside the other suites' workers; a run still going after 8 minutes is stuck:
+        # it prints every thread's stack (which wait it is in) and exits, and this test shows that with its log.
+        "--watchdog",
+        "480",
     ]
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
-    assert report_file.exists(), run.stdout + run.stderr
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    log = tmp_path / "services.log"
+    tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+    assert report_file.exists(), run.stdout[-8000:] + run.stderr[-20000:] + "\n--- services.log (tail) ---\n" + tail
     result = json.loads(report_file.read_text())
 
     assert result["server_errors"] == [], run.stdout

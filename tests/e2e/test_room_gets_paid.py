@@ -180,6 +180,29 @@ def test_a_declined_card_fails_and_the_payer_pays_again(as_user, toss, make_room
     assert [o["status"] for o in orders] == ["failed", "done"]
 
 
+def test_a_confirm_refused_for_a_passing_reason_is_confirmed_when_sent_again(as_user, toss, make_room, sql):
+    # The payer is told 503 "pay again shortly" (Toss's PROVIDER_ERROR: the card company's trouble, not a decline).
+    # The same confirm sent again used to answer 402 with the stored code and never reach Toss; Toss replays an
+    # error for its key, so the new attempt goes with a new key.
+    room = make_room(1)
+    open_request(as_user, room)
+    payer = room.members[0]
+    toss.faults(failure_code="PROVIDER_ERROR", count=1, paths=["/v1/payments/confirm"])
+    r, body = pay(as_user, toss, room, payer)
+    assert r.status_code == 503 and r.json()["error"]["toss_code"] == "PROVIDER_ERROR", r.text
+
+    again = as_user(payer).post("/api/v1/payment/initiate", body)
+    assert again.status_code == 200 and again.json()["payment_status"] == "completed", again.text
+    keys = [
+        c["idempotency_key"]
+        for c in toss.calls("/v1/payments/confirm", "POST")
+        if c["body"]["orderId"] == body["orderId"]
+    ]
+    assert len(keys) == 2 and keys[0] != keys[1], keys
+    assert toss.payment(body["paymentKey"])["status"] == "DONE"
+    assert rows(sql, "SELECT status FROM payment_orders WHERE order_id = %s", body["orderId"])[0]["status"] == "done"
+
+
 def test_a_lost_answer_is_resolved_by_looking_the_order_up(as_user, toss, make_room, sql):
     room = make_room(1)
     open_request(as_user, room)

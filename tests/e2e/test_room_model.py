@@ -50,6 +50,7 @@ from tests.support.events import token
 pytestmark = pytest.mark.e2e
 
 AMOUNTS = (1000, 15000)
+MIN_AMOUNT = 100  # Toss takes no payment under 100 KRW (BELOW_MINIMUM_AMOUNT); a refund may not leave less owed
 FIXED_SEED = 20261129
 SETTLE_PASSES = 6
 
@@ -193,6 +194,7 @@ class RequestModel:
     participants: dict[str, ShareModel]
     removed: dict[str, ShareModel] = field(default_factory=dict)
     closed: str | None = None  # released | cancelled | expired
+    overdue: bool = False  # its deadline passed: nobody pays or joins; the next scheduled run expires it if pending
 
 
 @dataclass
@@ -492,11 +494,13 @@ class RoomMachine(RuleBasedStateMachine):
             {"chat_room_id": self.room.id, "user_id": payer},
         )
         if r.status == 201:
+            assert not req.overdue, f"added a participant after the deadline: {r}"
             req.participants[payer] = req.removed.pop(payer, None) or ShareModel(payer)
         else:
             assert r.status in (409, 503), r
             if r.status == 409:
-                assert r.code in ("REFUND_IN_PROGRESS",), r
+                assert r.code in ("REFUND_IN_PROGRESS", "REQUEST_DEADLINE_PASSED"), r
+                assert (r.code == "REQUEST_DEADLINE_PASSED") == req.overdue or r.code == "REFUND_IN_PROGRESS", r
 
     @precondition(lambda self: self.request is not None)
     @rule(who=st.integers(0, 9))
@@ -527,13 +531,21 @@ class RoomMachine(RuleBasedStateMachine):
         owed = req.amount - self._held_at_toss(share)
         prep = self.world.call(payer, "POST", "/api/v1/payment/prepare", {"chat_room_id": self.room.id})
         if prep.status == 409:
-            assert prep.code in ("ALREADY_PAID", "PAYMENT_IN_PROGRESS", "PAYMENT_OUTCOME_UNKNOWN"), prep
+            assert prep.code in (
+                "ALREADY_PAID",
+                "PAYMENT_IN_PROGRESS",
+                "PAYMENT_OUTCOME_UNKNOWN",
+                "REQUEST_DEADLINE_PASSED",
+            ), prep
+            if prep.code == "REQUEST_DEADLINE_PASSED":
+                assert req.overdue, f"refused for a deadline that has not passed: {prep}"
             if prep.code == "ALREADY_PAID":
                 assert owed == 0 or share.uncertain, f"said already paid, but {owed} KRW are owed: {prep}"
             return
         if prep.status == 503:
             return
         assert prep.status == 200, prep
+        assert not req.overdue, f"offered to take a payment after the deadline: {prep}"
         if not share.uncertain:
             assert prep.body["amount"] == owed, f"asked for {prep.body['amount']}, {owed} owed: {prep}"
         amount = int(prep.body["amount"])
@@ -582,6 +594,8 @@ class RoomMachine(RuleBasedStateMachine):
         balance = int(before["balanceAmount"])
         amount = max(1, balance * part // 100) if part is not None and balance > 1 else None
         asked = amount if amount is not None else balance
+        owed_after = req.amount - (self._held_at_toss(share) - asked)
+        unpayable = 0 < owed_after < MIN_AMOUNT  # what would be owed after it could not be paid again
         share.asked_refund += asked
         body: dict[str, Any] = {"paymentKey": key, "cancelReason": "개인 사정"}
         if amount is not None:
@@ -591,7 +605,13 @@ class RoomMachine(RuleBasedStateMachine):
         self.world.toss.clear_faults()
         after = self.world.toss_payment(key)
         refunded_at_toss = int(after["totalAmount"]) - int(after["balanceAmount"])
+        if r.status == 422:
+            share.asked_refund -= asked
+            assert r.code == "CANCEL_AMOUNT_BELOW_MINIMUM" and (unpayable or share.uncertain), r
+            assert after["balanceAmount"] == before["balanceAmount"], r
+            return
         if r.status == 200:
+            assert not unpayable or share.uncertain, f"refunded, leaving {owed_after} KRW nobody can pay: {r}"
             assert r.body["refunded_amount"] == refunded_at_toss, (
                 f"said {r.body['refunded_amount']}, Toss {refunded_at_toss}"
             )
@@ -649,6 +669,7 @@ class RoomMachine(RuleBasedStateMachine):
             for share in req.participants.values():
                 share.asked_refund += self._held_at_toss(share)
         self.world.schedule_fn(jobs=["expire"])
+        req.overdue = True
         if self._db_request(req.id)["status"] == "expired":
             for share in req.participants.values():
                 share.uncertain = share.uncertain or self._held_at_toss(share) > 0
@@ -666,14 +687,16 @@ class RoomMachine(RuleBasedStateMachine):
     @rule()
     @step
     def run_schedule(self) -> None:
-        self.world.schedule_fn()
+        self._scheduled_run()
         self._settle_uncertain()
 
     @precondition(lambda self: self.request is not None)
     @rule()
     @step
-    def advance_toss_clock(self) -> None:
-        self.world.toss.control("clock", {"advance_seconds": 3 * 86400})  # sales settle into the available balance
+    def toss_settles_sales(self) -> None:
+        # Sales settle into the available payout balance (the e2e sandbox's cycle is a second). Toss's clock is not
+        # moved: the payout and seller webhooks it signs carry its time, which would be in our future and refused.
+        self.world.toss.settle_sales()
 
     @precondition(lambda self: self.request is not None)
     @rule(which=st.integers(0, 19))
@@ -711,6 +734,25 @@ class RoomMachine(RuleBasedStateMachine):
         req.closed = how
         self.room.history.append(req)
         self.room.request = None
+
+    def _scheduled_run(self) -> None:
+        """Every job of the schedule. A pending request past its deadline is expired by any run: what it holds is
+        then asked back on its participants' behalf."""
+        req = self.request
+        due = req is not None and req.overdue and self._db_request(req.id)["status"] == "pending"
+        held = {p: self._held_at_toss(s) for p, s in req.participants.items()} if req is not None and due else {}
+        for payer, amount in held.items():
+            req.participants[payer].asked_refund += amount  # type: ignore[union-attr]
+        self.world.schedule_fn()
+        if req is None or not due:
+            return
+        if self._db_request(req.id)["status"] == "expired":
+            for share in req.participants.values():
+                share.uncertain = share.uncertain or self._held_at_toss(share) > 0
+            self._close("expired")
+        else:
+            for payer, amount in held.items():
+                req.participants[payer].asked_refund -= amount
 
     def _settle_uncertain(self) -> None:
         """After a scheduled run, a share is settled again once nothing of it is in flight in our rows."""
@@ -873,6 +915,8 @@ class RoomMachine(RuleBasedStateMachine):
         full = [p for p, s in shares.items() if s["held_amount"] == req.amount or s["payment_status"] == "released"]
         assert view["payment_request"]["paid_count"] == len(full), view
         for payer, s in shares.items():
+            if req.participants[payer].uncertain:
+                continue  # read at another moment than the answer, while its outcome settles
             db = self._db_share(req.id, payer)
             assert db is not None and s["held_amount"] == int(db["paid_amount"]) - int(db["refunded_amount"]), view
             assert s["payment_status"] == db["status"], view
@@ -882,7 +926,7 @@ class RoomMachine(RuleBasedStateMachine):
         """Let everything settle, then hold the strict invariants and the audit."""
         self.world.toss.clear_faults()
         for _ in range(SETTLE_PASSES):
-            self.world.schedule_fn()
+            self._scheduled_run()
             self.world.webhooks_drained()
         self._settle_uncertain()
         for req in self._all_requests():

@@ -36,13 +36,10 @@ def sandbox(database_url: str) -> Iterator[Any]:
 
     # Toss's balances as they are, the settlement cycle compressed to SETTLEMENT_SECONDS: release() waits for it
     # before the payout job runs.
-    # COMPAT (issue 8): the client retries a refund with the same key after a 5xx answer, which Toss (per its
-    # English docs) replays; remove idempotency_bind_5xx=False when a retry after an answer uses a new key.
     sb = start_sandbox(
         host="127.0.0.1",
         port=0,
         settlement_delay_seconds=SETTLEMENT_SECONDS,
-        idempotency_bind_5xx=False,
     )
     previous = {k: os.environ.get(k) for k in ENV}
     os.environ.update(

@@ -26,6 +26,7 @@ NOTIFIED = {
     "PaymentRefunded",
     "PaymentRequestCancelled",
     "RequestExpired",
+    "RefundAccountNeeded",
 }
 
 
@@ -87,7 +88,7 @@ FUNDED = {
 }
 
 
-def test_the_template_sends_the_six_room_events_to_an_api_destination_with_retries_and_a_dlq() -> None:
+def test_the_template_sends_the_room_events_to_an_api_destination_with_retries_and_a_dlq() -> None:
     template = load_yaml(DEFAULT_TEMPLATE)
     resources = template["Resources"]
     rule = resources["ChatNotificationsRule"]

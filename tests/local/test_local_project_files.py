@@ -142,3 +142,35 @@ def test_every_http_event_matches_a_route_of_the_template(path: Path, template) 
 def test_every_route_has_a_sample_event(template) -> None:
     covered = {json.loads(p.read_text()).get("routeKey") for p in EVENTS}
     assert {r.route_key for r in template.routes} <= covered
+
+
+def test_only_the_functions_that_run_refunds_may_open_refund_accounts_and_only_cancel_seals_them() -> None:
+    """A payer's refund account (context table refund_accounts) is opened by the refund paths only: the cancel
+    route, participant removal (RequestFunction) and the schedule (ReleaseFunction: expiry, refunds retried); only
+    the cancel route, where the payer gives it, may seal one. Each function that opens one is told the key."""
+    import yaml
+
+    from local.template import CloudFormationLoader
+
+    template = yaml.load((ROOT / "template.yaml").read_text(encoding="utf-8"), Loader=CloudFormationLoader)
+    resources = template["Resources"]
+    may_open, may_seal = set(), set()
+    for name, resource in resources.items():
+        if resource["Type"] != "AWS::IAM::Role":
+            continue
+        for policy in resource["Properties"].get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                condition = statement.get("Condition", {}).get("StringEquals", {})
+                if condition.get("kms:EncryptionContext:table") != "refund_accounts":
+                    continue
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                role = name.removesuffix("FunctionRole")
+                if "kms:Decrypt" in actions:
+                    may_open.add(role)
+                if "kms:GenerateDataKey" in actions:
+                    may_seal.add(role)
+    assert may_open == {"Cancel", "Request", "Release"}
+    assert may_seal == {"Cancel"}
+    for role in may_open:
+        variables = resources[f"{role}Function"]["Properties"]["Environment"]["Variables"]
+        assert variables["ACCOUNTS_KMS_KEY_ID"] == {"Fn::GetAtt": ["AccountsKey", "Arn"]}

@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -240,12 +240,15 @@ class FakeToss:
         idempotency_key: str,
         amount: int | None = None,
         refundable_amount: int | None = None,
+        refund_account: Mapping[str, str] | None = None,
     ) -> Payment:
         body: dict[str, Any] = {"cancelReason": reason}
         if amount is not None:
             body["cancelAmount"] = amount
         if refundable_amount is not None:
             body["refundableAmount"] = refundable_amount
+        if refund_account is not None:
+            body["refundReceiveAccount"] = dict(refund_account)
         path = f"/v1/payments/{payment_key}/cancel"
         answer = self._post("cancel", path, idempotency_key, body, lambda: self._cancel(payment_key, body))
         assert isinstance(answer, Payment)
@@ -424,6 +427,11 @@ class FakeToss:
         partial = amount < p.balance
         if waiting and partial:
             raise toss_error("NOT_ALLOWED_PARTIAL_REFUND_WAITING_DEPOSIT")
+        if p.method == VIRTUAL_ACCOUNT and not waiting:
+            # After the deposit the sandbox wants refundReceiveAccount (its missing-account code by default).
+            account = body.get("refundReceiveAccount")
+            if not isinstance(account, dict) or not str(account.get("accountNumber") or "").isdigit():
+                raise toss_error("INVALID_REFUND_ACCOUNT_INFO")
         if not waiting:
             self._take_back(p.payment_key, amount)
         had_cancels = bool(p.cancels)

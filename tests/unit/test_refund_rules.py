@@ -120,7 +120,14 @@ def _refusal(toss: FakeToss, payment_key: str, code: str) -> TossApiError:
 
 
 @pytest.mark.parametrize(
-    "code", ["PROVIDER_ERROR", "FORBIDDEN_CONSECUTIVE_REQUEST", "NOT_AVAILABLE_BANK", "FAILED_REFUND_PROCESS"]
+    "code",
+    [
+        "PROVIDER_ERROR",
+        "FORBIDDEN_CONSECUTIVE_REQUEST",
+        "NOT_AVAILABLE_BANK",
+        "FAILED_REFUND_PROCESS",
+        "UNAUTHORIZED_KEY",  # our configuration: passes once an operator fixes the key, never final
+    ],
 )
 def test_a_passing_refusal_of_a_refund_we_owe_is_asked_again_by_the_schedule(toss, paid, code):
     exc = _refusal(toss, paid, code)
@@ -156,6 +163,19 @@ def test_refusals_that_pass_are_asked_again_later_and_later():
     assert waits == [5, 10, 20, 320, 360]  # doubling from 5 minutes, at most 6 hours
 
 
+def test_a_refund_key_carries_the_stack_prefix(monkeypatch):
+    # The row id comes from a database sequence: a second stack, or a rebuilt database, would repeat it.
+    from escrow.config import reset_settings
+
+    monkeypatch.setenv("TOSS_ID_PREFIX", "prod")
+    reset_settings()
+    try:
+        assert cancel_idempotency_key(42, 2) == "prod-cancel-42-2"
+    finally:
+        monkeypatch.delenv("TOSS_ID_PREFIX")
+        reset_settings()
+
+
 def test_each_attempt_of_a_refund_has_its_own_key_and_identical_cancels_are_one():
     assert [cancel_idempotency_key(42, n) for n in (1, 2, 3)] == ["cancel-42", "cancel-42-2", "cancel-42-3"]
     same = _request_key("pk", "user_2", 1_000, "예약 취소", None)
@@ -167,8 +187,8 @@ def test_each_attempt_of_a_refund_has_its_own_key_and_identical_cancels_are_one(
 # --- what may be refunded ------------------------------------------------------------------------------------------
 
 
-def _share(status: str = PaymentStatus.COMPLETED) -> dict[str, Any]:
-    return {"status": status}
+def _share(status: str = PaymentStatus.COMPLETED, refunded: int = 0) -> dict[str, Any]:
+    return {"status": status, "amount": AMOUNT, "paid_amount": AMOUNT, "refunded_amount": refunded}
 
 
 def _charge(status: str = ChargeStatus.HELD, refunded: int = 0) -> dict[str, Any]:
@@ -192,12 +212,27 @@ def test_released_refunded_unpaid_or_confirming_money_is_not_refunded(share, cha
 
 
 def test_no_more_than_what_the_charge_still_holds_is_refunded():
-    _check_refundable(_share(PaymentStatus.PARTIALLY_REFUNDED), _charge(refunded=10_000), 20_000)
+    _check_refundable(_share(PaymentStatus.PARTIALLY_REFUNDED, 10_000), _charge(refunded=10_000), 20_000)
 
     with pytest.raises(ValidationFailed) as caught:
-        _check_refundable(_share(PaymentStatus.PARTIALLY_REFUNDED), _charge(refunded=10_000), 20_001)
+        _check_refundable(_share(PaymentStatus.PARTIALLY_REFUNDED, 10_000), _charge(refunded=10_000), 20_001)
 
     assert caught.value.code == "CANCEL_AMOUNT_TOO_LARGE"
+
+
+@pytest.mark.parametrize(
+    ("amount", "allowed"), [(1, False), (99, False), (100, True), (AMOUNT - 99, True), (None, True)]
+)
+def test_a_refund_never_leaves_an_amount_owed_that_toss_would_not_take(amount, allowed):
+    # Toss takes no payment under 100 KRW (BELOW_MINIMUM_AMOUNT): 1-99 KRW owed could never be paid again.
+    if allowed:
+        _check_refundable(_share(), _charge(), amount)
+        return
+    with pytest.raises(ValidationFailed) as caught:
+        _check_refundable(_share(), _charge(), amount)
+
+    assert caught.value.code == "CANCEL_AMOUNT_BELOW_MINIMUM"
+    assert caught.value.status == 422
 
 
 def test_the_answer_says_what_was_refunded_and_what_is_left():

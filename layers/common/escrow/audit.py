@@ -98,6 +98,7 @@ from escrow.money import platform_fee
 from escrow.repositories import audit as audit_repo
 from escrow.states import (
     CANCEL_IN_FLIGHT,
+    CANCEL_OPEN,
     CONFIRMING,
     OPEN,
     ORDER_IN_FLIGHT,
@@ -620,8 +621,9 @@ def _funding_notices(request: Row, events: list[Row]) -> list[Finding]:
 
 
 def _closed_holding(request: Row, share: Row, charges: list[Row], cancels: list[Row]) -> list[Finding]:
-    """A cancelled or expired request, and a removed participant, hold nothing once no refund of it is in flight
-    (requested or unknown) or owed by the schedule (refused for now, with a next attempt)."""
+    """A cancelled or expired request, and a removed participant, hold nothing once no refund of it is open (in
+    flight, or waiting for the payer's refund account: needs_account is open, never a finding) or owed by the
+    schedule (refused for now, with a next attempt)."""
     removed = share["status"] == PaymentStatus.REMOVED
     if not removed and request["status"] in _NOT_CLOSED:
         return []
@@ -631,7 +633,7 @@ def _closed_holding(request: Row, share: Row, charges: list[Row], cancels: list[
     pending = [
         c
         for c in cancels
-        if c["status"] in CANCEL_IN_FLIGHT or (c["status"] == CancelStatus.FAILED and c["next_attempt_at"] is not None)
+        if c["status"] in CANCEL_OPEN or (c["status"] == CancelStatus.FAILED and c["next_attempt_at"] is not None)
     ]
     if pending:
         return []
@@ -820,8 +822,10 @@ def _share_ledger(
     charge_entries: dict[str, int] = defaultdict(int)
     refund_entries: dict[str, int] = defaultdict(int)
     for e in entries:
-        if e["entry_type"] == "charge":
-            charge_entries[e["reference"]] += int(e["amount"])
+        if e["entry_type"] == "charge":  # a deposit made again after a reversal is `<paymentKey>:deposit-<n>`
+            charge_entries[str(e["reference"]).split(":deposit-")[0]] += int(e["amount"])
+        elif e["entry_type"] == "reversal":  # `reversal:<paymentKey>:<transaction>`: Toss took a deposit back
+            charge_entries[str(e["reference"]).split(":")[1]] -= int(e["amount"])
         elif e["entry_type"] == "refund":
             refund_entries[e["reference"]] += int(e["amount"])
     for c in charges:

@@ -92,14 +92,46 @@ class ConfirmBody(_Body):
     payment_method: Annotated[Text, Field(max_length=32)] | None = None
 
 
+def _account_digits(value: str) -> str:
+    # Digits, optionally grouped with hyphens as banks print them; stored and sent as digits only. The message never
+    # repeats the value (validation messages are answered, and an account number is personal data).
+    digits = value.replace("-", "")
+    grouped = not value.startswith("-") and not value.endswith("-") and "--" not in value
+    if not grouped or not digits.isascii() or not digits.isdigit() or not 6 <= len(digits) <= 20:
+        raise ValueError("must be 6-20 digits (hyphens between them are ignored)")
+    return digits
+
+
+class RefundReceiveAccountBody(_Body):
+    """The payer's bank account a deposited virtual-account payment is refunded to (Toss's `refundReceiveAccount`).
+    Sealed at rest, masked in answers, never logged (`repr=False`)."""
+
+    # A bank code (the brief's, Toss's or the 3-digit standard code) or the bank's name: escrow.banks resolves it
+    # (422 UNKNOWN_BANK otherwise) and Toss is sent its own 2-digit code.
+    bank: Annotated[StrictStr, Field(min_length=1, max_length=40)]
+    accountNumber: Annotated[  # noqa: N815
+        StrictStr, Field(min_length=6, max_length=30, repr=False), AfterValidator(_account_digits)
+    ]
+    holderName: Annotated[Text, Field(min_length=1, max_length=60, repr=False)]  # noqa: N815
+
+    @field_validator("holderName")
+    @classmethod
+    def _holder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name the account's holder")
+        return value.strip()
+
+
 class CancelBody(_Body):
     """Either a share (`paymentKey`, the brief's body, optional `cancelAmount`) or a whole request
-    (`chat_room_id`, room owner only)."""
+    (`chat_room_id`, room owner only). `refundReceiveAccount` goes with a paymentKey: the payer's account for a
+    deposited virtual-account payment (required for one, refused for any other payment)."""
 
     paymentKey: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = None  # noqa: N815
     chat_room_id: RoomId | None = None
     cancelReason: Annotated[Text, Field(min_length=1, max_length=200)]  # noqa: N815
     cancelAmount: Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT)] | None = None  # noqa: N815
+    refundReceiveAccount: RefundReceiveAccountBody | None = Field(default=None, repr=False)  # noqa: N815
 
     # A model validator, not a field validator on chat_room_id: a field validator does not run when the field is
     # absent, so a body naming neither target got through and crashed the cancel handler with a 500.
@@ -200,6 +232,14 @@ class ShareStatus(_Answer):
     refunded_amount: int
     held_amount: int = Field(default=0, description="held now (paid - refunded); completed: held == payment_amount")
     owed_amount: int = Field(default=0, description="what the participant pays to hold their share in full again")
+    refund_account_needed: bool = Field(
+        default=False,
+        description="a refund of this share waits for the payer's bank account (a deposited virtual account): they "
+        "give it on POST /api/v1/payment/cancel with paymentKey and refundReceiveAccount",
+    )
+    refund_payment_keys: list[str] | None = Field(
+        default=None, description="to the payer themself: the paymentKeys whose refund waits for their account"
+    )
 
 
 class RemovedParticipant(_Answer):
@@ -208,6 +248,14 @@ class RemovedParticipant(_Answer):
     refunded_amount: int
     held_amount: int = Field(description="0 once the refund of what they held is done")
     removed_at: str | None
+    refund_account_needed: bool = Field(
+        default=False,
+        description="a refund of what they hold waits for their bank account (a deposited virtual account): they "
+        "give it on POST /api/v1/payment/cancel with paymentKey and refundReceiveAccount",
+    )
+    refund_payment_keys: list[str] | None = Field(
+        default=None, description="to the participant themself: the paymentKeys whose refund waits for their account"
+    )
 
 
 class PayoutBalance(_Answer):
@@ -270,6 +318,11 @@ class ParticipantRemoved(_Answer):
     refund_status: str = Field(description="not_needed | refunded | refund_pending")
     refunded_amount: int
     refunds: list[dict[str, Any]]
+    refund_account_needed: bool | None = Field(
+        default=None,
+        description="the refund waits for the participant's bank account (a deposited virtual account); they give "
+        "it on POST /api/v1/payment/cancel with paymentKey and refundReceiveAccount",
+    )
     participant_count: int
     payment_request_status: str = Field(description="pending | completed (everyone left holds their share)")
 
@@ -307,12 +360,22 @@ class Confirmed(_Answer):
 class RefundResult(_Answer):
     success: bool
     refund_status: str = Field(description="refunded | partially_refunded | refund_pending")
+    refund_account_needed: bool | None = Field(
+        default=None,
+        description="a whole-request cancel: some refunds wait for their payer's bank account (deposited virtual "
+        "accounts; refunds[].refund_status refund_account_needed); each payer gives theirs on this route",
+    )
     paymentKey: str | None = None  # noqa: N815
     refunded_amount: int | None = Field(default=None, description="refunded of this paymentKey so far")
     remaining_amount: int | None = None
     refunds: list[dict[str, Any]] | None = None
     payment_request_status: str | None = None
     already_cancelled: bool | None = Field(default=None, description="the request was cancelled by an earlier call")
+    refund_account: dict[str, Any] | None = Field(
+        default=None,
+        description="the refund account the payer gave, masked: {bank: {name, standard_code, toss_code}, "
+        "account_number_masked} (never the number or the holder)",
+    )
     message: str | None = None
 
 
@@ -371,10 +434,12 @@ ERRORS = {
     "ALREADY_REFUNDED, NOT_REFUNDABLE, REFUND_IN_PROGRESS, REQUEST_NOT_FUNDED, NOT_RELEASABLE, "
     "SELLER_REGISTRATION_IN_PROGRESS, SELLER_BUSINESS_TYPE_FIXED, REFUND_REFUSED, INVALID_STATE_TRANSITION, "
     "AMOUNT_MISMATCH_REFUNDED, REQUEST_CLOSED_REFUNDED, REQUEST_CLOSED, PAYMENT_REFUNDED, PARTICIPANT_REMOVED, "
-    "ORDER_OUTDATED, ALREADY_A_PARTICIPANT, LAST_PARTICIPANT, REQUEST_CHANGED",
+    "ORDER_OUTDATED, ALREADY_A_PARTICIPANT, LAST_PARTICIPANT, REQUEST_CHANGED, REQUEST_DEADLINE_PASSED (no paying or "
+    "joining after expires_at)",
     413: "PAYLOAD_TOO_LARGE: bodies are limited to 64 KiB",
     422: "VALIDATION_ERROR (with details [{field, message}]), AMOUNT_MISMATCH, NOT_ROOM_MEMBERS, NO_PARTICIPANTS, "
-    "UNKNOWN_STORE, CANCEL_AMOUNT_TOO_LARGE, COMPANY_DETAILS_REQUIRED, UNKNOWN_BANK, TOO_MANY_PARTICIPANTS, "
+    "UNKNOWN_STORE, CANCEL_AMOUNT_TOO_LARGE, CANCEL_AMOUNT_BELOW_MINIMUM (a refund may not leave 1-99 KRW owed), "
+    "COMPANY_DETAILS_REQUIRED, UNKNOWN_BANK, TOO_MANY_PARTICIPANTS, "
     "TOO_MANY_MEMBERS",
     502: "PAYMENT_OUTCOME_UNKNOWN, REFUND_OUTCOME_UNKNOWN: Toss gave no definite answer; settled automatically",
     503: "DATABASE_UNAVAILABLE, DATABASE_BUSY, TOSS_UNAVAILABLE, SECRETS_UNAVAILABLE, SERVICE_NOT_CONFIGURED, "
@@ -387,6 +452,7 @@ WEBHOOK_ERRORS = {
     400: "INVALID_JSON: the body is not a JSON object (logged, not processed)",
     401: "WEBHOOK_NOT_VERIFIED: bad or missing signature, transmission time older than Toss's retries, secret "
     "mismatch, malformed ids",
+    403: "WEBHOOK_SOURCE_NOT_ALLOWED: sent from an address outside TOSS_WEBHOOK_ALLOWED_IPS (logged, not processed)",
     413: "PAYLOAD_TOO_LARGE: larger than any Toss webhook (32 KiB)",
     429: "TOO_MANY_DELIVERIES: too many deliveries for one payment just now; Toss delivers it again",
     503: "DATABASE_UNAVAILABLE, TRY_AGAIN, SECRETS_UNAVAILABLE: not processed now; Toss delivers it again",

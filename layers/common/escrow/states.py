@@ -84,7 +84,9 @@ PAYMENT = Machine(
             PaymentStatus.PARTIALLY_REFUNDED,
             PaymentStatus.REFUNDED,
         },
+        # -> in_progress: Toss took a virtual-account deposit back (a deposit error); the account waits again.
         PaymentStatus.COMPLETED: {
+            PaymentStatus.IN_PROGRESS,
             PaymentStatus.RELEASED,
             PaymentStatus.REFUNDED,
             PaymentStatus.PARTIALLY_REFUNDED,
@@ -236,7 +238,8 @@ ORDER = Machine(
         # Toss's record wins: an order we had marked failed that Toss reports approved is done (or, when the share
         # was paid meanwhile, a charge to refund). failed -> failed: the same failure recorded again (a repeated
         # confirm, an ABORTED webhook after our decline).
-        OrderStatus.FAILED: {OrderStatus.DONE, OrderStatus.FAILED, OrderStatus.REFUND_PENDING},
+        # -> in_progress: refused for a reason that passes (Toss's trouble, our configuration), confirmed again.
+        OrderStatus.FAILED: {OrderStatus.DONE, OrderStatus.FAILED, OrderStatus.REFUND_PENDING, OrderStatus.IN_PROGRESS},
         OrderStatus.SUPERSEDED: {OrderStatus.FAILED, OrderStatus.REFUND_PENDING},
         OrderStatus.DONE: set(),
         # refund_pending -> refund_pending: the same unexpected charge reported again (webhook and reconciliation).
@@ -262,6 +265,10 @@ class CancelStatus(StrEnum):
     UNKNOWN = "unknown"  # Toss's answer was lost and the lookup failed; the schedule asks again
     DONE = "done"
     FAILED = "failed"  # Toss refused it, or holds no refund for it
+    # A deposited virtual-account payment is refunded to the payer's bank account (Toss's refundReceiveAccount), and
+    # we have none on file (or Toss refused the one we had): the refund waits, open, for the payer to give one. Not
+    # failed: nothing was refused for good, and nobody else can finish it.
+    NEEDS_ACCOUNT = "needs_account"
 
 
 CANCEL = Machine(
@@ -269,8 +276,22 @@ CANCEL = Machine(
     initial={CancelStatus.REQUESTED},
     transitions={
         # requested -> requested: the payer asks again after a lost answer, with the same key.
-        CancelStatus.REQUESTED: {CancelStatus.REQUESTED, CancelStatus.UNKNOWN, CancelStatus.DONE, CancelStatus.FAILED},
-        CancelStatus.UNKNOWN: {CancelStatus.REQUESTED, CancelStatus.UNKNOWN, CancelStatus.DONE, CancelStatus.FAILED},
+        # -> needs_account: a refund of a deposited virtual account with no refund account on file (Toss not asked),
+        # or one Toss refused the account of.
+        CancelStatus.REQUESTED: {
+            CancelStatus.REQUESTED,
+            CancelStatus.UNKNOWN,
+            CancelStatus.DONE,
+            CancelStatus.FAILED,
+            CancelStatus.NEEDS_ACCOUNT,
+        },
+        CancelStatus.UNKNOWN: {
+            CancelStatus.REQUESTED,
+            CancelStatus.UNKNOWN,
+            CancelStatus.DONE,
+            CancelStatus.FAILED,
+            CancelStatus.NEEDS_ACCOUNT,
+        },
         # -> requested: asked again, with the same key. -> done: Toss's record wins; a refund we had recorded as
         # not made (NOT_CANCELLED_AT_TOSS) that Toss lists afterwards is done.
         CancelStatus.FAILED: {CancelStatus.REQUESTED, CancelStatus.DONE},
@@ -279,11 +300,18 @@ CANCEL = Machine(
         # a further transaction (one made in Toss's dashboard), the second worker writes it over the first's: the
         # row stays done with the other transaction key.
         CancelStatus.DONE: {CancelStatus.DONE},
+        # -> requested: the payer gave an account (a new attempt: a new Idempotency-Key). -> done: Toss lists a refund
+        # of the charge made otherwise (Toss's record wins). needs_account -> needs_account: still no usable account.
+        CancelStatus.NEEDS_ACCOUNT: {CancelStatus.REQUESTED, CancelStatus.DONE, CancelStatus.NEEDS_ACCOUNT},
     },
 )
 
 # A refund whose outcome is not recorded yet: a release of the room waits for it.
 CANCEL_IN_FLIGHT: frozenset[CancelStatus] = frozenset({CancelStatus.REQUESTED, CancelStatus.UNKNOWN})
+# A refund that is not finished and not given up: in flight, or waiting for the payer's refund account. The share
+# holds the money meanwhile: it may not pay again, be added back, or (a current participant) be released. Only the
+# in-flight ones are sent again by the schedule; one waiting for an account is never failed nor reported stale.
+CANCEL_OPEN: frozenset[CancelStatus] = CANCEL_IN_FLIGHT | {CancelStatus.NEEDS_ACCOUNT}
 
 
 # --- settlements' payouts (`payment_settlements.payout_status`) ----------------------------------------------
@@ -412,6 +440,7 @@ class WebhookVerification(StrEnum):
     SECRET_MISMATCH = "secret_mismatch"  # noqa: S105 - a verification outcome, not a secret
     BAD_SIGNATURE = "bad_signature"
     STALE = "stale"
+    SOURCE_NOT_ALLOWED = "source_not_allowed"  # sent from an address outside TOSS_WEBHOOK_ALLOWED_IPS
 
 
 class WebhookOutcome(StrEnum):

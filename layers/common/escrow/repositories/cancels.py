@@ -8,7 +8,7 @@ from typing import Any
 
 from escrow.db import Row, Tx
 from escrow.repositories._sql import assignments, in_order, marks
-from escrow.states import CANCEL, CANCEL_IN_FLIGHT, CancelStatus
+from escrow.states import CANCEL, CANCEL_IN_FLIGHT, CANCEL_OPEN, CancelStatus
 
 _COLUMNS = (
     "id, payment_id, payment_request_id, payment_key, request_key, requested_by, reason, requested_amount, status, "
@@ -74,7 +74,9 @@ def status(tx: Tx, cancel_id: int) -> str | None:
 
 
 def in_flight_for_payment(tx: Tx, payment_id: int) -> list[Row]:
-    open_ = in_order(CANCEL_IN_FLIGHT)
+    """The share's refunds that are not finished: in flight, or waiting for the payer's refund account (CANCEL_OPEN).
+    While one is, the share holds money that is on its way back: it may not pay again nor be added back."""
+    open_ = in_order(CANCEL_OPEN)
     return tx.all(
         f"SELECT {_COLUMNS} FROM payment_cancels WHERE payment_id = %s AND status IN ({marks(open_)})",
         (payment_id, *open_),
@@ -92,6 +94,30 @@ def payments_with_refund_in_flight(tx: Tx, payment_ids: Sequence[int]) -> set[in
         [*payment_ids, *open_],
     )
     return {r["payment_id"] for r in rows}
+
+
+def waiting_for_account(tx: Tx, payment_key: str) -> list[Row]:
+    """The charge's refunds waiting for the payer's refund account, oldest first."""
+    return tx.all(
+        f"SELECT {_COLUMNS} FROM payment_cancels WHERE payment_key = %s AND status = %s ORDER BY id",
+        (payment_key, CancelStatus.NEEDS_ACCOUNT),
+    )
+
+
+def payments_waiting_for_account(tx: Tx, payment_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Which of these payments have a refund waiting for the payer's refund account, and the paymentKeys of those
+    refunds (one statement)."""
+    if not payment_ids:
+        return {}
+    rows = tx.all(
+        f"SELECT DISTINCT payment_id, payment_key FROM payment_cancels WHERE payment_id IN ({marks(payment_ids)}) "
+        "AND status = %s ORDER BY payment_id, payment_key",
+        [*payment_ids, CancelStatus.NEEDS_ACCOUNT],
+    )
+    waiting: dict[int, list[str]] = {}
+    for r in rows:
+        waiting.setdefault(int(r["payment_id"]), []).append(str(r["payment_key"]))
+    return waiting
 
 
 def for_payment(tx: Tx, payment_id: int) -> list[Row]:

@@ -11,8 +11,8 @@ from escrow.repositories._sql import assignments, marks
 from escrow.states import CHARGE, ChargeStatus
 
 _COLUMNS = (
-    "payment_key, order_id, payment_id, payment_request_id, amount, refunded_amount, status, toss_status, secret, "
-    "approved_at, created_at"
+    "payment_key, order_id, payment_id, payment_request_id, amount, refunded_amount, status, toss_status, toss_method, "
+    "secret, approved_at, created_at"
 )
 
 

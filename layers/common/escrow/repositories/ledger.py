@@ -51,6 +51,15 @@ def record_many(tx: Tx, entries: Sequence[Entry]) -> None:
     )
 
 
+def reversals_of(tx: Tx, payment_key: str) -> int:
+    """How many times Toss took a deposit of this paymentKey back (a virtual account's deposit errors)."""
+    found = tx.one(
+        "SELECT COUNT(*) AS n FROM ledger_entries WHERE entry_type = 'reversal' AND reference LIKE %s",
+        (f"reversal:{payment_key}:%",),
+    )
+    return int(found["n"]) if found else 0
+
+
 def released_shares(tx: Tx, request_id: int) -> list[Row]:
     """The shares a request's release moved to the store, with what each released and its paymentKey."""
     return tx.all(

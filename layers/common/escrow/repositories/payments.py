@@ -197,6 +197,11 @@ def supersede_issued_orders(tx: Tx, payment_id: int, keep_order_id: str) -> None
     )
 
 
+def touch_order(tx: Tx, order_id: str) -> None:
+    """Looked at now (updated_at): an order still waiting goes to the back of the reconciliation's queue."""
+    tx.execute("UPDATE payment_orders SET updated_at = NOW(3) WHERE order_id = %s", (order_id,))
+
+
 def orders_to_reconcile(tx: Tx, older_than_seconds: int, limit: int) -> list[Row]:
     """Orders with no outcome yet, or a charge still to refund, untouched for this long (database clock)."""
     statuses = in_order(ORDER_TO_RECONCILE)

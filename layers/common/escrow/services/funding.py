@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from escrow import db
-from escrow.clock import db_time, utcnow
+from escrow.clock import Clock, db_time, iso, utcnow
+from escrow.errors import Conflict
 from escrow.observability import count
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
@@ -29,6 +30,22 @@ def funding_move(status: str, *, participants: int, fully_held: int) -> RequestS
     if status == RequestStatus.COMPLETED and not funded:
         return RequestStatus.PENDING
     return None
+
+
+def past_deadline(request: dict[str, Any], now: Clock = utcnow) -> bool:
+    """The request's deadline (`expires_at`) has passed: nobody pays or joins any more. A request funded in time
+    stays funded (it is released or cancelled as usual); one that is not is expired by the next scheduled run."""
+    expires = request.get("expires_at")
+    return expires is not None and expires <= db_time(now())
+
+
+def refuse_after_deadline(request: dict[str, Any], what: str, now: Clock = utcnow) -> None:
+    if past_deadline(request, now):
+        raise Conflict(
+            f"the request's deadline ({iso(request['expires_at'])}) has passed: {what} is no longer possible",
+            code="REQUEST_DEADLINE_PASSED",
+            expires_at=iso(request["expires_at"]),
+        )
 
 
 def refresh_funding(tx: db.Tx, request: dict[str, Any], *, why: str) -> str:

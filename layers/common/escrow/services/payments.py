@@ -35,22 +35,26 @@ from escrow.repositories import charges as charges_repo
 from escrow.repositories import ledger
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
-from escrow.services.funding import refresh_funding
+from escrow.repositories import settlements as settlements_repo
+from escrow.services.funding import refresh_funding, refuse_after_deadline
 from escrow.states import (
     CONFIRMING,
     ORDER_IN_FLIGHT,
     ChargeStatus,
     OrderStatus,
     PaymentStatus,
+    PayoutStatus,
     RequestStatus,
     share_status_for,
 )
 from escrow.toss import TossApiError, TossError
 from escrow.toss.client import get_toss_client
+from escrow.toss.errors import passes
 from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
+    from escrow.deadline import Deadline
     from escrow.models import ConfirmBody, PrepareBody
     from escrow.toss.models import Payment
 
@@ -95,7 +99,7 @@ def _share(tx: db.Tx, request: dict[str, Any], payer_id: str) -> dict[str, Any]:
     return share
 
 
-def _check_payable(tx: db.Tx, share: dict[str, Any]) -> int:
+def _check_payable(tx: db.Tx, request: dict[str, Any], share: dict[str, Any]) -> int:
     """What the share owes now, or why it cannot pay now."""
     if share["status"] in CONFIRMING:
         raise Conflict("your payment is being confirmed; wait for its result", code="PAYMENT_IN_PROGRESS")
@@ -106,6 +110,7 @@ def _check_payable(tx: db.Tx, share: dict[str, Any]) -> int:
     due = owed(share)
     if due <= 0 or share["status"] == PaymentStatus.RELEASED:
         raise Conflict("your share is already paid in full", code="ALREADY_PAID")
+    refuse_after_deadline(request, "paying")
     return due
 
 
@@ -118,7 +123,7 @@ def prepare_payment(principal: Principal, body: PrepareBody) -> dict[str, Any]:
     with db.transaction() as tx:
         request = _open_request(tx, body.chat_room_id)
         share = _share(tx, request, principal.user_id)
-        due = _check_payable(tx, share)
+        due = _check_payable(tx, request, share)
         order = payments_repo.find_order(tx, share["order_id"]) if share["order_id"] else None
         if order is not None and order["status"] == OrderStatus.ISSUED and order["amount"] == due:
             order_id = order["order_id"]
@@ -245,7 +250,8 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                     "PAYMENT_IN_PROGRESS" if share["status"] == PaymentStatus.IN_PROGRESS else "PAYMENT_OUTCOME_UNKNOWN"
                 )
                 raise Conflict("an earlier payment of your share is still being settled", code=code)
-            due = _check_payable(tx, share)
+            due = _check_payable(tx, request, share)
+            key_attempt = 0
             if body.amount != due:
                 raise ValidationFailed(
                     f"the amount must be {due} KRW (what your share owes now)",
@@ -266,10 +272,24 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                 order["payment_id"] == share["id"]
                 and order["status"] == OrderStatus.FAILED
                 and order["payment_key"] == body.paymentKey
+                and not passes(order["failure_code"])
             ):
                 # The same confirm again after Toss declined it: the same answer, not a new attempt.
                 raise PaymentDeclined(
                     order["failure_message"] or "the payment was declined", toss_code=order["failure_code"]
+                )
+            elif (
+                order["payment_id"] == share["id"]
+                and order["status"] == OrderStatus.FAILED
+                and order["payment_key"] == body.paymentKey
+            ):
+                # Refused for a reason that passes (Toss's trouble, or our configuration) and answered 503 "pay again
+                # shortly": the same confirm again is a new attempt, with a new key (Toss replays the error for the
+                # old one). Toss approves a payment once, so this cannot charge twice.
+                key_attempt = int(order["confirm_attempt"]) + 1
+                payments_repo.bump_confirm_attempt(tx, body.orderId, int(order["confirm_attempt"]))
+                payments_repo.set_order_status(
+                    tx, body.orderId, order["status"], OrderStatus.IN_PROGRESS, failure_code=None, failure_message=None
                 )
             elif order["payment_id"] != share["id"] or order["status"] != OrderStatus.ISSUED:
                 raise Conflict("this orderId was already used; prepare a new order", code="ORDER_ID_ALREADY_USED")
@@ -295,7 +315,7 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                 failure_message=None,
                 confirm_started_at=db_time(utcnow()),
             )
-            return Attempt(share["id"], request["id"], body.orderId, body.paymentKey, due)
+            return Attempt(share["id"], request["id"], body.orderId, body.paymentKey, due, key_attempt=key_attempt)
     except _Replayed:
         replayed = _replay(payer_id, body)
         assert replayed is not None
@@ -312,14 +332,19 @@ class _Replayed(Exception):
     """Raised inside the confirm's transaction to leave it (rolled back, nothing written) and answer as a replay."""
 
 
-def _call_confirm(toss: TossPort, attempt: Attempt) -> Payment:
+def _call_confirm(toss: TossPort, attempt: Attempt, deadline: Deadline | None = None) -> Payment:
     key = confirm_idempotency_key(attempt.order_id, attempt.key_attempt)
     for retry in range(_IN_FLIGHT_RETRIES + 1):
         try:
             return toss.confirm(attempt.payment_key, attempt.order_id, attempt.amount, idempotency_key=key)
         except TossApiError as exc:
-            if exc.code == "IDEMPOTENT_REQUEST_PROCESSING" and retry < _IN_FLIGHT_RETRIES:
-                time.sleep(0.25 * (retry + 1))  # the first confirm with this key is still running at Toss
+            pause = 0.25 * (retry + 1)
+            if (
+                exc.code == "IDEMPOTENT_REQUEST_PROCESSING"
+                and retry < _IN_FLIGHT_RETRIES
+                and (deadline is None or deadline.allows(pause))
+            ):
+                time.sleep(pause)  # the first confirm with this key is still running at Toss
                 continue
             if exc.outcome_unknown and exc.code != "IDEMPOTENT_REQUEST_PROCESSING":
                 # An answer (a 5xx, say) that leaves the outcome open: it is bound to this key, so asking again
@@ -335,7 +360,7 @@ def _next_confirm_key(attempt: Attempt) -> None:
     attempt.key_attempt += 1
 
 
-def _look_up(toss: TossPort, attempt: Attempt) -> Payment | None:
+def _look_up(toss: TossPort, attempt: Attempt, deadline: Deadline | None = None) -> Payment | None:
     """Toss's own record of the order, or None when Toss knows no such payment."""
     try:
         payment = toss.get_payment_by_order(attempt.order_id)
@@ -350,19 +375,24 @@ def _look_up(toss: TossPort, attempt: Attempt) -> Payment | None:
         return None
     if payment.status == "IN_PROGRESS" and payment.payment_key == attempt.payment_key:
         # Authenticated but never approved: our confirm did not reach Toss. Send it (same key) now.
-        payment = _call_confirm(toss, attempt)
+        payment = _call_confirm(toss, attempt, deadline)
     return payment
 
 
-def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossPort | None = None) -> dict[str, Any]:
+def confirm_payment(
+    principal: Principal, body: ConfirmBody, *, toss: TossPort | None = None, deadline: Deadline | None = None
+) -> dict[str, Any]:
+    """Confirm a payment with Toss. With the invocation's `deadline`, every Toss call fits in what is left of it
+    (escrow.deadline): a confirm Toss could not answer in time, or not be asked at all, is recorded as unknown and
+    answered PAYMENT_OUTCOME_UNKNOWN before Lambda stops the invocation."""
     attempt = _begin_confirm(principal.user_id, body)
     payment: Payment | None
     if attempt.done:
         answer = attempt.answer or {"payment_status": "completed"}
         return {**answer, "paymentKey": attempt.payment_key, "orderId": attempt.order_id}
-    toss = toss or get_toss_client()
+    toss = toss or get_toss_client(deadline)
     try:
-        payment = _call_confirm(toss, attempt)
+        payment = _call_confirm(toss, attempt, deadline)
     except TossApiError as exc:
         if exc.code == "IDEMPOTENT_REQUEST_PROCESSING":
             # Another confirm of this very order is still running at Toss; it will settle the payment.
@@ -371,25 +401,27 @@ def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossPort |
             ) from exc
         if not exc.outcome_unknown:
             return _declined(attempt, exc)
-        payment = _resolve_unknown(toss, attempt, exc)
+        payment = _resolve_unknown(toss, attempt, exc, deadline)
     except TossError as exc:
-        payment = _resolve_unknown(toss, attempt, exc)
+        payment = _resolve_unknown(toss, attempt, exc, deadline)
     if payment is None:
         record_failure(attempt.order_id, "NOT_FOUND_PAYMENT", "Toss has no payment for this order", actor="confirm")
         raise PaymentDeclined(
             "Toss has no payment for this orderId and paymentKey; pay again", toss_code="NOT_FOUND_PAYMENT"
         )
-    outcome = apply_toss_payment(payment, actor=principal.user_id, reason="confirm")
+    outcome = apply_toss_payment(payment, actor=principal.user_id, reason="confirm", toss=toss)
     return _answer(attempt, payment, outcome)
 
 
-def _resolve_unknown(toss: TossPort, attempt: Attempt, cause: Exception) -> Payment | None:
+def _resolve_unknown(
+    toss: TossPort, attempt: Attempt, cause: Exception, deadline: Deadline | None = None
+) -> Payment | None:
     logger.warning(
         "confirm outcome unknown, looking the order up",
         extra={"order_id": attempt.order_id, "cause": type(cause).__name__},
     )
     try:
-        return _look_up(toss, attempt)
+        return _look_up(toss, attempt, deadline)
     except TossApiError as exc:
         if exc.code == "IDEMPOTENT_REQUEST_PROCESSING":
             raise Conflict(
@@ -607,6 +639,12 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                 payments_repo.update(tx, share["id"], toss_status=payment.status, last_toss_response=response)
             elif charge is not None and charge["status"] in (ChargeStatus.HELD, ChargeStatus.RELEASED):
                 return _deposit_reversed(tx, request, share, charge, payment), None
+            elif (
+                charge is not None
+                and charge["status"] == ChargeStatus.WAITING_FOR_DEPOSIT
+                and payment.deposit_window_closed(utcnow())
+            ):
+                return _account_expired(tx, share, charge, order, payment), None
             return "waiting_for_deposit", None
 
         if payment.status in ("ABORTED", "EXPIRED"):
@@ -738,6 +776,7 @@ def _deposit_reversed(
             extra={"payment_request_id": request["id"], "payment_id": share["id"]},
         )
         count("ReleasedDepositsReversed")
+        _hold_payout(tx, request["id"])
         return "deposit_reversed_after_release"
     payments_repo.refresh_amounts(tx, share["id"])
     target = PaymentStatus.IN_PROGRESS if share["status"] != PaymentStatus.REMOVED else PaymentStatus.REMOVED
@@ -745,6 +784,50 @@ def _deposit_reversed(
         payments_repo.set_status(tx, share["id"], share["status"], target, toss_status=payment.status)
     refresh_funding(tx, request, why="deposit_reversed")
     return "deposit_reversed"
+
+
+def _account_expired(
+    tx: db.Tx, share: dict[str, Any], charge: dict[str, Any], order: dict[str, Any], payment: Payment
+) -> str:
+    """A virtual account whose deposit can no longer come (its dueDate passed): nothing was paid into it, so the
+    share is payable again (another account, or a card) instead of waiting for good."""
+    key = charge["payment_key"]
+    charges_repo.set_status(tx, key, charge["status"], ChargeStatus.CANCELLED, toss_status=payment.status)
+    why = "the virtual account's deposit deadline passed without a deposit; pay again"
+    if order["status"] in ORDER_IN_FLIGHT:
+        payments_repo.set_order_status(
+            tx,
+            order["order_id"],
+            order["status"],
+            OrderStatus.FAILED,
+            failure_code="VIRTUAL_ACCOUNT_EXPIRED",
+            failure_message=why,
+        )
+    payments_repo.refresh_amounts(tx, share["id"])
+    fresh = payments_repo.lock(tx, share["id"])
+    assert fresh is not None
+    if fresh["status"] in CONFIRMING and fresh["order_id"] == order["order_id"]:
+        _back_from_confirming(tx, fresh, failure_code="VIRTUAL_ACCOUNT_EXPIRED", failure_message=why)
+    count("VirtualAccountsExpired")
+    return "failed"
+
+
+def _hold_payout(tx: db.Tx, request_id: int) -> None:
+    """A released deposit Toss took back: the store's payout is not sent (failed with DEPOSIT_REVERSED, for a person
+    to decide: the payer deposits again, then `escrow.ops retry-payout`). A payout already at Toss cannot be held:
+    the alarm (ReleasedDepositsReversed) is what tells someone."""
+    found = settlements_repo.for_request(tx, request_id)
+    settlement = settlements_repo.lock(tx, found["id"]) if found is not None else None
+    if settlement is None or settlement["payout_status"] != PayoutStatus.SCHEDULED:
+        return
+    settlements_repo.set_payout_status(
+        tx,
+        settlement["id"],
+        settlement["payout_status"],
+        PayoutStatus.FAILED,
+        payout_error_code="DEPOSIT_REVERSED",
+        payout_error_message="Toss took a released virtual-account deposit back; the payout is held",
+    )
 
 
 # A share whose charge we take: its live attempt was sent to Toss (or had failed: Toss's record wins).
@@ -758,14 +841,16 @@ _REFUND_REASONS = {
 
 
 def _record_charge(tx: db.Tx, request_id: int, payment_id: int, payment: Payment, *, actor: str, reason: str) -> None:
-    """Money Toss took for this share: one ledger entry per paymentKey, whatever happens to it next."""
+    """Money Toss took for this share: one ledger entry per paymentKey, whatever happens to it next; a virtual
+    account deposited again after Toss took a deposit back (a reversal) is a charge again, of its own."""
+    reversals = ledger.reversals_of(tx, payment.payment_key)
     ledger.record(
         tx,
         request_id=request_id,
         payment_id=payment_id,
         entry_type="charge",
         amount=payment.total_amount,
-        reference=payment.payment_key,
+        reference=payment.payment_key if reversals == 0 else f"{payment.payment_key}:deposit-{reversals + 1}",
         actor=actor,
         reason=reason,
     )
@@ -827,7 +912,13 @@ def reconcile_order(order: dict[str, Any], *, toss: TossPort) -> str:
     if found is None:
         record_failure(order["order_id"], "NOT_FOUND_PAYMENT", "Toss has no payment for this order", actor="reconcile")
         return "failed"
-    return apply_toss_payment(found, actor="reconcile", reason="reconciliation", toss=toss)
+    outcome = apply_toss_payment(found, actor="reconcile", reason="reconciliation", toss=toss)
+    if outcome == "waiting_for_deposit":
+        # Nothing changed (the payer has not deposited yet): to the back of the queue, so that accounts waiting for
+        # days never crowd out the confirms whose outcome is unknown (the schedule takes the oldest first).
+        with db.transaction() as tx:
+            payments_repo.touch_order(tx, order["order_id"])
+    return outcome
 
 
 def _mark_refunded(order_id: str, payment: Payment, *, actor: str, why: str) -> str:

@@ -30,6 +30,7 @@ from escrow.repositories import charges as charges_repo
 from escrow.repositories import ledger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
+from escrow.repositories import refund_accounts as refund_accounts_repo
 from escrow.repositories import requests as requests_repo
 from escrow.repositories import settlements as settlements_repo
 from escrow.services import isolation, payouts, rooms
@@ -197,12 +198,19 @@ def _release_locked_many(
         return plan_release(requests, [], set(), fee_bps=0, actor=actor), {}
     shares = payments_repo.lock_for_requests(tx, funded)
     in_flight = cancels_repo.payments_with_refund_in_flight(tx, [s["id"] for s in shares])
+    # A current participant's refund waiting for their refund account holds the release too (its money is on its way
+    # back); a removed participant's does not: what they hold is never released.
+    waiting = cancels_repo.payments_waiting_for_account(tx, [s["id"] for s in shares])
+    in_flight |= {s["id"] for s in shares if s["id"] in waiting and s["status"] != PaymentStatus.REMOVED}
     plan = plan_release(requests, shares, in_flight, fee_bps=get_settings().platform_fee_bps, actor=actor)
     if not plan.releases:
         return plan, {}
     if plan.shares:
         payments_repo.release_many(tx, plan.shares)
         charges_repo.release_for_shares(tx, [s["id"] for s in plan.shares])
+        # A payer's refund account left from a refund Toss did not make (the payer did not ask again) is not kept
+        # once their money is released: nothing of theirs is refunded any more.
+        refund_accounts_repo.forget_for_payments(tx, [s["id"] for s in plan.shares])
         ledger.record_many(tx, plan.ledger_entries)
     # One statement for the settlements of the chunk and one for its events: ref_payout_id is the settlement's
     # refPayoutId at Toss, unique.

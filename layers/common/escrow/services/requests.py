@@ -17,11 +17,12 @@ from escrow.repositories import requests as requests_repo
 from escrow.repositories import rooms as rooms_repo
 from escrow.repositories import stores as stores_repo
 from escrow.services import refunds, rooms
-from escrow.services.funding import refresh_funding
-from escrow.states import CANCEL_IN_FLIGHT, CONFIRMING, PAID_IN_FULL, PaymentStatus, RequestStatus
+from escrow.services.funding import refresh_funding, refuse_after_deadline
+from escrow.states import CANCEL_IN_FLIGHT, CONFIRMING, OPEN, PAID_IN_FULL, PaymentStatus, RequestStatus
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
+    from escrow.deadline import Deadline
     from escrow.models import CreatePaymentRequestBody, ParticipantBody
     from escrow.toss.port import TossPort
 
@@ -121,6 +122,7 @@ def add_participant(principal: Principal, body: ParticipantBody) -> dict[str, An
     for them again (its earlier notice is corrected)."""
     with db.transaction() as tx:
         request = _open_for_owner(tx, principal, body.chat_room_id, "add participants")
+        refuse_after_deadline(request, "adding a participant")
         if not rooms_repo.is_member(tx, body.chat_room_id, body.user_id):
             raise ValidationFailed(
                 "participants must be members of the room",
@@ -161,9 +163,12 @@ def add_participant(principal: Principal, body: ParticipantBody) -> dict[str, An
     }
 
 
-def remove_participant(principal: Principal, body: ParticipantBody, *, toss: TossPort | None = None) -> dict[str, Any]:
-    """The owner takes a participant out of the open request, and what they hold is refunded in the same flow. When
-    everyone left holds their share in full, the request is funded (a new notice, with the new total)."""
+def remove_participant(
+    principal: Principal, body: ParticipantBody, *, toss: TossPort | None = None, deadline: Deadline | None = None
+) -> dict[str, Any]:
+    """The owner takes a participant out of the open request, and what they hold is refunded in the same flow (its
+    Toss calls within `deadline`; a refund there is no time left for is pending). When everyone left holds their
+    share in full, the request is funded (a new notice, with the new total)."""
     reason = body.reason or "참여자 제외"
     with db.transaction() as tx:
         request = _open_for_owner(tx, principal, body.chat_room_id, "remove participants")
@@ -218,11 +223,12 @@ def remove_participant(principal: Principal, body: ParticipantBody, *, toss: Tos
             )
             request["status"] = RequestStatus.PENDING
         status = refresh_funding(tx, request, why="participant_removed")
-    results = refunds.refund_queued(targets, toss=toss)
+    results = refunds.refund_queued(targets, toss=toss, deadline=deadline)
     pending = [r for r in results if r["refund_status"] != "refunded"]
     refunded = sum(int(r.get("refunded_amount", 0)) for r in results)
     count("ParticipantsRemoved")
     logger.info("participant removed", extra={"payment_request_id": request["id"], "refunds": len(results)})
+    needs_account = any(r["refund_status"] == "refund_account_needed" for r in results)
     return {
         "payment_request_id": request["id"],
         "payer_id": body.user_id,
@@ -230,6 +236,7 @@ def remove_participant(principal: Principal, body: ParticipantBody, *, toss: Tos
         "refund_status": "not_needed" if not results else ("refunded" if not pending else "refund_pending"),
         "refunded_amount": refunded,
         "refunds": results,
+        **({"refund_account_needed": True} if needs_account else {}),
         "participant_count": len(current) - 1,
         "payment_request_status": status,
     }
@@ -239,10 +246,18 @@ def remove_participant(principal: Principal, body: ParticipantBody, *, toss: Tos
 
 
 def room_status(principal: Principal, chat_room_id: int) -> dict[str, Any]:
-    """The brief's status shape, one entry per current participant (fields only added). Two SQL statements."""
+    """The brief's status shape, one entry per current participant (fields only added). Two SQL statements, and a
+    third when a share holds money after a refund was asked (which refunds wait for the payer's refund account)."""
     with db.reader() as tx:
         view = requests_repo.status_view(tx, chat_room_id, principal.user_id)
         shares = payments_repo.for_request(tx, view["id"]) if view["id"] is not None else []
+        holding = [
+            s["id"]
+            for s in shares
+            if int(s["paid_amount"]) > int(s["refunded_amount"])
+            and (s["status"] == PaymentStatus.REMOVED or view["status"] not in OPEN)
+        ]
+        waiting = cancels_repo.payments_waiting_for_account(tx, holding)
     if not view["known_room"]:
         raise NotFound(
             "the service has no membership for this room; the chat service must send it first",
@@ -257,6 +272,14 @@ def room_status(principal: Principal, chat_room_id: int) -> dict[str, Any]:
 
     def held(s: dict[str, Any]) -> int:
         return int(s["paid_amount"]) - int(s["refunded_amount"])
+
+    def refund_account(s: dict[str, Any]) -> dict[str, Any]:
+        """Whether a refund of this share waits for the payer's refund account (and, to the payer, which)."""
+        keys = waiting.get(s["id"])
+        if not keys:
+            return {"refund_account_needed": False}
+        mine = s["payer_id"] == principal.user_id
+        return {"refund_account_needed": True, **({"refund_payment_keys": keys} if mine else {})}
 
     paid = sum(1 for s in current if s["status"] in PAID_IN_FULL)
     # Released: the settlement and its payout (what it waits for: Toss's payout balance, the store's seller, a retry).
@@ -294,6 +317,7 @@ def room_status(principal: Principal, chat_room_id: int) -> dict[str, Any]:
                 "refunded_amount": s["refunded_amount"],
                 "held_amount": 0 if s["status"] == PaymentStatus.RELEASED else held(s),
                 "owed_amount": 0 if s["status"] == PaymentStatus.RELEASED else max(int(s["amount"]) - held(s), 0),
+                **refund_account(s),
             }
             for s in current
         ],
@@ -304,6 +328,7 @@ def room_status(principal: Principal, chat_room_id: int) -> dict[str, Any]:
                 "refunded_amount": s["refunded_amount"],
                 "held_amount": held(s),
                 "removed_at": iso(s["removed_at"]),
+                **refund_account(s),
             }
             for s in removed
         ],

@@ -58,6 +58,12 @@ class TossError(Exception):
     outcome_unknown = False
 
 
+def passes(code: str | None) -> bool:
+    """A refusal that is not the payer's: Toss's passing trouble or our configuration. Asking again (with a new key:
+    Toss replays an error for its key) may succeed."""
+    return code in RETRYABLE_CODES or code in CONFIGURATION_CODES
+
+
 class TossApiError(TossError):
     """An answer with an error, or an answer we could not read.
 
@@ -89,3 +95,8 @@ class TossConnectionError(TossError):
 
     retryable = True
     outcome_unknown = False
+
+
+class TossNotSent(TossConnectionError):
+    """Not sent: too little of the invocation's time was left to wait for Toss's answer (escrow.deadline). Nothing
+    reached Toss; the caller records what it knows (an outcome still unknown, a refund still pending) and answers."""

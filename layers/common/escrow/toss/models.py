@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+KST = timezone(timedelta(hours=9))  # Toss's times without an offset are Korea's
 FINAL_APPROVED = "DONE"
 CANCELLED_STATUSES = ("CANCELED", "PARTIAL_CANCELED")
 FAILED_STATUSES = ("ABORTED", "EXPIRED")
@@ -29,6 +31,11 @@ class Failure(_Lenient):
     message: str | None = None
 
 
+class VirtualAccount(_Lenient):
+    due_date: str | None = Field(default=None, alias="dueDate")
+    expired: bool | None = None
+
+
 class Payment(_Lenient):
     payment_key: str = Field(alias="paymentKey")
     order_id: str = Field(alias="orderId")
@@ -42,6 +49,7 @@ class Payment(_Lenient):
     last_transaction_key: str | None = Field(default=None, alias="lastTransactionKey")
     cancels: list[Cancel] | None = None
     failure: Failure | None = None
+    virtual_account: VirtualAccount | None = Field(default=None, alias="virtualAccount")
     raw: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
     @classmethod
@@ -49,6 +57,19 @@ class Payment(_Lenient):
         payment = cls.model_validate(data)
         payment.raw = data
         return payment
+
+    def deposit_window_closed(self, now: datetime) -> bool:
+        """A virtual account waiting for a deposit that can no longer come: Toss says it expired, or its dueDate
+        passed (Toss keeps it WAITING_FOR_DEPOSIT and sends no webhook; a deposit after dueDate is refused)."""
+        va = self.virtual_account
+        if self.status != "WAITING_FOR_DEPOSIT" or va is None:
+            return False
+        if va.expired:
+            return True
+        if not va.due_date:
+            return False
+        due = datetime.fromisoformat(va.due_date)
+        return (due if due.tzinfo else due.replace(tzinfo=KST)) < now
 
     @property
     def is_done(self) -> bool:

@@ -11,6 +11,7 @@ have happened) and `TossConnectionError` (it never reached Toss).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -40,9 +41,12 @@ class TossPort(Protocol):
         idempotency_key: str,
         amount: int | None = None,
         refundable_amount: int | None = None,
+        refund_account: Mapping[str, str] | None = None,
     ) -> Payment:
         """`POST /v1/payments/{paymentKey}/cancel`: all that is left (`amount` None) or part of it. With
-        `refundable_amount`, Toss refuses (NOT_MATCHES_REFUNDABLE_AMOUNT) unless it is the payment's balance."""
+        `refundable_amount`, Toss refuses (NOT_MATCHES_REFUNDABLE_AMOUNT) unless it is the payment's balance.
+        `refund_account` (`{bank, accountNumber, holderName}`, Toss's bank code) is `refundReceiveAccount`, which a
+        deposited virtual-account payment needs; it is personal data: never logged."""
         ...
 
     # --- payouts v2 (지급대행) ------------------------------------------------------------------------------
