@@ -40,8 +40,12 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
 
     if _remaining_ms() < RESERVE_MS:
         raise fanout.ChunkUnfinished("not started: too little time left in this invocation")
+    from escrow.deadline import Deadline
+
     message = json.loads(record.body)
-    result = fanout.work(message, deadline=_out_of_time)
+    # Toss calls fit in the invocation, with 20 s kept back to record their outcome.
+    invocation = Deadline.from_context(_invocation.context, margin=20.0, fallback_seconds=_remaining_ms() / 1000)
+    result = fanout.work(message, deadline=_out_of_time, invocation=invocation)
     logger.info(
         "jobs chunk done",
         extra={

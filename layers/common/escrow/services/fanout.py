@@ -42,6 +42,7 @@ from typing import Any, Protocol, cast
 from escrow import db
 from escrow.clock import db_time, iso, utcnow
 from escrow.config import get_settings
+from escrow.deadline import Deadline
 from escrow.errors import AppError
 from escrow.observability import count, logger
 from escrow.repositories import requests as requests_repo
@@ -190,13 +191,18 @@ def work(
     toss: TossPort | None = None,
     now: Callable[[], datetime] = utcnow,
     deadline: Callable[[], bool] = lambda: False,
+    invocation: Deadline | None = None,
 ) -> dict[str, int]:
     """Work off one chunk. Raises (and so fails the message) only for what the chunk cannot isolate: the database
     unavailable, a message we cannot read, or no time left.
 
     Workers at once can deadlock in InnoDB (gap locks of different requests' rows); the loser's transaction is rolled
     back whole (DATABASE_BUSY), and the chunk is worked again here, a few times, before the message fails: what the
-    first attempt finished is skipped the second time."""
+    first attempt finished is skipped the second time.
+
+    `invocation`: the Lambda invocation's deadline; each Toss call's timeouts are cut to fit in it (escrow.deadline),
+    so a worker is not stopped by Lambda in the middle of a call."""
+    toss = toss or paced(get_toss_client(invocation))
     for attempt in range(1, BUSY_RETRIES + 1):
         try:
             return _work(message, toss=toss, now=now, deadline=deadline)
@@ -225,7 +231,7 @@ def _work(
     if kind not in KINDS or not isinstance(raw_ids, list) or not all(isinstance(i, int) for i in raw_ids):
         raise ValueError(f"not a jobs chunk: job {kind!r}")  # a message of no use: to the dead-letter queue
     ids: list[int] = raw_ids
-    toss = toss or paced(get_toss_client())
+    toss = toss or paced(get_toss_client())  # (work() passes its own; a direct call gets the configured one)
     result: dict[str, int]
     if kind == "release":
         result = release_service.release_due(len(ids), now=now, deadline=deadline, only=ids)
