@@ -65,8 +65,9 @@ class LocalQueue:
             self._cond.notify_all()
 
     def pending(self) -> int:
+        """Messages waiting for a worker (as SQS's ApproximateNumberOfMessages)."""
         with self._cond:
-            return len(self._waiting) + len(self._in_flight)
+            return len(self._waiting)
 
     # --- the workers' side ---
     def receive(self, max_messages: int = 1, timeout: float = 0.5) -> list[Message]:

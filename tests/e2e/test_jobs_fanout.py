@@ -135,6 +135,10 @@ def test_the_schedule_plans_chunks_and_the_worker_works_them_off_once(
     assert plan["releases_planned"] >= 12 and plan["expiries_planned"] >= 10
     assert "release" not in report and "expire" not in report  # planned, not done by the run itself
     assert "publish" in report and "sellers" in report  # the jobs that stay in the scheduled run
+    # While its chunks wait for a worker, the next scheduled run plans nothing new.
+    again = schedule()
+    assert again["plan"].get("plan_skipped_queue_busy") == 1
+
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"job": "nonsense", "ids": [1]}))  # of no use
     received = _receive_all(sqs, url)
     bad = next(m for m in received if json.loads(m["Body"])["job"] == "nonsense")
@@ -154,10 +158,6 @@ def test_the_schedule_plans_chunks_and_the_worker_works_them_off_once(
             "AND status = 'completed'"
         )
         assert cur.fetchone()["n"] == 12  # nothing released yet: only planned
-
-    # While the plan is not worked off, the next scheduled run plans nothing new.
-    again = schedule()
-    assert again["plan"].get("plan_skipped_queue_busy") == 1
 
     # The worker, with SQS's own message shapes: several chunks in one event, and the message of no use.
     worker = load_function("jobs_worker")

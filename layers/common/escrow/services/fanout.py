@@ -25,8 +25,9 @@ overdraw the balance together. Toss's rate limits: each worker paces its own Tos
 of TOSS_CALLS_PER_SECOND per worker), and the reserved concurrency bounds the workers, so the stack's rate is at most
 their product.
 
-One plan at a time: while the queue still holds messages (a previous plan is being worked off) the planner enqueues
-nothing new; re-planning the same items would be harmless but wasted work.
+One plan at a time: while messages of the last plan still wait to be taken (the workers do not keep up) the planner
+enqueues nothing new. Chunks being worked on, or failed and waiting to come back, do not hold it up: their items may
+be planned again, which is harmless (each is re-checked) if wasted work.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class Queue(Protocol):
     def send(self, messages: Sequence[Mapping[str, Any]]) -> None: ...
 
     def pending(self) -> int:
-        """Messages not worked off yet (waiting or being worked on)."""
+        """Messages waiting to be taken by a worker (not those being worked on, or failed and waiting to come
+        back: a chunk that fails for half an hour must not hold up every plan meanwhile)."""
         ...
 
 
@@ -97,10 +99,9 @@ class SqsQueue:
 
     def pending(self) -> int:
         attributes = self.client().get_queue_attributes(
-            QueueUrl=self.url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"]
         )["Attributes"]
-        return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+        return int(attributes["ApproximateNumberOfMessages"])
 
 
 _local_queue: Queue | None = None
@@ -142,7 +143,7 @@ def plan(
         return {}
     waiting = queue.pending()
     if waiting:
-        logger.info("the last plan is still being worked off; nothing planned", extra={"messages": waiting})
+        logger.info("chunks of the last plan still wait for a worker; nothing planned", extra={"messages": waiting})
         return {"plan_skipped_queue_busy": 1, "messages_in_queue": waiting}
     size = get_settings().jobs_chunk_size
     at = now()
