@@ -381,8 +381,9 @@ def run_scheduled(
 
     wanted = list(DEFAULT_JOBS) if jobs == "all" else list(jobs)
     report: dict[str, Any] = {}
-    queue = queue if queue is not None else fanout.configured_queue()
-    if queue is not None:
+    planned = [name for name in wanted if name in fanout.PLANNED_JOBS]
+    queue = queue if queue is not None or not planned else fanout.configured_queue()
+    if queue is not None and planned:
         for name in wanted:
             if name not in DEFAULT_JOBS and name not in OPTIONAL_JOBS:
                 raise ValueError(f"unknown job {name!r}")
