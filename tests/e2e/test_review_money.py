@@ -1,0 +1,211 @@
+"""An outside review, attacking the money rules as a hostile room member, a hostile outsider and a misbehaving Toss.
+
+Each test states an attack and the outcome that is correct. A test that passes documents an attack that is
+defended (kept as a regression test); a test marked `xfail(strict=True, reason="finding: ...")` is a finding: it
+fails today and passes once the finding is fixed (then the mark comes off)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+from tests.e2e.conftest import eventually
+from tests.e2e.test_adversary import cancel, toss_cancels
+from tests.e2e.test_deposit_reversal import SHARE_OF_CHARGE, deposit, pay_by_virtual_account, request_status
+from tests.e2e.test_room_gets_paid import open_request, pay, rows
+
+pytestmark = pytest.mark.e2e
+
+SETTLEMENT = (
+    "SELECT id, payout_status, payout_error_code, payout_id FROM payment_settlements WHERE payment_request_id = %s"
+)
+
+
+def ledger_of(sql, request_id: int) -> list[tuple[str, int, str]]:
+    found = rows(
+        sql,
+        "SELECT entry_type, amount, reference FROM ledger_entries WHERE payment_request_id = %s ORDER BY id",
+        request_id,
+    )
+    return [(e["entry_type"], int(e["amount"]), str(e["reference"])) for e in found]
+
+
+def charge_of(sql, key: str) -> dict[str, Any]:
+    return dict(rows(sql, "SELECT * FROM payment_charges WHERE payment_key = %s", key)[0])
+
+
+def refunds_of(sql, key: str) -> list[dict[str, Any]]:
+    return list(rows(sql, "SELECT * FROM payment_cancels WHERE payment_key = %s ORDER BY id", key))
+
+
+@pytest.fixture()
+def clock_back(toss):
+    """Tests that move the sandbox clock put it back where it was."""
+    before = float(toss.control("clock", {"advance_seconds": 0})["offsetSeconds"])
+    yield
+    now = float(toss.control("clock", {"advance_seconds": 0})["offsetSeconds"])
+    toss.control("clock", {"advance_seconds": before - now})
+
+
+# --- deposit reversal ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: a virtual account deposited again after a reversal of a released deposit is refunded to the "
+    "payer as a 'deposit after close', while the store's payout is retried: the store is paid from money the payer "
+    "got back",
+)
+def test_a_released_deposit_reversed_and_deposited_again_goes_to_the_store_not_back_to_the_payer(
+    as_user, toss, make_room, sql, schedule
+):
+    # Attack (a payer with a bouncing bank): the deposit is released to the store, Toss takes it back (the payout is
+    # held: DEPOSIT_REVERSED), the payer deposits into the same account again, exactly what the hold waits for
+    # (`_hold_payout`: "the payer deposits again, then escrow.ops retry-payout"). Correct: the new deposit is the
+    # released share's money again (charge released, no refund queued), so the held payout may be retried. Wrong:
+    # the request is `released`, so `_deposited` takes the new deposit for a "deposit after close" and refunds it;
+    # the operator then retries the payout and the store is paid 15000 the payer got back.
+    room = make_room(1)
+    request_id = open_request(as_user, room)
+    key = pay_by_virtual_account(as_user, toss, room, room.members[0])
+    deposit(toss, sql, key)
+    r = as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
+    assert r.status_code == 200, r.text
+    toss.control(f"payments/{key}/deposit-error", {})
+    eventually(lambda: charge_of(sql, key)["status"] == "waiting_for_deposit")
+    assert rows(sql, SETTLEMENT, request_id)[0]["payout_error_code"] == "DEPOSIT_REVERSED"
+
+    toss.control(f"payments/{key}/deposit", {})  # the payer deposits again
+    eventually(lambda: charge_of(sql, key)["status"] != "waiting_for_deposit")
+    rows(sql, "UPDATE payment_cancels SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE payment_key = %s", key)
+    schedule(jobs=["reconcile_payments", "reconcile_cancels"])  # whatever the schedule would do with it
+    state = (charge_of(sql, key)["status"], [(c["status"], c["request_key"]) for c in refunds_of(sql, key)])
+    state += (toss.payment(key)["status"], toss_cancels(toss, key))
+    assert state == ("released", [], "DONE", []), state
+
+
+def _card_then_virtual_account(as_user, toss, room, sql, payer) -> tuple[str, str]:
+    """A share of 15000 held by two charges: a card charge (15000, 10000 of it refunded) and a virtual account of
+    10000 deposited. Returns (card key, account key)."""
+    r, body = pay(as_user, toss, room, payer)
+    assert r.status_code == 200, r.text
+    card = body["paymentKey"]
+    r = cancel(as_user, payer, card, 10000)
+    assert r.status_code == 200, r.text
+    account = pay_by_virtual_account(as_user, toss, room, payer)
+    deposit(toss, sql, account)
+    return card, account
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: a deposit reversal arriving while the share's other confirm is `unknown` raises "
+    "INVALID_STATE_TRANSITION (unknown -> in_progress): the reversal is never recorded and the share keeps counting "
+    "money Toss took back",
+)
+def test_a_deposit_reversed_while_another_confirm_of_the_share_is_unknown_is_still_recorded(
+    as_user, toss, make_room, sql, schedule
+):
+    # Attack (a payer whose deposit bounces while they pay the rest by card and Toss's answers are lost): the share
+    # holds 10000 by a virtual account and owes 5000, which it pays by card; Toss approves the card but neither the
+    # answer nor the lookups arrive (share `unknown`). Then Toss takes the account's deposit back. Correct: the
+    # reversal is recorded (the charge waits for a deposit again) whatever the share's other confirm is doing, so
+    # that the share never counts money that is gone. Wrong: `_deposit_reversed` moves the share unknown ->
+    # in_progress, which the machine refuses; the DEPOSIT_CALLBACK fails (409) on every delivery, the charge stays
+    # `held`, and once the card confirm is reconciled the request is funded with 10000 KRW that Toss took back:
+    # the owner can release it and the store is paid from the platform's money.
+    room = make_room(1)
+    (payer,) = room.members
+    request_id = open_request(as_user, room)
+    card, account = _card_then_virtual_account(as_user, toss, room, sql, payer)
+    r = cancel(as_user, payer, card, 5000)  # the card's last 5000: the share holds the account's 10000, owes 5000
+    assert r.status_code == 200, r.text
+
+    toss.faults(lose_answer_rate=1.0, timeout_seconds=3)
+    r, body = pay(as_user, toss, room, payer)
+    toss.clear_faults()
+    assert r.status_code == 502 and r.json()["error"]["code"] == "PAYMENT_OUTCOME_UNKNOWN", r.text
+    requests.delete(f"{toss.url}/sandbox/webhooks", timeout=5)  # the card's webhook retries are not due yet
+
+    assert rows(sql, SHARE_OF_CHARGE, account)[0]["status"] == "unknown"
+    toss.control(f"payments/{account}/deposit-error", {})
+    callback = eventually(lambda: next((w for w in toss.webhooks() if w["eventType"] == "DEPOSIT_CALLBACK"), None))
+    eventually(lambda: _delivery(toss, callback["transmissionId"])["state"] != "pending", timeout=10)
+    answers = [a["status"] for a in _delivery(toss, callback["transmissionId"])["attempts"]]
+    assert answers[-1] == 200, answers  # the reversal is Toss's word: never refused
+    assert charge_of(sql, account)["status"] == "waiting_for_deposit"
+
+    # The card's confirm is reconciled: the share must not be funded by the deposit Toss took back.
+    rows(sql, "UPDATE payment_orders SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE order_id = %s", body["orderId"])
+    schedule(jobs=["reconcile_payments"])
+    assert request_status(sql, request_id) == "pending", ledger_of(sql, request_id)
+    r = as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
+    assert r.status_code == 409, r.text
+
+
+def _delivery(toss, transmission_id: str) -> dict[str, Any]:
+    return next(w for w in toss.webhooks() if w["transmissionId"] == transmission_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: a deposit Toss reports DONE for a virtual account we closed as expired is answered "
+    "`already_completed`: the money is neither held nor refunded, and no ledger entry records it",
+)
+def test_a_deposit_into_an_account_we_took_for_expired_is_never_silently_ignored(
+    as_user, toss, make_room, sql, schedule, clock_back
+):
+    # Attack (a misbehaving Toss, or clocks that disagree at the due date): we decide the account expired (Toss said
+    # `expired`, or its dueDate passed by our clock) and free the share; then Toss still takes a deposit into it.
+    # Correct: Toss's DONE wins: the money is recorded (a charge in the ledger) and either held for the share or
+    # refunded. Wrong: the charge row is `cancelled`, `_apply` sees a charge with this paymentKey that is not waiting
+    # and answers `already_completed`: 15000 KRW sit at Toss that our books never mention.
+    room = make_room(1)
+    (payer,) = room.members
+    request_id = open_request(as_user, room)
+    key = pay_by_virtual_account(as_user, toss, room, payer)
+    toss.control("clock", {"advance_seconds": 8 * 86400})
+    rows(sql, "UPDATE payment_orders SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE payment_key = %s", key)
+    schedule(jobs=["reconcile_payments"])
+    assert charge_of(sql, key)["status"] == "cancelled"
+    toss.control("clock", {"advance_seconds": -8 * 86400})  # Toss's clock is behind ours: it still takes a deposit
+
+    toss.control(f"payments/{key}/deposit", {})
+    eventually(
+        lambda: any(w["eventType"] == "DEPOSIT_CALLBACK" and w.get("state") == "delivered" for w in toss.webhooks()),
+        timeout=5,
+    )
+    rows(sql, "UPDATE payment_orders SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE payment_key = %s", key)
+    schedule(jobs=["reconcile_payments"])
+    assert toss.payment(key)["status"] == "DONE"
+    charges = [e for e in ledger_of(sql, request_id) if e[0] == "charge"]
+    assert charges == [("charge", 15000, key)], ledger_of(sql, request_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: the same confirm re-sent after a passing refusal skips the order's amount check: an order "
+    "prepared for 10000 is sent to Toss as a 15000 confirm instead of 409 ORDER_OUTDATED",
+)
+def test_a_confirm_resent_after_a_passing_refusal_still_checks_what_its_order_was_for(as_user, toss, make_room, sql):
+    # Attack (a payer): an order for the 10000 owed is refused with PROVIDER_ERROR (503, "pay again shortly"). The
+    # payer then has the rest of the share refunded (owed 15000 now) and sends the old confirm again with amount
+    # 15000. Correct: 409 ORDER_OUTDATED, as for an order that was never sent (the order was prepared for 10000),
+    # and Toss is not asked. Wrong: the passing-refusal branch of `_begin_confirm` checks only body.amount == owed.
+    room = make_room(1)
+    (payer,) = room.members
+    open_request(as_user, room)
+    r, first = pay(as_user, toss, room, payer)
+    assert r.status_code == 200, r.text
+    assert cancel(as_user, payer, first["paymentKey"], 10000).status_code == 200
+    toss.faults(failure_code="PROVIDER_ERROR", count=1, paths=["/v1/payments/confirm"])
+    r, body = pay(as_user, toss, room, payer)
+    assert r.status_code == 503 and body["amount"] == 10000, r.text
+    assert cancel(as_user, payer, first["paymentKey"]).status_code == 200  # the remaining 5000: owes 15000 now
+    sent = len(toss.calls("/v1/payments/confirm", "POST"))
+
+    r = as_user(payer).post("/api/v1/payment/initiate", {**body, "amount": 15000})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "ORDER_OUTDATED", r.text
+    assert len(toss.calls("/v1/payments/confirm", "POST")) == sent
