@@ -209,3 +209,49 @@ def test_a_confirm_resent_after_a_passing_refusal_still_checks_what_its_order_wa
     r = as_user(payer).post("/api/v1/payment/initiate", {**body, "amount": 15000})
     assert r.status_code == 409 and r.json()["error"]["code"] == "ORDER_OUTDATED", r.text
     assert len(toss.calls("/v1/payments/confirm", "POST")) == sent
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: a deposit into a virtual account whose share is already held in full by another payment fails "
+    "with INVALID_STATE_TRANSITION (completed -> completed) on every webhook delivery: the second 15000 is neither "
+    "held nor refunded nor in the ledger (`_deposited` never checks what the share owes)",
+)
+def test_a_second_deposit_into_a_share_already_paid_is_never_held_on_top(as_user, toss, make_room, sql):
+    # Attack (a payer, with the owner's help): pay by virtual account, get removed (the account's refund is
+    # refused: virtual-account refunds need an account Toss is not given), the deposit bounces, get added again,
+    # pay by card, then deposit into the old account again. Correct: the share holds its 15000 once; the second
+    # deposit is money we must not keep: recorded and refunded (queued). Wrong: `_deposited` computes the share's
+    # status from held + deposit (30000 of 15000: completed -> completed), the machine refuses, the DEPOSIT_CALLBACK
+    # answers 409 on every delivery and the payer's second 15000 stays at Toss, in no book of ours.
+    room = make_room(2)
+    a, _b = room.members
+    request_id = open_request(as_user, room)
+    account = pay_by_virtual_account(as_user, toss, room, a)
+    deposit(toss, sql, account)
+    r = as_user(room.owner).post(
+        "/api/v1/payment/participants/remove", {"chat_room_id": room.chat_room_id, "user_id": a}
+    )
+    assert r.status_code == 202 and r.json()["refunds"][0]["refund_status"] == "refund_refused", r.text
+    toss.control(f"payments/{account}/deposit-error", {})
+    eventually(lambda: charge_of(sql, account)["status"] == "waiting_for_deposit")
+    r = as_user(room.owner).post("/api/v1/payment/participants/add", {"chat_room_id": room.chat_room_id, "user_id": a})
+    assert r.status_code == 201, r.text
+    r, _ = pay(as_user, toss, room, a)
+    assert r.status_code == 200 and r.json()["payment_status"] == "completed", r.text
+
+    toss.control(f"payments/{account}/deposit", {})
+    callbacks = [w for w in toss.webhooks() if w["eventType"] == "DEPOSIT_CALLBACK"]
+    last = callbacks[-1]["transmissionId"]
+    eventually(lambda: _delivery(toss, last)["state"] != "pending", timeout=10)
+    answers = [t["status"] for t in _delivery(toss, last)["attempts"]]
+    assert answers[-1] == 200, answers  # Toss's deposit is recorded, never refused
+    mine = rows(
+        sql,
+        "SELECT paid_amount, refunded_amount FROM payments WHERE payment_request_id = %s AND payer_id = %s",
+        request_id,
+        a,
+    )[0]
+    assert int(mine["paid_amount"]) - int(mine["refunded_amount"]) == 15000, mine
+    assert (f"{account}:deposit-2") in [e[2] for e in ledger_of(sql, request_id) if e[0] == "charge"]
+    assert [r for r in refunds_of(sql, account) if r["status"] != "refused"], refunds_of(sql, account)
