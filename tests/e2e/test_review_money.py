@@ -12,9 +12,9 @@ import pytest
 import requests
 
 from tests.e2e.conftest import eventually
-from tests.e2e.test_adversary import cancel, toss_cancels
+from tests.e2e.test_adversary import cancel, status_of, toss_cancels
 from tests.e2e.test_deposit_reversal import SHARE_OF_CHARGE, deposit, pay_by_virtual_account, request_status
-from tests.e2e.test_room_gets_paid import open_request, pay, rows
+from tests.e2e.test_room_gets_paid import open_request, pay, prepare, rows
 
 pytestmark = pytest.mark.e2e
 
@@ -255,3 +255,63 @@ def test_a_second_deposit_into_a_share_already_paid_is_never_held_on_top(as_user
     assert int(mine["paid_amount"]) - int(mine["refunded_amount"]) == 15000, mine
     assert (f"{account}:deposit-2") in [e[2] for e in ledger_of(sql, request_id) if e[0] == "charge"]
     assert [r for r in refunds_of(sql, account) if r["status"] != "refused"], refunds_of(sql, account)
+
+
+# --- refunds: promises, minimum, doubles ---------------------------------------------------------------------------
+
+
+def test_a_promised_refund_is_kept_once_and_for_what_was_asked_when_toss_replays_its_5xx(
+    as_user, toss, make_room, sql, schedule
+):
+    # Attack (a misbehaving Toss): the payer's partial refund is answered 5xx and the lookup fails too, so the payer
+    # is told "settled automatically, do not ask again"; Toss then replays that 5xx for the key. Correct: the refund
+    # happens, once, for the 3000 asked (a new key, refundableAmount guarding it), and the row is done.
+    room = make_room(1)
+    (payer,) = room.members
+    open_request(as_user, room)
+    _, body = pay(as_user, toss, room, payer)
+    key = body["paymentKey"]
+    toss.faults(server_error_rate=1.0, paths=[f"/v1/payments/{key}"])
+    r = cancel(as_user, payer, key, 3000)
+    toss.clear_faults()
+    assert r.status_code in (200, 202) and "nothing" not in r.text, r.text
+    assert r.json()["refund_status"] == "refund_pending", r.text
+
+    again = cancel(as_user, payer, key, 3000)  # the payer asks again anyway: still one refund
+    rows(sql, "UPDATE payment_cancels SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE payment_key = %s", key)
+    schedule(jobs=["reconcile_cancels"])
+    assert again.status_code in (200, 202), again.text
+    assert toss_cancels(toss, key) == [3000]
+    assert [(c["status"], c["cancel_amount"]) for c in refunds_of(sql, key)] == [("done", 3000)]
+    sent = toss.calls(f"/v1/payments/{key}/cancel", "POST")
+    assert any(c["replayed"] for c in sent) and len({c["idempotency_key"] for c in sent}) == 2, sent
+    view = status_of(as_user, room)
+    assert view["payments"][0]["refunded_amount"] == 3000 and view["payments"][0]["held_amount"] == 12000, view
+
+
+def test_a_refund_minimum_counts_every_charge_of_the_share(as_user, toss, make_room, sql):
+    # Attack (a payer): a share held by two charges (card 15000 with 10000 refunded, then 10000 paid again): a refund
+    # of 4950 of the first charge's last 5000 would leave 4950 owed (fine), 4990 of it leaves 4990 owed (fine), but
+    # the second charge refunded down to leave 50 owed must be refused, whatever charge is refunded.
+    room = make_room(1)
+    (payer,) = room.members
+    open_request(as_user, room)
+    r, first = pay(as_user, toss, room, payer)
+    assert cancel(as_user, payer, first["paymentKey"], 10000).status_code == 200
+    r, second = pay(as_user, toss, room, payer)
+    assert r.status_code == 200 and second["amount"] == 10000, r.text
+    r = cancel(as_user, payer, second["paymentKey"], 50)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "CANCEL_AMOUNT_BELOW_MINIMUM", r.text
+    r = cancel(as_user, payer, first["paymentKey"], 4950)
+    assert r.status_code == 200, r.text
+    r = cancel(as_user, payer, second["paymentKey"], 10000 - 60)  # would leave 4950 + 9940 = 14890 owed: fine
+    assert r.status_code == 200, r.text
+    r = cancel(as_user, payer, first["paymentKey"], 40)  # the first charge's last 50 minus 40: 14930 owed, fine
+    assert r.status_code == 200, r.text
+    r = cancel(as_user, payer, second["paymentKey"])  # all that is left of the second: 14990 owed
+    assert r.status_code == 200, r.text
+    r = cancel(as_user, payer, first["paymentKey"], 5)  # 14995 owed: 5 KRW short of 15000 is fine (>= 100)
+    assert r.status_code == 200, r.text
+    held = status_of(as_user, room)["payments"][0]["held_amount"]
+    assert held == 5
+    assert prepare(as_user, room, payer)["amount"] == 14995
