@@ -6,6 +6,7 @@ fails today and passes once the finding is fixed (then the mark comes off)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -347,3 +348,59 @@ def test_a_deposit_after_the_deadline_does_not_fund_the_request(as_user, toss, m
     assert "EscrowFunded" not in [
         e["event_type"] for e in rows(sql, "SELECT event_type FROM outbox WHERE aggregate_id = %s", str(request_id))
     ]
+
+
+# --- two requests at once --------------------------------------------------------------------------------------------
+
+
+def test_eight_resends_at_once_of_a_confirm_refused_for_a_passing_reason_charge_once(as_user, toss, make_room, sql):
+    # Attack (a payer's app hammering "pay again shortly"): the confirm answered 503 PROVIDER_ERROR is sent again
+    # eight times at once. Correct: one new attempt reaches Toss, one approval, one charge; the other answers are the
+    # same completion or 409 PAYMENT_IN_PROGRESS, never a 500 or a second key approved.
+    room = make_room(1)
+    (payer,) = room.members
+    request_id = open_request(as_user, room)
+    toss.faults(failure_code="PROVIDER_ERROR", count=1, paths=["/v1/payments/confirm"])
+    r, body = pay(as_user, toss, room, payer)
+    assert r.status_code == 503, r.text
+    toss.faults(latency_ms=300)
+    client = as_user(payer)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.post("/api/v1/payment/initiate", body), range(8)))
+    toss.clear_faults()
+    assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers]
+    assert all(a.json()["error"]["code"] == "PAYMENT_IN_PROGRESS" for a in answers if a.status_code == 409)
+    approved = [
+        c
+        for c in toss.calls("/v1/payments/confirm", "POST")
+        if c["body"]["orderId"] == body["orderId"] and c["status"] == 200 and not c["replayed"]
+    ]
+    assert len(approved) == 1, approved
+    assert [e[:2] for e in ledger_of(sql, request_id)] == [("charge", 15000)]
+    assert client.post("/api/v1/payment/initiate", body).json()["payment_status"] == "completed"
+
+
+def test_a_release_racing_a_deposit_reversal_never_pays_out_money_toss_took_back(
+    as_user, toss, make_room, sql, schedule
+):
+    # Attack (a payer whose deposit bounces just as the owner releases): the release and the DEPOSIT_CALLBACK of the
+    # reversal arrive together. Correct, whichever wins: either the release is refused (the request is no longer
+    # funded) or it is released and the payout is held (DEPOSIT_REVERSED); never a payout of the reversed money.
+    for _ in range(3):
+        room = make_room(1)
+        request_id = open_request(as_user, room)
+        key = pay_by_virtual_account(as_user, toss, room, room.members[0])
+        deposit(toss, sql, key)
+        with ThreadPoolExecutor(2) as pool:
+            released = pool.submit(
+                as_user(room.owner).post, "/api/v1/payment/release", {"chat_room_id": room.chat_room_id}
+            )
+            pool.submit(toss.control, f"payments/{key}/deposit-error", {})
+            r = released.result()
+        eventually(lambda k=key: charge_of(sql, k)["status"] == "waiting_for_deposit")
+        if r.status_code == 200:
+            settlement = rows(sql, SETTLEMENT, request_id)[0]
+            assert (settlement["payout_status"], settlement["payout_error_code"]) == ("failed", "DEPOSIT_REVERSED")
+        else:
+            assert r.status_code == 409 and r.json()["error"]["code"] == "REQUEST_NOT_FUNDED", r.text
+            assert request_status(sql, request_id) == "pending"
