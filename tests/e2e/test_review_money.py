@@ -447,3 +447,39 @@ def test_a_payer_cannot_pay_again_while_a_refund_we_promised_is_still_to_be_sent
     owed = status_of(as_user, room)["payments"][0]["owed_amount"]
     assert not 0 < owed < 100, owed
     assert r.status_code == 409 and r.json()["error"]["code"] == "REFUND_IN_PROGRESS", r.text
+
+
+# --- answers that must be true -----------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: the confirm of a virtual account that expired unpaid, sent again, answers 409 PAYMENT_REFUNDED "
+    "'this payment was refunded' although nothing was ever paid or refunded",
+)
+def test_the_confirm_of_an_expired_account_sent_again_does_not_say_refunded(
+    as_user, toss, make_room, sql, schedule, clock_back
+):
+    # Attack (the payer's app replays its confirm after the account's due date): correct is an answer that says
+    # what happened (the account expired unpaid: pay again), not "this payment was refunded".
+    room = make_room(1)
+    (payer,) = room.members
+    open_request(as_user, room)
+    order = prepare(as_user, room, payer)
+    key = toss.widget(order["orderId"], order["amount"], method="가상계좌")
+    body = {
+        "chat_room_id": room.chat_room_id,
+        "amount": order["amount"],
+        "paymentKey": key,
+        "orderId": order["orderId"],
+    }
+    r = as_user(payer).post("/api/v1/payment/initiate", body)
+    assert r.status_code == 200 and r.json()["payment_status"] == "in_progress", r.text
+    toss.control("clock", {"advance_seconds": 8 * 86400})
+    rows(sql, "UPDATE payment_orders SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE payment_key = %s", key)
+    schedule(jobs=["reconcile_payments"])
+    assert charge_of(sql, key)["status"] == "cancelled"
+
+    r = as_user(payer).post("/api/v1/payment/initiate", body)
+    assert r.status_code in (402, 409), r.text
+    assert r.json()["error"]["code"] != "PAYMENT_REFUNDED" and "refunded" not in r.json()["error"]["message"], r.text
