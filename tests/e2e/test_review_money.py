@@ -185,16 +185,12 @@ def test_a_deposit_into_an_account_we_took_for_expired_is_never_silently_ignored
     assert charges == [("charge", 15000, key)], ledger_of(sql, request_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: the same confirm re-sent after a passing refusal skips the order's amount check: an order "
-    "prepared for 10000 is sent to Toss as a 15000 confirm instead of 409 ORDER_OUTDATED",
-)
 def test_a_confirm_resent_after_a_passing_refusal_still_checks_what_its_order_was_for(as_user, toss, make_room, sql):
     # Attack (a payer): an order for the 10000 owed is refused with PROVIDER_ERROR (503, "pay again shortly"). The
     # payer then has the rest of the share refunded (owed 15000 now) and sends the old confirm again with amount
     # 15000. Correct: 409 ORDER_OUTDATED, as for an order that was never sent (the order was prepared for 10000),
-    # and Toss is not asked. Wrong: the passing-refusal branch of `_begin_confirm` checks only body.amount == owed.
+    # and Toss is not asked. Was: the passing-refusal branch of `_begin_confirm` checked only body.amount == owed, and
+    # Toss's refusal of the mismatched amount was answered 402 PAYMENT_DECLINED (fixed in this branch).
     room = make_room(1)
     (payer,) = room.members
     open_request(as_user, room)
@@ -435,7 +431,7 @@ def test_a_payer_cannot_pay_again_while_a_refund_we_promised_is_still_to_be_sent
     rows(sql, "UPDATE payment_cancels SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE payment_key = %s", key)
     schedule(jobs=["reconcile_cancels"])
     toss.clear_faults()
-    promised = [c for c in refunds_of(sql, key) if c["requested_amount"] == 30][0]
+    promised = next(c for c in refunds_of(sql, key) if c["requested_amount"] == 30)
     assert promised["status"] == "failed" and promised["next_attempt_at"] is not None, promised
 
     r = as_user(payer).post("/api/v1/payment/prepare", {"chat_room_id": room.chat_room_id})

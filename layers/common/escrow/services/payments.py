@@ -285,6 +285,12 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                 # Refused for a reason that passes (Toss's trouble, or our configuration) and answered 503 "pay again
                 # shortly": the same confirm again is a new attempt, with a new key (Toss replays the error for the
                 # old one). Toss approves a payment once, so this cannot charge twice.
+                if order["amount"] != due:  # the share's debt changed since (a refund): not what this order was for
+                    raise Conflict(
+                        f"this order was prepared for {order['amount']} KRW, but your share owes {due} KRW now; "
+                        "prepare a new order",
+                        code="ORDER_OUTDATED",
+                    )
                 key_attempt = int(order["confirm_attempt"]) + 1
                 payments_repo.bump_confirm_attempt(tx, body.orderId, int(order["confirm_attempt"]))
                 payments_repo.set_order_status(
