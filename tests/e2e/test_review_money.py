@@ -100,12 +100,6 @@ def _card_then_virtual_account(as_user, toss, room, sql, payer) -> tuple[str, st
     return card, account
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a deposit reversal arriving while the share's other confirm is `unknown` raises "
-    "INVALID_STATE_TRANSITION (unknown -> in_progress): the reversal is never recorded and the share keeps counting "
-    "money Toss took back",
-)
 def test_a_deposit_reversed_while_another_confirm_of_the_share_is_unknown_is_still_recorded(
     as_user, toss, make_room, sql, schedule
 ):
@@ -116,7 +110,7 @@ def test_a_deposit_reversed_while_another_confirm_of_the_share_is_unknown_is_sti
     # that the share never counts money that is gone. Wrong: `_deposit_reversed` moves the share unknown ->
     # in_progress, which the machine refuses; the DEPOSIT_CALLBACK fails (409) on every delivery, the charge stays
     # `held`, and once the card confirm is reconciled the request is funded with 10000 KRW that Toss took back:
-    # the owner can release it and the store is paid from the platform's money.
+    # the owner can release it and the store is paid from the platform's money. (Fixed in this branch.)
     room = make_room(1)
     (payer,) = room.members
     request_id = open_request(as_user, room)

@@ -772,9 +772,14 @@ def _deposit_reversed(
         _hold_payout(tx, request["id"])
         return "deposit_reversed_after_release"
     payments_repo.refresh_amounts(tx, share["id"])
-    target = PaymentStatus.IN_PROGRESS if share["status"] != PaymentStatus.REMOVED else PaymentStatus.REMOVED
-    if share["status"] != target:
-        payments_repo.set_status(tx, share["id"], share["status"], target, toss_status=payment.status)
+    # The share waits for the account again (in_progress), unless it was removed, or another confirm of it is in
+    # flight (in_progress, unknown): that confirm's outcome decides the share's status, from what it holds now
+    # (unknown -> in_progress is no transition: the reversal was refused on every delivery, the share kept counting
+    # the money Toss took back, and the request could be funded and released with it).
+    if share["status"] not in CONFIRMING and share["status"] != PaymentStatus.REMOVED:
+        payments_repo.set_status(
+            tx, share["id"], share["status"], PaymentStatus.IN_PROGRESS, toss_status=payment.status
+        )
     refresh_funding(tx, request, why="deposit_reversed")
     return "deposit_reversed"
 
