@@ -168,7 +168,8 @@ def cancel_share(
             cancel_id = existing["id"]  # no answer arrived earlier: ask again with the same key
         else:
             _check_refundable(share, charge, amount)
-            if cancels_repo.in_flight_for_payment(tx, share["id"]):
+            mine = existing["id"] if existing is not None else None  # the same cancel asked again: a new attempt
+            if [c for c in cancels_repo.in_flight_for_payment(tx, share["id"]) if c["id"] != mine]:
                 raise Conflict(
                     "another refund of this payment is in progress; try again shortly", code="REFUND_IN_PROGRESS"
                 )
