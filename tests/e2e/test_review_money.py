@@ -55,9 +55,9 @@ def clock_back(toss):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="finding: a virtual account deposited again after a reversal of a released deposit is refunded to the "
-    "payer as a 'deposit after close', while the store's payout is retried: the store is paid from money the payer "
-    "got back",
+    reason="finding: a virtual account deposited again after a reversal of a released deposit is taken for a "
+    "'deposit after close' and queued for refund to the payer (refused today only because virtual-account refunds "
+    "are not built), while the held payout waits for exactly this deposit to be retried",
 )
 def test_a_released_deposit_reversed_and_deposited_again_goes_to_the_store_not_back_to_the_payer(
     as_user, toss, make_room, sql, schedule
@@ -427,16 +427,12 @@ def test_a_payer_cannot_pay_again_while_a_refund_we_promised_is_still_to_be_sent
 # --- answers that must be true -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: the confirm of a virtual account that expired unpaid, sent again, answers 409 PAYMENT_REFUNDED "
-    "'this payment was refunded' although nothing was ever paid or refunded",
-)
 def test_the_confirm_of_an_expired_account_sent_again_does_not_say_refunded(
     as_user, toss, make_room, sql, schedule, clock_back
 ):
     # Attack (the payer's app replays its confirm after the account's due date): correct is an answer that says
-    # what happened (the account expired unpaid: pay again), not "this payment was refunded".
+    # what happened (the account expired unpaid: pay again), not "this payment was refunded" (409 PAYMENT_REFUNDED,
+    # what `_replay` answered before the fix in this branch).
     room = make_room(1)
     (payer,) = room.members
     open_request(as_user, room)
@@ -456,8 +452,8 @@ def test_the_confirm_of_an_expired_account_sent_again_does_not_say_refunded(
     assert charge_of(sql, key)["status"] == "cancelled"
 
     r = as_user(payer).post("/api/v1/payment/initiate", body)
-    assert r.status_code in (402, 409), r.text
-    assert r.json()["error"]["code"] != "PAYMENT_REFUNDED" and "refunded" not in r.json()["error"]["message"], r.text
+    assert r.status_code == 402 and r.json()["error"]["toss_code"] == "VIRTUAL_ACCOUNT_EXPIRED", r.text
+    assert "refunded" not in r.json()["error"]["message"], r.text
 
 
 def _promise_a_refund_that_waits_for_its_retry(as_user, toss, sql, schedule, payer: str, key: str, amount: int):

@@ -197,6 +197,11 @@ def _replay(payer_id: str, body: ConfirmBody) -> Attempt | None:
         )
     if charge["status"] == ChargeStatus.WAITING_FOR_DEPOSIT:
         return replace(attempt, answer={"payment_status": "in_progress", "toss_status": "WAITING_FOR_DEPOSIT"})
+    if charge["status"] == ChargeStatus.CANCELLED:
+        # A virtual account closed without a deposit (its due date passed): nothing was paid, nothing refunded.
+        raise PaymentDeclined(
+            "the virtual account was closed without a deposit; pay again", toss_code="VIRTUAL_ACCOUNT_EXPIRED"
+        )
     if status == PaymentStatus.COMPLETED and charge["status"] == ChargeStatus.HELD:
         return attempt
     if status in CONFIRMING:
