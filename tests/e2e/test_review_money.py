@@ -202,22 +202,22 @@ def test_a_confirm_resent_after_a_passing_refusal_still_checks_what_its_order_wa
     assert len(toss.calls("/v1/payments/confirm", "POST")) == sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a deposit into a virtual account whose share is already held in full by another payment fails "
-    "with INVALID_STATE_TRANSITION (completed -> completed) on every webhook delivery: the second 15000 is neither "
-    "held nor refunded nor in the ledger (`_deposited` never checks what the share owes)",
-)
-def test_a_second_deposit_into_a_share_already_paid_is_never_held_on_top(as_user, toss, make_room, sql):
+@pytest.mark.parametrize("pays_by_card_first", [True, False], ids=["second-deposit", "deposit-after-re-add"])
+def test_a_removed_participants_account_reopened_by_a_reversal_takes_no_deposit(
+    as_user, toss, make_room, sql, schedule, pays_by_card_first
+):
     # Attack (a payer, with the owner's help): pay by virtual account, get removed (the account's refund is
-    # refused: virtual-account refunds need an account Toss is not given), the deposit bounces, get added again,
-    # pay by card, then deposit into the old account again. Correct: the share holds its 15000 once; the second
-    # deposit is money we must not keep: recorded and refunded (queued). Wrong: `_deposited` computes the share's
-    # status from held + deposit (30000 of 15000: completed -> completed), the machine refuses, the DEPOSIT_CALLBACK
-    # answers 409 on every delivery and the payer's second 15000 stays at Toss, in no book of ours.
+    # refused: virtual-account refunds need an account Toss is not given), the deposit bounces (the account is open
+    # for deposits again), get added back, maybe pay by card, then deposit into the old account again.
+    # Was (finding, fixed in this branch): the account stayed open; the deposit met `_deposited` with the share
+    # completed (completed -> completed: it computes held + deposit, 30000 of 15000) or pending (pending ->
+    # completed), no transition either way: the DEPOSIT_CALLBACK answered 409 INVALID_STATE_TRANSITION on every
+    # delivery and the 15000 stayed at Toss in no book of ours.
+    # Correct: the reversal of a removed participant's deposit closes the reopened account (as the removal does for
+    # a waiting one); the participant is added back once it is closed, and Toss takes no deposit into it.
     room = make_room(2)
     a, _b = room.members
-    request_id = open_request(as_user, room)
+    open_request(as_user, room)
     account = pay_by_virtual_account(as_user, toss, room, a)
     deposit(toss, sql, account)
     r = as_user(room.owner).post(
@@ -226,26 +226,25 @@ def test_a_second_deposit_into_a_share_already_paid_is_never_held_on_top(as_user
     assert r.status_code == 202 and r.json()["refunds"][0]["refund_status"] == "refund_refused", r.text
     toss.control(f"payments/{account}/deposit-error", {})
     eventually(lambda: charge_of(sql, account)["status"] == "waiting_for_deposit")
-    r = as_user(room.owner).post("/api/v1/payment/participants/add", {"chat_room_id": room.chat_room_id, "user_id": a})
-    assert r.status_code == 201, r.text
-    r, _ = pay(as_user, toss, room, a)
-    assert r.status_code == 200 and r.json()["payment_status"] == "completed", r.text
+    add = {"chat_room_id": room.chat_room_id, "user_id": a}
+    r = as_user(room.owner).post("/api/v1/payment/participants/add", add)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "REFUND_IN_PROGRESS", r.text  # closing it first
 
-    toss.control(f"payments/{account}/deposit", {})
-    callbacks = [w for w in toss.webhooks() if w["eventType"] == "DEPOSIT_CALLBACK"]
-    last = callbacks[-1]["transmissionId"]
-    eventually(lambda: _delivery(toss, last)["state"] != "pending", timeout=10)
-    answers = [t["status"] for t in _delivery(toss, last)["attempts"]]
-    assert answers[-1] == 200, answers  # Toss's deposit is recorded, never refused
-    mine = rows(
-        sql,
-        "SELECT paid_amount, refunded_amount FROM payments WHERE payment_request_id = %s AND payer_id = %s",
-        request_id,
-        a,
-    )[0]
-    assert int(mine["paid_amount"]) - int(mine["refunded_amount"]) == 15000, mine
-    assert (f"{account}:deposit-2") in [e[2] for e in ledger_of(sql, request_id) if e[0] == "charge"]
-    assert [r for r in refunds_of(sql, account) if r["status"] != "refused"], refunds_of(sql, account)
+    rows(sql, "UPDATE payment_cancels SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE payment_key = %s", account)
+    schedule(jobs=["reconcile_cancels"])
+    assert toss.payment(account)["status"] == "CANCELED"
+    assert charge_of(sql, account)["status"] == "cancelled"
+    r = as_user(room.owner).post("/api/v1/payment/participants/add", add)
+    assert r.status_code == 201, r.text
+    if pays_by_card_first:
+        r, _ = pay(as_user, toss, room, a)
+        assert r.status_code == 200 and r.json()["payment_status"] == "completed", r.text
+    with pytest.raises(AssertionError, match="INVALID_REQUEST"):
+        toss.control(f"payments/{account}/deposit", {})  # Toss takes no deposit into a cancelled account
+    from escrow.audit import audit
+
+    report = audit(chat_room_id=room.chat_room_id, reconciliation_period_seconds=0)
+    assert not [f for f in report.findings if f.check != "refund_abandoned"], [f.to_dict() for f in report.findings]
 
 
 # --- refunds: promises, minimum, doubles ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from escrow.repositories import settlements as settlements_repo
 from escrow.services.funding import refresh_funding, refuse_after_deadline
 from escrow.states import (
     CONFIRMING,
+    OPEN,
     ORDER_IN_FLIGHT,
     ChargeStatus,
     OrderStatus,
@@ -784,6 +785,21 @@ def _deposit_reversed(
     if share["status"] not in CONFIRMING and share["status"] != PaymentStatus.REMOVED:
         payments_repo.set_status(
             tx, share["id"], share["status"], PaymentStatus.IN_PROGRESS, toss_status=payment.status
+        )
+    if share["status"] == PaymentStatus.REMOVED or request["status"] not in OPEN:
+        # The account is open for deposits again, for a participant removed or a request closed: close it, as the
+        # removal or the close does for an account waiting for its deposit (its refund row is what the schedule
+        # sends: Toss cancels a waiting account). Left open, a removed participant added back and depositing again
+        # met pending -> completed (no transition) on every delivery: money at Toss in no book of ours.
+        from escrow.services import refunds  # refunds imports this module
+
+        refunds.queue_refunds(
+            tx,
+            request["id"],
+            actor="system",
+            reason="입금 취소로 다시 열린 가상계좌 닫기",
+            tag="reversed",
+            payment_id=share["id"],
         )
     refresh_funding(tx, request, why="deposit_reversed")
     return "deposit_reversed"
