@@ -492,3 +492,26 @@ def test_a_share_with_a_promised_refund_is_not_released_before_the_refund(as_use
     assert r.status_code == 409 and r.json()["error"]["code"] == "REFUND_IN_PROGRESS", r.text
     assert toss_cancels(toss, key) == [3000]  # the promise is kept
     assert request_status(sql, request_id) == "pending"  # and the request waits for the 3000 to be paid again
+
+
+def test_a_promised_refund_asked_again_keeps_its_promise_in_the_answer(as_user, toss, make_room, sql, schedule):
+    # Attack (a payer who does not believe "settled automatically" and asks again while Toss is in trouble): the
+    # identical cancel, sent again, meets Toss's replayed 5xx and then a passing refusal of the new key. Correct:
+    # the answer keeps the promise (202 refund_pending: the schedule asks again), because the row is retried
+    # automatically; "nothing was refunded, try again shortly" invites a second, different cancel on top of a
+    # refund that will happen anyway (what `cancel_share` answered before the fix in this branch).
+    room = make_room(1)
+    (payer,) = room.members
+    open_request(as_user, room)
+    _, body = pay(as_user, toss, room, payer)
+    key = body["paymentKey"]
+    toss.faults(server_error_rate=1.0, paths=[f"/v1/payments/{key}"])
+    r = cancel(as_user, payer, key, 3000)
+    toss.clear_faults()
+    assert r.status_code in (200, 202) and r.json()["refund_status"] == "refund_pending", r.text
+    toss.faults(failure_code="PROVIDER_ERROR", paths=[f"/v1/payments/{key}/cancel"])
+    again = cancel(as_user, payer, key, 3000)
+    toss.clear_faults()
+    row = next(c for c in refunds_of(sql, key) if c["requested_amount"] == 3000)
+    assert row["status"] == "failed" and row["next_attempt_at"] is not None, row  # the schedule will refund it
+    assert again.status_code == 202 and again.json()["refund_status"] == "refund_pending", again.text

@@ -197,6 +197,13 @@ def cancel_share(
     outcome = send_refund(cancel_id, toss=toss)
     if outcome.status == "done":
         return _charge_answer(outcome.charge)
+    if outcome.status == "failed":
+        with db.reader() as tx:
+            row = cancels_repo.get(tx, cancel_id)
+        if row is not None and row["next_attempt_at"] is not None:
+            # Refused for now, and the schedule asks again by itself (a refund we promised): the promise stands;
+            # "nothing was refunded, try again" would invite a second cancel on top of one that will happen.
+            outcome = RefundOutcome("unknown", outcome.charge, outcome.code, outcome.message)
     if outcome.status == "unknown":
         return {
             **_charge_answer(outcome.charge, "refund_pending"),
