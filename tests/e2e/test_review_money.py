@@ -138,6 +138,13 @@ def test_a_deposit_reversed_while_another_confirm_of_the_share_is_unknown_is_sti
     assert request_status(sql, request_id) == "pending", ledger_of(sql, request_id)
     r = as_user(room.owner).post("/api/v1/payment/release", {"chat_room_id": room.chat_room_id})
     assert r.status_code == 409, r.text
+    # The card's 5000 settled the share (partially held), its account waits again: one way to pay at a time, so a
+    # later deposit never comes on top of a share paid by card meanwhile.
+    r = as_user(payer).post("/api/v1/payment/prepare", {"chat_room_id": room.chat_room_id})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "PAYMENT_IN_PROGRESS", r.text
+    deposit(toss, sql, account)
+    assert rows(sql, SHARE_OF_CHARGE, account)[0]["status"] == "completed"
+    assert request_status(sql, request_id) == "completed"
 
 
 def _delivery(toss, transmission_id: str) -> dict[str, Any]:

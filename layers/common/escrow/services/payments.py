@@ -103,6 +103,14 @@ def _check_payable(tx: db.Tx, request: dict[str, Any], share: dict[str, Any]) ->
     """What the share owes now, or why it cannot pay now."""
     if share["status"] in CONFIRMING:
         raise Conflict("your payment is being confirmed; wait for its result", code="PAYMENT_IN_PROGRESS")
+    if any(c["status"] == ChargeStatus.WAITING_FOR_DEPOSIT for c in charges_repo.for_share(tx, share["id"])):
+        # One way to pay at a time: an account of this share still takes a deposit (a deposit Toss took back while
+        # another confirm of the share was in flight leaves the share settled by that confirm, its account open).
+        # Paid another way too, the deposit would come on top of a share already held.
+        raise Conflict(
+            "a virtual account of your share is waiting for its deposit; deposit into it, or pay again once it expires",
+            code="PAYMENT_IN_PROGRESS",
+        )
     if cancels_repo.in_flight_for_payment(tx, share["id"]):
         raise Conflict(
             "a refund of your share is still being settled; pay again once it is done", code="REFUND_IN_PROGRESS"
