@@ -362,7 +362,7 @@ class PaymentService:
                     account_number="X" + core.ids.digits(13),
                     bank_code=VA_BANK,
                     customer_name=p.customer_name,
-                    due_date=now + timedelta(days=7),
+                    due_date=now + timedelta(seconds=core.settings.virtual_account_valid_seconds),
                 )
                 payment = self.render(p)
                 core.webhooks.deposit_callback(p, now)

@@ -71,6 +71,10 @@ class SandboxSettings:
     pending_balance: int = 0
     pending_after_seconds: float = 0.0
     settlement_delay_seconds: float = 2 * DAY
+    # A virtual account's deposit window: its dueDate is this long after it is issued. Toss's default is 7 days
+    # and merchants may set it (``validHours``/``dueDate`` when the account is requested); after it the payment
+    # stays WAITING_FOR_DEPOSIT with ``virtualAccount.expired`` true, no webhook, and a deposit is refused.
+    virtual_account_valid_seconds: float = 7 * DAY
     # The refusal of a payout above availableAmount. Toss's full error list has 400 NOT_ENOUGH_AMOUNT
     # "지급가능한 금액을 초과했습니다." [DOC https://docs.tosspayments.com/reference/error-codes, 전체 에러 목록];
     # that v2 POST /v2/payouts answers exactly this code is UNCONFIRMED (its per-endpoint table does not render).
@@ -134,7 +138,7 @@ class SandboxSettings:
         unknown_events = set(self.webhook_event_types) - set(WEBHOOK_EVENT_TYPES)
         if unknown_events:
             raise ValueError(f"webhook_event_types must be among {WEBHOOK_EVENT_TYPES}")
-        for name in ("pending_after_seconds", "settlement_delay_seconds"):
+        for name in ("pending_after_seconds", "settlement_delay_seconds", "virtual_account_valid_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.pending_after_seconds > self.settlement_delay_seconds:

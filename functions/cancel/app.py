@@ -42,7 +42,9 @@ IdempotencyKey = Annotated[
     ),
 )
 def cancel(body: CancelBody, idempotency_key: IdempotencyKey = None) -> Response[dict[str, Any]]:
-    result = service.cancel(app.principal, body, client_key=idempotency_key[:200] if idempotency_key else None)
+    result = service.cancel(
+        app.principal, body, client_key=idempotency_key[:200] if idempotency_key else None, deadline=app.deadline
+    )
     return Response(202 if result["refund_status"] == "refund_pending" else 200, JSON, result)
 
 

@@ -1,4 +1,5 @@
-"""ConfirmFunction: issue a payer's order for the Toss widget, and confirm the payment with Toss."""
+"""ConfirmFunction: issue a payer's order for the Toss widget, and confirm the payment with Toss (within the
+invocation's deadline: escrow.deadline)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def prepare(body: PrepareBody) -> dict[str, Any]:
     responses=documented(200, Confirmed, CONFIRM_ERRORS),
 )
 def confirm(body: ConfirmBody) -> dict[str, Any]:
-    return service.confirm_payment(app.principal, body)
+    return service.confirm_payment(app.principal, body, deadline=app.deadline)
 
 
 @app.post(
@@ -43,7 +44,7 @@ def confirm(body: ConfirmBody) -> dict[str, Any]:
     responses=documented(200, Confirmed, CONFIRM_ERRORS),
 )
 def confirm_alias(body: ConfirmBody) -> dict[str, Any]:
-    return service.confirm_payment(app.principal, body)
+    return service.confirm_payment(app.principal, body, deadline=app.deadline)
 
 
 lambda_handler = lambda_entry(app.resolve)

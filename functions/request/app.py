@@ -93,7 +93,7 @@ def add_participant(body: ParticipantBody) -> dict[str, Any]:
     ),
 )
 def remove_participant(body: ParticipantBody) -> Response[dict[str, Any]]:
-    result = service.remove_participant(app.principal, body)
+    result = service.remove_participant(app.principal, body, deadline=app.deadline)
     return Response(202 if result["refund_status"] == "refund_pending" else 200, JSON, result)
 
 

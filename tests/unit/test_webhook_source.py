@@ -60,3 +60,11 @@ def test_the_process_environment_is_read_when_no_mapping_is_given(monkeypatch) -
     monkeypatch.setenv("TOSS_WEBHOOK_ALLOWED_IPS", "13.124.18.147")
     assert webhook_source.allowed(_webhook_from("13.124.18.147"))
     assert not webhook_source.allowed(_webhook_from("13.124.18.146"))
+
+
+def test_the_setting_refuses_an_entry_that_is_no_address_or_block() -> None:
+    from escrow.config import Settings
+
+    assert Settings.from_env({"TOSS_WEBHOOK_ALLOWED_IPS": TOSS}).toss_webhook_allowed_ips == TOSS
+    with pytest.raises(ValueError, match="not-an-address"):
+        Settings.from_env({"TOSS_WEBHOOK_ALLOWED_IPS": "13.124.18.147, not-an-address"})

@@ -66,7 +66,12 @@ class Settings:
     toss_connect_timeout: float = 3.0
     toss_read_timeout: float = 20.0
     toss_payout_read_timeout: float = 60.0
+    # Seconds an HTTP invocation keeps back after its last Toss call, to record the outcome and answer before Lambda
+    # stops it (escrow.deadline): each call's timeouts are cut to what is left minus this.
+    deadline_margin_seconds: float = 2.0
     toss_webhook_hmac_key_encoding: str = "hex"
+    # Addresses or CIDR blocks (comma-separated) webhooks may come from; empty = any (escrow.webhook_source).
+    toss_webhook_allowed_ips: str = ""
     # Every id and Idempotency-Key we send Toss starts with this (escrow.toss.ids): two stacks, or a database
     # rebuilt from nothing, on one merchant id must never send Toss an id it has seen (keys live 15 days there,
     # refPayoutId / refSellerId / orderId for good). Letters and digits, at most 8 (refSellerId has 20 in all).
@@ -100,6 +105,11 @@ class Settings:
         # the payment may go through. Stay below it and reconcile instead.
         if not 0 < self.toss_read_timeout < 28:
             raise ValueError("TOSS_READ_TIMEOUT must be between 0 and 28 seconds (API Gateway's limit is 29 s)")
+        from escrow.webhook_source import parse_allowlist
+
+        parse_allowlist(self.toss_webhook_allowed_ips)  # ValueError names an entry that is no address or block
+        if not 0 < self.deadline_margin_seconds < 28:
+            raise ValueError("DEADLINE_MARGIN_SECONDS must be between 0 and 28 seconds")
         if not 0 <= self.platform_fee_bps <= 10_000:
             raise ValueError("PLATFORM_FEE_BPS must be between 0 and 10000")
         if not re.fullmatch(r"[A-Za-z0-9]{0,8}", self.toss_id_prefix):

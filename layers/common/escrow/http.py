@@ -9,6 +9,8 @@ model `{"error": {"code", "message", ...}}` on every answer, Powertools' own ref
 - one set of exception handlers: `AppError` (our codes), Powertools' validation errors (422 `VALIDATION_ERROR` with
   `details`, 400 `INVALID_JSON`, 404 for a bad path parameter), unknown routes (404/405), a lost database (503) and
   anything else (500 `INTERNAL_ERROR`, logged, never a stack trace);
+- the invocation's `Deadline` (escrow.deadline), taken from the Lambda context when the request arrives: routes
+  that call Toss hand `app.deadline` to their service, which bounds every Toss call by it;
 - per-thread request state. Powertools keeps the current event on its `BaseRouter` class and the routing context on
   the resolver, which is right for Lambda (one invocation at a time per container) but not for the local runner,
   which serves a function from several threads (warm containers) in one process.
@@ -30,6 +32,8 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from escrow import db
+from escrow.config import get_settings
+from escrow.deadline import Deadline
 from escrow.errors import AppError, BadRequest, NotFound, PayloadTooLarge, ValidationFailed
 from escrow.models import ERRORS, WEBHOOK_ERRORS, ErrorResponse
 from escrow.observability import logger
@@ -150,6 +154,13 @@ class EscrowResolver(APIGatewayHttpResolver):
         return principal
 
     @property
+    def deadline(self) -> Deadline:
+        """When Lambda stops the current invocation, with the margin kept back to record an outcome
+        (`DEADLINE_MARGIN_SECONDS`)."""
+        deadline: Deadline = self._local.deadline
+        return deadline
+
+    @property
     def raw_body(self) -> bytes:
         """The request body exactly as the client sent it (at most MAX_BODY_BYTES)."""
         raw: bytes = self._local.raw_body
@@ -163,6 +174,7 @@ class EscrowResolver(APIGatewayHttpResolver):
         state.principal = None
         self.lambda_context = context
         try:
+            state.deadline = Deadline.from_context(context, margin=get_settings().deadline_margin_seconds)
             state.raw_body, event = _checked_body(event)
             if self._authenticated:
                 from escrow.auth import authenticate  # jwt is imported by the first authenticated request

@@ -389,6 +389,7 @@ WEBHOOK_ERRORS = {
     400: "INVALID_JSON: the body is not a JSON object (logged, not processed)",
     401: "WEBHOOK_NOT_VERIFIED: bad or missing signature, transmission time older than Toss's retries, secret "
     "mismatch, malformed ids",
+    403: "WEBHOOK_SOURCE_NOT_ALLOWED: sent from an address outside TOSS_WEBHOOK_ALLOWED_IPS (logged, not processed)",
     413: "PAYLOAD_TOO_LARGE: larger than any Toss webhook (32 KiB)",
     429: "TOO_MANY_DELIVERIES: too many deliveries for one payment just now; Toss delivers it again",
     503: "DATABASE_UNAVAILABLE, TRY_AGAIN, SECRETS_UNAVAILABLE: not processed now; Toss delivers it again",

@@ -415,6 +415,7 @@ class WebhookVerification(StrEnum):
     SECRET_MISMATCH = "secret_mismatch"  # noqa: S105 - a verification outcome, not a secret
     BAD_SIGNATURE = "bad_signature"
     STALE = "stale"
+    SOURCE_NOT_ALLOWED = "source_not_allowed"  # sent from an address outside TOSS_WEBHOOK_ALLOWED_IPS
 
 
 class WebhookOutcome(StrEnum):

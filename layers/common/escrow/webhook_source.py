@@ -6,10 +6,10 @@ every source is accepted (verification of the payload itself is what proves a we
 a second fence). The address checked is API Gateway's ``requestContext.http.sourceIp``, the peer of the TLS
 connection, which a client cannot forge with headers such as X-Forwarded-For.
 
-Usage in the webhook handler, before any parsing::
-
-    if not webhook_source.allowed(event):
-        return 403 {"error": {"code": "WEBHOOK_SOURCE_NOT_ALLOWED", ...}}
+The webhook service (`services/webhooks.receive`) checks it first, before the body is parsed: a delivery from another
+address is answered 403 ``WEBHOOK_SOURCE_NOT_ALLOWED``, logged as metadata only (headers, size, SHA-256) and counted
+in WebhooksRejected. The list is read with the other settings (`Settings.toss_webhook_allowed_ips`), which refuse
+an entry that is not an address or a block.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
+    from escrow.deadline import Deadline
     from escrow.models import ConfirmBody, PrepareBody
     from escrow.toss.models import Payment
 
@@ -351,14 +352,19 @@ class _Replayed(Exception):
     """Raised inside the confirm's transaction to leave it (rolled back, nothing written) and answer as a replay."""
 
 
-def _call_confirm(toss: TossPort, attempt: Attempt) -> Payment:
+def _call_confirm(toss: TossPort, attempt: Attempt, deadline: Deadline | None = None) -> Payment:
     key = confirm_idempotency_key(attempt.order_id, attempt.key_attempt)
     for retry in range(_IN_FLIGHT_RETRIES + 1):
         try:
             return toss.confirm(attempt.payment_key, attempt.order_id, attempt.amount, idempotency_key=key)
         except TossApiError as exc:
-            if exc.code == "IDEMPOTENT_REQUEST_PROCESSING" and retry < _IN_FLIGHT_RETRIES:
-                time.sleep(0.25 * (retry + 1))  # the first confirm with this key is still running at Toss
+            pause = 0.25 * (retry + 1)
+            if (
+                exc.code == "IDEMPOTENT_REQUEST_PROCESSING"
+                and retry < _IN_FLIGHT_RETRIES
+                and (deadline is None or deadline.allows(pause))
+            ):
+                time.sleep(pause)  # the first confirm with this key is still running at Toss
                 continue
             if exc.outcome_unknown and exc.code != "IDEMPOTENT_REQUEST_PROCESSING":
                 # An answer (a 5xx, say) that leaves the outcome open: it is bound to this key, so asking again
@@ -374,7 +380,7 @@ def _next_confirm_key(attempt: Attempt) -> None:
     attempt.key_attempt += 1
 
 
-def _look_up(toss: TossPort, attempt: Attempt) -> Payment | None:
+def _look_up(toss: TossPort, attempt: Attempt, deadline: Deadline | None = None) -> Payment | None:
     """Toss's own record of the order, or None when Toss knows no such payment."""
     try:
         payment = toss.get_payment_by_order(attempt.order_id)
@@ -389,19 +395,24 @@ def _look_up(toss: TossPort, attempt: Attempt) -> Payment | None:
         return None
     if payment.status == "IN_PROGRESS" and payment.payment_key == attempt.payment_key:
         # Authenticated but never approved: our confirm did not reach Toss. Send it (same key) now.
-        payment = _call_confirm(toss, attempt)
+        payment = _call_confirm(toss, attempt, deadline)
     return payment
 
 
-def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossPort | None = None) -> dict[str, Any]:
+def confirm_payment(
+    principal: Principal, body: ConfirmBody, *, toss: TossPort | None = None, deadline: Deadline | None = None
+) -> dict[str, Any]:
+    """Confirm a payment with Toss. With the invocation's `deadline`, every Toss call fits in what is left of it
+    (escrow.deadline): a confirm Toss could not answer in time, or not be asked at all, is recorded as unknown and
+    answered PAYMENT_OUTCOME_UNKNOWN before Lambda stops the invocation."""
     attempt = _begin_confirm(principal.user_id, body)
     payment: Payment | None
     if attempt.done:
         answer = attempt.answer or {"payment_status": "completed"}
         return {**answer, "paymentKey": attempt.payment_key, "orderId": attempt.order_id}
-    toss = toss or get_toss_client()
+    toss = toss or get_toss_client(deadline)
     try:
-        payment = _call_confirm(toss, attempt)
+        payment = _call_confirm(toss, attempt, deadline)
     except TossApiError as exc:
         if exc.code == "IDEMPOTENT_REQUEST_PROCESSING":
             # Another confirm of this very order is still running at Toss; it will settle the payment.
@@ -410,25 +421,27 @@ def confirm_payment(principal: Principal, body: ConfirmBody, *, toss: TossPort |
             ) from exc
         if not exc.outcome_unknown:
             return _declined(attempt, exc)
-        payment = _resolve_unknown(toss, attempt, exc)
+        payment = _resolve_unknown(toss, attempt, exc, deadline)
     except TossError as exc:
-        payment = _resolve_unknown(toss, attempt, exc)
+        payment = _resolve_unknown(toss, attempt, exc, deadline)
     if payment is None:
         record_failure(attempt.order_id, "NOT_FOUND_PAYMENT", "Toss has no payment for this order", actor="confirm")
         raise PaymentDeclined(
             "Toss has no payment for this orderId and paymentKey; pay again", toss_code="NOT_FOUND_PAYMENT"
         )
-    outcome = apply_toss_payment(payment, actor=principal.user_id, reason="confirm")
+    outcome = apply_toss_payment(payment, actor=principal.user_id, reason="confirm", toss=toss)
     return _answer(attempt, payment, outcome)
 
 
-def _resolve_unknown(toss: TossPort, attempt: Attempt, cause: Exception) -> Payment | None:
+def _resolve_unknown(
+    toss: TossPort, attempt: Attempt, cause: Exception, deadline: Deadline | None = None
+) -> Payment | None:
     logger.warning(
         "confirm outcome unknown, looking the order up",
         extra={"order_id": attempt.order_id, "cause": type(cause).__name__},
     )
     try:
-        return _look_up(toss, attempt)
+        return _look_up(toss, attempt, deadline)
     except TossApiError as exc:
         if exc.code == "IDEMPOTENT_REQUEST_PROCESSING":
             raise Conflict(

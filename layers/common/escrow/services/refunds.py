@@ -53,6 +53,7 @@ from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
+    from escrow.deadline import Deadline
     from escrow.models import CancelBody
     from escrow.toss.models import Cancel, Payment
 
@@ -132,13 +133,26 @@ def _lock(tx: db.Tx, found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 
 def cancel(
-    principal: Principal, body: CancelBody, *, client_key: str | None = None, toss: TossPort | None = None
+    principal: Principal,
+    body: CancelBody,
+    *,
+    client_key: str | None = None,
+    toss: TossPort | None = None,
+    deadline: Deadline | None = None,
 ) -> dict[str, Any]:
+    """A cancel from the API. Its Toss calls fit in `deadline` (escrow.deadline): a refund there is no time left to
+    ask or hear about is answered pending, and settled by the schedule."""
     if body.chat_room_id is not None:
-        return cancel_request(principal, body.chat_room_id, body.cancelReason, toss=toss)
+        return cancel_request(principal, body.chat_room_id, body.cancelReason, toss=toss, deadline=deadline)
     assert body.paymentKey is not None
     return cancel_share(
-        principal, body.paymentKey, body.cancelReason, body.cancelAmount, client_key=client_key, toss=toss
+        principal,
+        body.paymentKey,
+        body.cancelReason,
+        body.cancelAmount,
+        client_key=client_key,
+        toss=toss,
+        deadline=deadline,
     )
 
 
@@ -153,6 +167,7 @@ def cancel_share(
     *,
     client_key: str | None = None,
     toss: TossPort | None = None,
+    deadline: Deadline | None = None,
 ) -> dict[str, Any]:
     found = _find_charge(payment_key)
     with db.transaction() as tx:
@@ -194,7 +209,7 @@ def cancel_share(
                     attempt=int(existing["attempt"]) + 1,
                     next_attempt_at=None,
                 )
-    outcome = send_refund(cancel_id, toss=toss)
+    outcome = send_refund(cancel_id, toss=toss, deadline=deadline)
     if outcome.status == "done":
         return _charge_answer(outcome.charge)
     if outcome.status == "failed":
@@ -249,10 +264,13 @@ def _check_refundable(share: dict[str, Any], charge: dict[str, Any], amount: int
 # --- asking Toss, and recording what Toss holds ------------------------------------------------------------------
 
 
-def send_refund(cancel_id: int, *, toss: TossPort | None = None, promised: bool = False) -> RefundOutcome:
+def send_refund(
+    cancel_id: int, *, toss: TossPort | None = None, promised: bool = False, deadline: Deadline | None = None
+) -> RefundOutcome:
     """Ask Toss for the refund of row `cancel_id` with its attempt's key, and record what Toss holds afterwards.
-    `promised`: an earlier attempt of this row was answered "settled automatically" (its row went `unknown`)."""
-    toss = toss or get_toss_client()
+    `promised`: an earlier attempt of this row was answered "settled automatically" (its row went `unknown`).
+    `deadline`: the invocation's, which every Toss call fits in (escrow.deadline)."""
+    toss = toss or get_toss_client(deadline)
     with db.reader() as tx:
         row = cancels_repo.get(tx, cancel_id)
         assert row is not None and row["payment_key"]
@@ -554,7 +572,12 @@ def _record_charge_refunds(
 
 
 def cancel_request(
-    principal: Principal, chat_room_id: int, reason: str, *, toss: TossPort | None = None
+    principal: Principal,
+    chat_room_id: int,
+    reason: str,
+    *,
+    toss: TossPort | None = None,
+    deadline: Deadline | None = None,
 ) -> dict[str, Any]:
     """The room owner cancels the whole request: it closes at once, then every held charge is refunded.
 
@@ -585,7 +608,7 @@ def cancel_request(
             cancelled_id = None
             targets = queue_refunds(tx, request["id"], actor=principal.user_id, reason=reason, tag="room-cancel")
             _close_cancelled(tx, request, principal, reason, refund_amount=sum(t["remaining"] for t in targets))
-    results = refund_queued(targets, toss=toss)
+    results = refund_queued(targets, toss=toss, deadline=deadline)
     if cancelled_id is None:
         return _summary(results)
     with db.reader() as tx:
@@ -692,13 +715,15 @@ def queue_refunds(
     return targets
 
 
-def refund_queued(targets: Iterable[dict[str, Any]], *, toss: TossPort | None = None) -> list[dict[str, Any]]:
+def refund_queued(
+    targets: Iterable[dict[str, Any]], *, toss: TossPort | None = None, deadline: Deadline | None = None
+) -> list[dict[str, Any]]:
     """Send queued refunds. Whatever goes wrong with one (Toss, the database) leaves it to the schedule: the change
     that queued them is committed, and the answer says which refunds are still pending."""
     results = []
     for t in targets:
         try:
-            outcome = send_refund(t["cancel_id"], toss=toss)
+            outcome = send_refund(t["cancel_id"], toss=toss, deadline=deadline)
         except Exception as exc:  # noqa: BLE001 - one refund's trouble must not undo the answer about the others
             code = exc.code if isinstance(exc, AppError) else type(exc).__name__
             logger.warning("refund not finished; the schedule will retry", extra={"error_code": code})

@@ -22,6 +22,7 @@ from escrow.states import CANCEL_IN_FLIGHT, CONFIRMING, PAID_IN_FULL, PaymentSta
 
 if TYPE_CHECKING:
     from escrow.auth import Principal
+    from escrow.deadline import Deadline
     from escrow.models import CreatePaymentRequestBody, ParticipantBody
     from escrow.toss.port import TossPort
 
@@ -162,9 +163,12 @@ def add_participant(principal: Principal, body: ParticipantBody) -> dict[str, An
     }
 
 
-def remove_participant(principal: Principal, body: ParticipantBody, *, toss: TossPort | None = None) -> dict[str, Any]:
-    """The owner takes a participant out of the open request, and what they hold is refunded in the same flow. When
-    everyone left holds their share in full, the request is funded (a new notice, with the new total)."""
+def remove_participant(
+    principal: Principal, body: ParticipantBody, *, toss: TossPort | None = None, deadline: Deadline | None = None
+) -> dict[str, Any]:
+    """The owner takes a participant out of the open request, and what they hold is refunded in the same flow (its
+    Toss calls within `deadline`; a refund there is no time left for is pending). When everyone left holds their
+    share in full, the request is funded (a new notice, with the new total)."""
     reason = body.reason or "참여자 제외"
     with db.transaction() as tx:
         request = _open_for_owner(tx, principal, body.chat_room_id, "remove participants")
@@ -219,7 +223,7 @@ def remove_participant(principal: Principal, body: ParticipantBody, *, toss: Tos
             )
             request["status"] = RequestStatus.PENDING
         status = refresh_funding(tx, request, why="participant_removed")
-    results = refunds.refund_queued(targets, toss=toss)
+    results = refunds.refund_queued(targets, toss=toss, deadline=deadline)
     pending = [r for r in results if r["refund_status"] != "refunded"]
     refunded = sum(int(r.get("refunded_amount", 0)) for r in results)
     count("ParticipantsRemoved")

@@ -5,6 +5,8 @@ trigger to fetch the payment from Toss), DEPOSIT_CALLBACK carries the payment's 
 seller.changed carry an HMAC-SHA256 signature.
 
 The endpoint has no JWT, so anyone can write to it. What an unverified delivery costs us is bounded:
+* with an allowlist of Toss's sending addresses (`TOSS_WEBHOOK_ALLOWED_IPS`, escrow.webhook_source), a delivery from
+  any other address is refused (403) before its body is parsed, and logged as metadata only;
 * every delivery is logged as metadata first (its headers, size and SHA-256); its body is kept, with personal data
   masked, only once it verified (WEBHOOK_MAX_BODY bounds what is read at all);
 * a payment event is looked up at Toss only for a payment of ours (a charge, or an order we issued or tried) whose
@@ -31,7 +33,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from escrow import db
+from escrow import db, webhook_source
 from escrow.clock import db_time
 from escrow.config import get_settings, toss_keys
 from escrow.errors import DatabaseUnavailable, NotFound
@@ -48,6 +50,7 @@ from escrow.toss.client import get_toss_client
 from escrow.toss.port import TossPort
 
 if TYPE_CHECKING:
+    from escrow.deadline import Deadline
     from escrow.toss.models import Payment
 
 SIGNED_EVENTS = ("payout.changed", "seller.changed")
@@ -104,6 +107,7 @@ class Result(StrEnum):
     REJECTED = "rejected"  # not verified (see `reason`): Toss must not deliver it again as it is
     RETRY_LATER = "retry_later"  # not processed now (Toss or the database unreachable): deliver it again
     THROTTLED = "throttled"  # too many deliveries for one payment just now: deliver it again later
+    SOURCE_NOT_ALLOWED = "source_not_allowed"  # sent from an address outside the allowlist
     TOO_LARGE = "too_large"  # larger than any Toss webhook
     INVALID_JSON = "invalid_json"  # the body is not a JSON object
 
@@ -262,10 +266,31 @@ def _processed(claimed: bool) -> Outcome:
 
 
 def receive(
-    headers: dict[str, str], raw: bytes, *, toss: TossPort | None = None, now: datetime | None = None
+    headers: dict[str, str],
+    raw: bytes,
+    *,
+    toss: TossPort | None = None,
+    now: datetime | None = None,
+    source_ip: str | None = None,
+    deadline: Deadline | None = None,
 ) -> Outcome:
+    """One delivery: `source_ip` is API Gateway's `requestContext.http.sourceIp` (checked against the allowlist when
+    one is configured); `deadline` bounds the Toss lookups (escrow.deadline)."""
     headers = {k.lower(): v for k, v in headers.items()}
     now = now or datetime.now(UTC)
+    allowlist = webhook_source.parse_allowlist(get_settings().toss_webhook_allowed_ips)
+    if not webhook_source.is_allowed(source_ip, allowlist):
+        # Not from an address Toss sends from: refused before the body is parsed, kept as metadata only (size, SHA-256).
+        webhook_id = _log(headers, raw, None, None)
+        _finish(
+            webhook_id,
+            verification=WebhookVerification.SOURCE_NOT_ALLOWED,
+            outcome=WebhookOutcome.REJECTED,
+            detail="sender address not in the allowlist",
+        )
+        count("WebhooksRejected")
+        logger.warning("webhook from an address outside the allowlist refused", extra={"webhook_id": webhook_id})
+        return Outcome(Result.SOURCE_NOT_ALLOWED, "this address may not deliver webhooks")
     if len(raw) > WEBHOOK_MAX_BODY:
         webhook_id = _log(headers, b"", None, None)
         _finish(
@@ -315,9 +340,9 @@ def receive(
 
     try:
         if event_type == "PAYMENT_STATUS_CHANGED":
-            return _payment_status_changed(webhook_id, payload, dedupe_key, toss)
+            return _payment_status_changed(webhook_id, payload, dedupe_key, toss, deadline)
         if event_type == "DEPOSIT_CALLBACK":
-            return _deposit_callback(webhook_id, payload, dedupe_key, toss)
+            return _deposit_callback(webhook_id, payload, dedupe_key, toss, deadline)
         if event_type in SIGNED_EVENTS:
             return _signed_event(webhook_id, event_type, payload, raw, headers, dedupe_key, now)
     except (TossError, DatabaseUnavailable) as exc:
@@ -368,7 +393,11 @@ def _apply_fetched(payment: Payment, toss: TossPort | None) -> str:
 
 
 def _payment_status_changed(
-    webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossPort | None
+    webhook_id: int,
+    payload: dict[str, Any],
+    dedupe_key: str | None,
+    toss: TossPort | None,
+    deadline: Deadline | None = None,
 ) -> Outcome:
     raw_data = payload.get("data")
     data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
@@ -408,7 +437,7 @@ def _payment_status_changed(
         )
         count("WebhooksThrottled")
         return Outcome(Result.THROTTLED, "too many deliveries for this payment just now; deliver it again later")
-    toss = toss or get_toss_client()
+    toss = toss or get_toss_client(deadline)
     # The body is only a trigger: what we act on is what Toss itself says now.
     try:
         fetched = (
@@ -434,7 +463,11 @@ def _payment_status_changed(
 
 
 def _deposit_callback(
-    webhook_id: int, payload: dict[str, Any], dedupe_key: str | None, toss: TossPort | None
+    webhook_id: int,
+    payload: dict[str, Any],
+    dedupe_key: str | None,
+    toss: TossPort | None,
+    deadline: Deadline | None = None,
 ) -> Outcome:
     order_id, secret = payload.get("orderId"), payload.get("secret")
     if not isinstance(order_id, str) or not _ORDER_ID.match(order_id) or not isinstance(secret, str):
@@ -443,7 +476,7 @@ def _deposit_callback(
         stored = charges_repo.secret_for_order(tx, order_id) or ""
     if not stored or not hmac.compare_digest(stored.encode(), secret.encode()):
         return _rejected(webhook_id, WebhookVerification.SECRET_MISMATCH, "the secret does not match the payment's")
-    fetched = (toss or get_toss_client()).get_payment_by_order(order_id, read_timeout=LOOKUP_READ_TIMEOUT)
+    fetched = (toss or get_toss_client(deadline)).get_payment_by_order(order_id, read_timeout=LOOKUP_READ_TIMEOUT)
     outcome = _apply_fetched(fetched, toss)
     dedupe = dedupe_key or f"deposit:{order_id}:{payload.get('transactionKey')}:{payload.get('status')}"
     claimed = _finish(

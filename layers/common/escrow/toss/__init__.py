@@ -3,6 +3,6 @@
 The pydantic models load on first use (`escrow.toss.models`), not with this package.
 """
 
-from escrow.toss.errors import TossApiError, TossConnectionError, TossError, TossTimeout
+from escrow.toss.errors import TossApiError, TossConnectionError, TossError, TossNotSent, TossTimeout
 
-__all__ = ["TossApiError", "TossConnectionError", "TossError", "TossTimeout"]
+__all__ = ["TossApiError", "TossConnectionError", "TossError", "TossNotSent", "TossTimeout"]

@@ -4,23 +4,35 @@ typed answers and typed errors."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from escrow.observability import logger, subsegment
-from escrow.toss.errors import TossApiError, TossConnectionError, TossTimeout
+from escrow.toss.errors import TossApiError, TossConnectionError, TossNotSent, TossTimeout
 
 if TYPE_CHECKING:
     import requests
 
+    from escrow.deadline import Deadline
     from escrow.toss.models import Payment
 
 _MAX_IDEMPOTENCY_KEY = 300
 
 
+class _Usage:
+    calls = 0  # Toss calls made by a client and its deadline-bound views (the benchmark reads it)
+
+
 class TossClient:
+    """Toss's HTTP API. `within(deadline)` is the same client (its connection pool, its counter) with each call's
+    timeouts cut to the invocation's deadline (escrow.deadline); a call the deadline leaves too little time for is not
+    started (`TossNotSent`)."""
+
+    deadline: Deadline | None = None
+
     def __init__(
         self,
         base_url: str,
@@ -37,7 +49,7 @@ class TossClient:
         self.timeout = (connect_timeout, read_timeout)
         self.payout_read_timeout = payout_read_timeout
         self.security_key = security_key
-        self.calls = 0  # Toss calls made by this client (the benchmark reads it)
+        self._usage = _Usage()
         import requests  # only functions that call Toss pay for importing it
         from requests.adapters import HTTPAdapter
 
@@ -51,6 +63,32 @@ class TossClient:
 
     def __repr__(self) -> str:
         return f"TossClient(base_url={self.base_url!r})"
+
+    @property
+    def calls(self) -> int:
+        """Toss calls made by this client and its deadline-bound views."""
+        return self._usage.calls
+
+    def within(self, deadline: Deadline | None) -> TossClient:
+        """This client, its calls bounded by `deadline` (itself when there is none)."""
+        if deadline is None:
+            return self
+        view = copy.copy(self)
+        view.deadline = deadline
+        return view
+
+    def _timeouts(self, method: str, path: str, read: float) -> tuple[float, float]:
+        """(connect, read) of a call starting now: the configured ones, cut to the deadline's budget."""
+        if self.deadline is None:
+            return self.timeout[0], read
+        bounded = self.deadline.call_timeouts(self.timeout[0], read)
+        if bounded is None:
+            logger.warning(
+                "Toss call not started: too little time left",
+                extra={"toss_path": path, "toss_method": method, "remaining_s": round(self.deadline.remaining(), 2)},
+            )
+            raise TossNotSent(f"{method} {path} not sent: the invocation's time is nearly up")
+        return bounded
 
     # --- Core API v1 -------------------------------------------------------------------------------------
 
@@ -142,8 +180,8 @@ class TossClient:
             data = jwe.encrypt(json.dumps(body, ensure_ascii=False), self.security_key)
         if method == "POST" and idempotency_key is None:
             raise ValueError("every Toss POST carries an Idempotency-Key")
-        self.calls += 1
-        timeout = (self.timeout[0], self.payout_read_timeout)
+        timeout = self._timeouts(method, path, self.payout_read_timeout)
+        self._usage.calls += 1
         with subsegment(f"toss {method} v2"):
             try:
                 response = self._session.request(
@@ -202,8 +240,8 @@ class TossClient:
     ) -> dict[str, Any]:
         if method == "POST" and idempotency_key is None:
             raise ValueError("every Toss POST carries an Idempotency-Key")
-        timeout = (self.timeout[0], read_timeout or self.timeout[1])
-        self.calls += 1
+        timeout = self._timeouts(method, path, read_timeout or self.timeout[1])
+        self._usage.calls += 1
         with subsegment(f"toss {method} {path.split('/')[2] if path.count('/') > 1 else path}"):
             try:
                 response = self._session.request(
@@ -279,8 +317,9 @@ def _payment(data: dict[str, Any]) -> Payment:
 _local = threading.local()
 
 
-def get_toss_client() -> TossClient:
-    """One client (and HTTP connection pool) per container/thread, created on first use."""
+def get_toss_client(deadline: Deadline | None = None) -> TossClient:
+    """One client (and HTTP connection pool) per container/thread, created on first use; with a deadline, its view
+    whose calls are bounded by it (`TossClient.within`)."""
     from escrow.config import get_settings, settings_generation, toss_keys
 
     client = getattr(_local, "client", None)
@@ -297,7 +336,7 @@ def get_toss_client() -> TossClient:
         )
         _local.client = client
         _local.generation = settings_generation()
-    return client
+    return client.within(deadline)
 
 
 def reset_toss_client() -> None:

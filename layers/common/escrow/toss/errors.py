@@ -95,3 +95,8 @@ class TossConnectionError(TossError):
 
     retryable = True
     outcome_unknown = False
+
+
+class TossNotSent(TossConnectionError):
+    """Not sent: too little of the invocation's time was left to wait for Toss's answer (escrow.deadline). Nothing
+    reached Toss; the caller records what it knows (an outcome still unknown, a refund still pending) and answers."""
