@@ -41,15 +41,6 @@ def refunds_of(sql, key: str) -> list[dict[str, Any]]:
     return list(rows(sql, "SELECT * FROM payment_cancels WHERE payment_key = %s ORDER BY id", key))
 
 
-@pytest.fixture()
-def clock_back(toss):
-    """Tests that move the sandbox clock put it back where it was."""
-    before = float(toss.control("clock", {"advance_seconds": 0})["offsetSeconds"])
-    yield
-    now = float(toss.control("clock", {"advance_seconds": 0})["offsetSeconds"])
-    toss.control("clock", {"advance_seconds": before - now})
-
-
 # --- deposit reversal ----------------------------------------------------------------------------------------------
 
 
@@ -157,7 +148,7 @@ def _delivery(toss, transmission_id: str) -> dict[str, Any]:
     "`already_completed`: the money is neither held nor refunded, and no ledger entry records it",
 )
 def test_a_deposit_into_an_account_we_took_for_expired_is_never_silently_ignored(
-    as_user, toss, make_room, sql, schedule, clock_back
+    as_user, toss, make_room, sql, schedule
 ):
     # Attack (a misbehaving Toss, or clocks that disagree at the due date): we decide the account expired (Toss said
     # `expired`, or its dueDate passed by our clock) and free the share; then Toss still takes a deposit into it.
@@ -168,13 +159,17 @@ def test_a_deposit_into_an_account_we_took_for_expired_is_never_silently_ignored
     (payer,) = room.members
     request_id = open_request(as_user, room)
     key = pay_by_virtual_account(as_user, toss, room, payer)
-    toss.control("clock", {"advance_seconds": 8 * 86400})
-    rows(sql, "UPDATE payment_orders SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE payment_key = %s", key)
-    schedule(jobs=["reconcile_payments"])
-    assert charge_of(sql, key)["status"] == "cancelled"
-    toss.control("clock", {"advance_seconds": -8 * 86400})  # Toss's clock is behind ours: it still takes a deposit
+    # Toss's record as a reconciliation reads it with our clock a little ahead of Toss's at the due date (the
+    # sandbox's clock is never moved in e2e tests): still waiting, its dueDate passed by our clock.
+    from escrow.services.payments import apply_toss_payment
+    from escrow.toss.models import Payment
 
-    toss.control(f"payments/{key}/deposit", {})
+    seen = toss.payment(key)
+    seen["virtualAccount"] = {**seen["virtualAccount"], "dueDate": "2020-01-01T00:00:00+09:00", "expired": False}
+    assert apply_toss_payment(Payment.from_api(seen), actor="reconcile", reason="reconciliation") == "failed"
+    assert charge_of(sql, key)["status"] == "cancelled"
+
+    toss.control(f"payments/{key}/deposit", {})  # Toss's own clock: the account still takes a deposit
     eventually(
         lambda: any(w["eventType"] == "DEPOSIT_CALLBACK" and w.get("state") == "delivered" for w in toss.webhooks()),
         timeout=5,
@@ -433,9 +428,7 @@ def test_a_payer_cannot_pay_again_while_a_refund_we_promised_is_still_to_be_sent
 # --- answers that must be true -----------------------------------------------------------------------------------
 
 
-def test_the_confirm_of_an_expired_account_sent_again_does_not_say_refunded(
-    as_user, toss, make_room, sql, schedule, clock_back
-):
+def test_the_confirm_of_an_expired_account_sent_again_does_not_say_refunded(as_user, toss, make_room, sql, schedule):
     # Attack (the payer's app replays its confirm after the account's due date): correct is an answer that says
     # what happened (the account expired unpaid: pay again), not "this payment was refunded" (409 PAYMENT_REFUNDED,
     # what `_replay` answered before the fix in this branch).
@@ -443,16 +436,20 @@ def test_the_confirm_of_an_expired_account_sent_again_does_not_say_refunded(
     (payer,) = room.members
     open_request(as_user, room)
     order = prepare(as_user, room, payer)
-    key = toss.widget(order["orderId"], order["amount"], method="가상계좌")
-    body = {
-        "chat_room_id": room.chat_room_id,
-        "amount": order["amount"],
-        "paymentKey": key,
-        "orderId": order["orderId"],
-    }
-    r = as_user(payer).post("/api/v1/payment/initiate", body)
+    toss.control("config", {"virtual_account_valid_seconds": 1.0})  # the sandbox's clock is never moved
+    try:
+        key = toss.widget(order["orderId"], order["amount"], method="가상계좌")
+        body = {
+            "chat_room_id": room.chat_room_id,
+            "amount": order["amount"],
+            "paymentKey": key,
+            "orderId": order["orderId"],
+        }
+        r = as_user(payer).post("/api/v1/payment/initiate", body)
+    finally:
+        toss.control("config", {"virtual_account_valid_seconds": 7 * 86400.0})
     assert r.status_code == 200 and r.json()["payment_status"] == "in_progress", r.text
-    toss.control("clock", {"advance_seconds": 8 * 86400})
+    assert eventually(lambda: toss.payment(key)["virtualAccount"]["expired"] is True, timeout=5)
     rows(sql, "UPDATE payment_orders SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE payment_key = %s", key)
     schedule(jobs=["reconcile_payments"])
     assert charge_of(sql, key)["status"] == "cancelled"
