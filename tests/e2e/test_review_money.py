@@ -519,3 +519,30 @@ def test_a_promised_refund_asked_again_keeps_its_promise_in_the_answer(as_user, 
     row = next(c for c in refunds_of(sql, key) if c["requested_amount"] == 3000)
     assert row["status"] == "failed" and row["next_attempt_at"] is not None, row  # the schedule will refund it
     assert again.status_code == 202 and again.json()["refund_status"] == "refund_pending", again.text
+
+
+def test_a_confirm_answer_that_predates_the_deposit_is_no_reversal(as_user, toss, make_room, sql):
+    # Attack (a payer whose bank deposits the moment the account is issued, and a slow confirm): Toss answers our
+    # confirm WAITING_FOR_DEPOSIT; before we apply that answer, the deposit is made and its webhook (a fresh lookup:
+    # DONE) is applied first. Then the confirm's own, older answer is applied. Correct: an answer older than what we
+    # hold is no deposit error (a reversal is only ever learnt from Toss's record now, which a webhook or the
+    # reconciliation fetches): the share stays completed. Was (fixed in this branch): `_apply` took the stale
+    # WAITING_FOR_DEPOSIT for a reversal: a ledger `reversal`, the share back to in_progress and the request unfunded,
+    # with the money at Toss and no webhook left to correct it.
+    from escrow.services.payments import apply_toss_payment
+    from escrow.toss.models import Payment
+
+    room = make_room(1)
+    (payer,) = room.members
+    request_id = open_request(as_user, room)
+    key = pay_by_virtual_account(as_user, toss, room, payer)
+    answer = toss.payment(key)  # what the confirm was answered: WAITING_FOR_DEPOSIT
+    assert answer["status"] == "WAITING_FOR_DEPOSIT"
+    deposit(toss, sql, key)
+    assert request_status(sql, request_id) == "completed"
+
+    apply_toss_payment(Payment.from_api(answer), actor=payer, reason="confirm")  # the confirm's answer, late
+    assert charge_of(sql, key)["status"] == "held"
+    assert rows(sql, SHARE_OF_CHARGE, key)[0]["status"] == "completed"
+    assert [e[0] for e in ledger_of(sql, request_id)] == ["charge"]
+    assert request_status(sql, request_id) == "completed"

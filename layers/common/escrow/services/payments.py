@@ -658,6 +658,10 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                 )
                 payments_repo.update(tx, share["id"], toss_status=payment.status, last_toss_response=response)
             elif charge is not None and charge["status"] in (ChargeStatus.HELD, ChargeStatus.RELEASED):
+                if reason == "confirm":
+                    # The confirm's own answer, older than the deposit a webhook applied meanwhile: no deposit error.
+                    # A reversal is learnt only from Toss's record now (the DEPOSIT_CALLBACK's lookup, the schedule).
+                    return "already_completed", None
                 return _deposit_reversed(tx, request, share, charge, payment), None
             elif (
                 charge is not None
