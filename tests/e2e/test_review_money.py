@@ -44,21 +44,16 @@ def refunds_of(sql, key: str) -> list[dict[str, Any]]:
 # --- deposit reversal ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a virtual account deposited again after a reversal of a released deposit is taken for a "
-    "'deposit after close' and queued for refund to the payer (refused today only because virtual-account refunds "
-    "are not built), while the held payout waits for exactly this deposit to be retried",
-)
 def test_a_released_deposit_reversed_and_deposited_again_goes_to_the_store_not_back_to_the_payer(
     as_user, toss, make_room, sql, schedule
 ):
     # Attack (a payer with a bouncing bank): the deposit is released to the store, Toss takes it back (the payout is
     # held: DEPOSIT_REVERSED), the payer deposits into the same account again, exactly what the hold waits for
     # (`_hold_payout`: "the payer deposits again, then escrow.ops retry-payout"). Correct: the new deposit is the
-    # released share's money again (charge released, no refund queued), so the held payout may be retried. Wrong:
-    # the request is `released`, so `_deposited` takes the new deposit for a "deposit after close" and refunds it;
-    # the operator then retries the payout and the store is paid 15000 the payer got back.
+    # released share's money again (charge released, no refund queued), so the held payout may be retried, and not
+    # before. Was (finding, fixed): the request is `released`, so `_deposited` took the new deposit for a "deposit
+    # after close" and refunded it; the operator then retried the payout and the store was paid 15000 the payer got
+    # back.
     room = make_room(1)
     request_id = open_request(as_user, room)
     key = pay_by_virtual_account(as_user, toss, room, room.members[0])
@@ -69,6 +64,14 @@ def test_a_released_deposit_reversed_and_deposited_again_goes_to_the_store_not_b
     eventually(lambda: charge_of(sql, key)["status"] == "waiting_for_deposit")
     assert rows(sql, SETTLEMENT, request_id)[0]["payout_error_code"] == "DEPOSIT_REVERSED"
 
+    from escrow.errors import Conflict
+    from escrow.services.operator import retry_payout
+
+    settlement_id = rows(sql, "SELECT id FROM payment_settlements WHERE payment_request_id = %s", request_id)[0]["id"]
+    with pytest.raises(Conflict) as refused:  # the store is not paid money we do not hold
+        retry_payout(settlement_id, operator="ops-kim", reason="재시도")
+    assert refused.value.code == "RELEASED_DEPOSIT_TAKEN_BACK"
+
     toss.control(f"payments/{key}/deposit", {})  # the payer deposits again
     eventually(lambda: charge_of(sql, key)["status"] != "waiting_for_deposit")
     rows(sql, "UPDATE payment_cancels SET updated_at = NOW(3) - INTERVAL 10 MINUTE WHERE payment_key = %s", key)
@@ -76,6 +79,13 @@ def test_a_released_deposit_reversed_and_deposited_again_goes_to_the_store_not_b
     state = (charge_of(sql, key)["status"], [(c["status"], c["request_key"]) for c in refunds_of(sql, key)])
     state += (toss.payment(key)["status"], toss_cancels(toss, key))
     assert state == ("released", [], "DONE", []), state
+    assert (
+        retry_payout(settlement_id, operator="ops-kim", reason="재입금 확인")["after"]["payout_status"] == "scheduled"
+    )
+    from escrow.audit import audit
+
+    report = audit(chat_room_id=room.chat_room_id, reconciliation_period_seconds=0)
+    assert not [f for f in report.findings if f.check != "stale_payout"], [f.to_dict() for f in report.findings]
 
 
 def _card_then_virtual_account(as_user, toss, room, sql, payer) -> tuple[str, str]:
@@ -142,11 +152,6 @@ def _delivery(toss, transmission_id: str) -> dict[str, Any]:
     return next(w for w in toss.webhooks() if w["transmissionId"] == transmission_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a deposit Toss reports DONE for a virtual account we closed as expired is answered "
-    "`already_completed`: the money is neither held nor refunded, and no ledger entry records it",
-)
 def test_a_deposit_into_an_account_we_took_for_expired_is_never_silently_ignored(
     as_user, toss, make_room, sql, schedule
 ):
@@ -164,10 +169,14 @@ def test_a_deposit_into_an_account_we_took_for_expired_is_never_silently_ignored
     from escrow.services.payments import apply_toss_payment
     from escrow.toss.models import Payment
 
+    # Fixed: Toss's own `expired` is what closes an account (a dueDate read without it gets an hour's margin), so an
+    # account Toss still takes deposits into is never taken for lost.
     seen = toss.payment(key)
     seen["virtualAccount"] = {**seen["virtualAccount"], "dueDate": "2020-01-01T00:00:00+09:00", "expired": False}
-    assert apply_toss_payment(Payment.from_api(seen), actor="reconcile", reason="reconciliation") == "failed"
-    assert charge_of(sql, key)["status"] == "cancelled"
+    assert apply_toss_payment(Payment.from_api(seen), actor="reconcile", reason="reconciliation") == (
+        "waiting_for_deposit"
+    )
+    assert charge_of(sql, key)["status"] == "waiting_for_deposit"
 
     toss.control(f"payments/{key}/deposit", {})  # Toss's own clock: the account still takes a deposit
     eventually(
@@ -312,18 +321,13 @@ def test_a_refund_minimum_counts_every_charge_of_the_share(as_user, toss, make_r
 # --- the deadline ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a virtual-account deposit after expires_at funds the request (completed, EscrowFunded) before "
-    "the expire run sees it: the deadline rule holds for card payments only, and whether the room is released or "
-    "expired depends on which of the deposit and the schedule comes first",
-)
 def test_a_deposit_after_the_deadline_does_not_fund_the_request(as_user, toss, make_room, sql, schedule):
     # Attack (a late payer): open a virtual account before the deadline (dueDate is 7 days later, past the
     # request's expires_at) and deposit after it. Correct, by the deadline rule (DESIGN, "The deadline": past
     # expires_at nobody pays; a request not funded in time is expired): the request is not funded by it, the expire
-    # run expires it and what it holds is refunded. Wrong: `_deposited` funds a pending request whatever its
-    # deadline, the store is told "everyone paid", and the expire run skips the now completed request.
+    # run expires it and what it holds is refunded. Was (finding, fixed): `_deposited` funded a pending request
+    # whatever its deadline, the store was told "everyone paid", and the expire run skipped the completed request.
+    # Now `refresh_funding` never funds a request past its deadline.
     room = make_room(2)
     a, b = room.members
     request_id = open_request(as_user, room)

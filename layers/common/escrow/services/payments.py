@@ -719,6 +719,16 @@ def _deposited(
     tx: db.Tx, request: dict[str, Any], share: dict[str, Any], charge: dict[str, Any], payment: Payment, *, actor: str
 ) -> tuple[str, str | None]:
     """A virtual account's deposit (DEPOSIT_CALLBACK DONE, or a lookup): the charge is held from now on."""
+    if share["status"] == PaymentStatus.RELEASED and ledger.reversals_of(tx, charge["payment_key"]) > 0:
+        # The released share's deposit that Toss took back, deposited again: it is the store's money again (the
+        # held payout waits for exactly this: `escrow.ops retry-payout`), never a deposit after close to refund.
+        charges_repo.set_status(tx, charge["payment_key"], charge["status"], ChargeStatus.RELEASED, toss_status="DONE")
+        _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason="deposit_again_after_release")
+        logger.warning(
+            "a reversed released deposit was deposited again; its held payout may be retried",
+            extra={"payment_request_id": request["id"], "payment_id": share["id"]},
+        )
+        return "deposited_again_after_release", None
     if request["status"] != RequestStatus.PENDING or share["status"] in (PaymentStatus.REMOVED, PaymentStatus.RELEASED):
         # Deposited after the request closed or the payer was removed (the account could not be closed in time): the
         # money is the payer's. It is held as the share's, and a refund of it is queued for the schedule in this
