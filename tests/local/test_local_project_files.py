@@ -146,7 +146,8 @@ def test_every_route_has_a_sample_event(template) -> None:
 
 def test_only_the_functions_that_run_refunds_may_open_refund_accounts_and_only_cancel_seals_them() -> None:
     """A payer's refund account (context table refund_accounts) is opened by the refund paths only: the cancel
-    route, participant removal (RequestFunction) and the schedule (ReleaseFunction: expiry, refunds retried); only
+    route, participant removal (RequestFunction) and the schedule (ReleaseFunction, and JobsWorkerFunction when the
+    work is fanned out: expiry, refunds retried); only
     the cancel route, where the payer gives it, may seal one. Each function that opens one is told the key."""
     import yaml
 
@@ -169,7 +170,7 @@ def test_only_the_functions_that_run_refunds_may_open_refund_accounts_and_only_c
                     may_open.add(role)
                 if "kms:GenerateDataKey" in actions:
                     may_seal.add(role)
-    assert may_open == {"Cancel", "Request", "Release"}
+    assert may_open == {"Cancel", "Request", "Release", "JobsWorker"}  # JobsWorker: the fanned-out expiry refunds
     assert may_seal == {"Cancel"}
     for role in may_open:
         variables = resources[f"{role}Function"]["Properties"]["Environment"]["Variables"]

@@ -159,7 +159,8 @@ CHARGE = Machine(
     "a charge",
     initial={ChargeStatus.HELD, ChargeStatus.WAITING_FOR_DEPOSIT},
     transitions={
-        ChargeStatus.WAITING_FOR_DEPOSIT: {ChargeStatus.HELD, ChargeStatus.CANCELLED},
+        # -> released: a released deposit Toss took back (below), deposited again: the store's money again.
+        ChargeStatus.WAITING_FOR_DEPOSIT: {ChargeStatus.HELD, ChargeStatus.CANCELLED, ChargeStatus.RELEASED},
         # held -> held: a partial refund. -> waiting_for_deposit: Toss reverses a deposit (a deposit error).
         ChargeStatus.HELD: {
             ChargeStatus.HELD,

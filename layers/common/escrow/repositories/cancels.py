@@ -73,25 +73,34 @@ def status(tx: Tx, cancel_id: int) -> str | None:
     return None if row is None else str(row["status"])
 
 
+# A refund still to happen: open (asked of Toss with no outcome recorded, or waiting for the payer's refund account:
+# CANCEL_OPEN), or refused for a reason that passes and waiting for the schedule to ask again (`next_attempt_at`: a
+# refund we owe or promised). While one is, the share neither pays again, nor is added back, nor is released: the
+# refund would come on top of the payment (leaving an amount owed that the refund minimum forbids), or out of money
+# already paid to the store.
+_STILL_TO_HAPPEN = "(status IN ({open_}) OR (status = %s AND next_attempt_at IS NOT NULL))"
+
+
+def _still_to_happen(statuses: frozenset[CancelStatus] = CANCEL_OPEN) -> tuple[str, list[str]]:
+    open_ = in_order(statuses)
+    return _STILL_TO_HAPPEN.format(open_=marks(open_)), [*open_, CancelStatus.FAILED]
+
+
 def in_flight_for_payment(tx: Tx, payment_id: int) -> list[Row]:
-    """The share's refunds that are not finished: in flight, or waiting for the payer's refund account (CANCEL_OPEN).
-    While one is, the share holds money that is on its way back: it may not pay again nor be added back."""
-    open_ = in_order(CANCEL_OPEN)
-    return tx.all(
-        f"SELECT {_COLUMNS} FROM payment_cancels WHERE payment_id = %s AND status IN ({marks(open_)})",
-        (payment_id, *open_),
-    )
+    """The share's refunds still to happen (see _STILL_TO_HAPPEN)."""
+    where, args = _still_to_happen()
+    return tx.all(f"SELECT {_COLUMNS} FROM payment_cancels WHERE payment_id = %s AND {where}", (payment_id, *args))
 
 
 def payments_with_refund_in_flight(tx: Tx, payment_ids: Sequence[int]) -> set[int]:
-    """Which of these payments have a refund whose outcome is open (one statement for many payments)."""
+    """Which of these payments have a refund still to happen, other than one waiting for the payer's refund account
+    (`payments_waiting_for_account` says those; a release decides about them apart). One statement for many."""
     if not payment_ids:
         return set()
-    open_ = in_order(CANCEL_IN_FLIGHT)
+    where, args = _still_to_happen(CANCEL_IN_FLIGHT)
     rows = tx.all(
-        f"SELECT DISTINCT payment_id FROM payment_cancels WHERE payment_id IN ({marks(payment_ids)}) "
-        f"AND status IN ({marks(open_)})",
-        [*payment_ids, *open_],
+        f"SELECT DISTINCT payment_id FROM payment_cancels WHERE payment_id IN ({marks(payment_ids)}) AND {where}",
+        [*payment_ids, *args],
     )
     return {r["payment_id"] for r in rows}
 

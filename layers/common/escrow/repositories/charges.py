@@ -66,6 +66,16 @@ def for_share(tx: Tx, payment_id: int) -> list[Row]:
     )
 
 
+def released_but_taken_back(tx: Tx, request_id: int) -> list[Row]:
+    """The request's charges of released shares that wait for a deposit again (Toss took the deposit back after the
+    release, or closed the account): money the store was promised that we do not hold."""
+    return tx.all(
+        f"SELECT {_COLUMNS} FROM payment_charges WHERE payment_request_id = %s AND status IN (%s, %s) "
+        "AND payment_id IN (SELECT id FROM payments WHERE payment_request_id = %s AND status = %s)",
+        (request_id, ChargeStatus.WAITING_FOR_DEPOSIT, ChargeStatus.CANCELLED, request_id, "released"),
+    )
+
+
 def for_request(tx: Tx, request_id: int) -> list[Row]:
     return tx.all(
         f"SELECT {_COLUMNS} FROM payment_charges WHERE payment_request_id = %s ORDER BY created_at, payment_key",

@@ -55,6 +55,10 @@ def refresh_funding(tx: db.Tx, request: dict[str, Any], *, why: str) -> str:
         return str(status)
     funding = payments_repo.funding(tx, request["id"])
     move = funding_move(status, participants=funding["participants"], fully_held=funding["fully_held"])
+    if move == RequestStatus.COMPLETED and past_deadline(request):
+        # Funded only after its deadline (a virtual account opened in time, deposited late): not funded in time.
+        # It stays pending; the next scheduled run expires it and refunds what it holds, as for any late payer.
+        move = None
     round_ = int(request["funding_round"])
     if move == RequestStatus.COMPLETED:
         round_ += 1

@@ -23,6 +23,7 @@ from typing import Any
 from escrow import db
 from escrow.errors import Conflict, NotFound, UpstreamUnavailable, ValidationFailed
 from escrow.observability import logger
+from escrow.repositories import charges as charges_repo
 from escrow.repositories import operator_actions as actions_repo
 from escrow.repositories import ops as ops_repo
 from escrow.repositories import settlements as settlements_repo
@@ -92,6 +93,14 @@ def retry_payout(settlement_id: int, *, operator: str, reason: str, toss: TossPo
     if before is None:
         raise NotFound(f"no settlement {settlement_id}", code="SETTLEMENT_NOT_FOUND")
     check_operator_payout(before["payout_status"], "scheduled")
+    with db.reader() as tx:
+        reversed_ = charges_repo.released_but_taken_back(tx, int(before["payment_request_id"]))
+    if reversed_:
+        raise Conflict(
+            f"Toss took back {len(reversed_)} released virtual-account deposit(s) of this request and they were not "
+            "deposited again: paying out now would pay the store money we do not hold. Nothing was changed.",
+            code="RELEASED_DEPOSIT_TAKEN_BACK",
+        )
     toss_status = None
     if before["payout_id"]:
         # Toss created a payout under this refPayoutId: only a payout Toss itself reports FAILED may be made again.

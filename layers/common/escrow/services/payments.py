@@ -39,7 +39,9 @@ from escrow.repositories import settlements as settlements_repo
 from escrow.services.funding import refresh_funding, refuse_after_deadline
 from escrow.states import (
     CONFIRMING,
+    OPEN,
     ORDER_IN_FLIGHT,
+    CancelStatus,
     ChargeStatus,
     OrderStatus,
     PaymentStatus,
@@ -103,6 +105,14 @@ def _check_payable(tx: db.Tx, request: dict[str, Any], share: dict[str, Any]) ->
     """What the share owes now, or why it cannot pay now."""
     if share["status"] in CONFIRMING:
         raise Conflict("your payment is being confirmed; wait for its result", code="PAYMENT_IN_PROGRESS")
+    if any(c["status"] == ChargeStatus.WAITING_FOR_DEPOSIT for c in charges_repo.for_share(tx, share["id"])):
+        # One way to pay at a time: an account of this share still takes a deposit (a deposit Toss took back while
+        # another confirm of the share was in flight leaves the share settled by that confirm, its account open).
+        # Paid another way too, the deposit would come on top of a share already held.
+        raise Conflict(
+            "a virtual account of your share is waiting for its deposit; deposit into it, or pay again once it expires",
+            code="PAYMENT_IN_PROGRESS",
+        )
     if cancels_repo.in_flight_for_payment(tx, share["id"]):
         raise Conflict(
             "a refund of your share is still being settled; pay again once it is done", code="REFUND_IN_PROGRESS"
@@ -198,6 +208,11 @@ def _replay(payer_id: str, body: ConfirmBody) -> Attempt | None:
         )
     if charge["status"] == ChargeStatus.WAITING_FOR_DEPOSIT:
         return replace(attempt, answer={"payment_status": "in_progress", "toss_status": "WAITING_FOR_DEPOSIT"})
+    if charge["status"] == ChargeStatus.CANCELLED:
+        # A virtual account closed without a deposit (its due date passed): nothing was paid, nothing refunded.
+        raise PaymentDeclined(
+            "the virtual account was closed without a deposit; pay again", toss_code="VIRTUAL_ACCOUNT_EXPIRED"
+        )
     if status == PaymentStatus.COMPLETED and charge["status"] == ChargeStatus.HELD:
         return attempt
     if status in CONFIRMING:
@@ -286,6 +301,12 @@ def _begin_confirm(payer_id: str, body: ConfirmBody) -> Attempt:
                 # Refused for a reason that passes (Toss's trouble, or our configuration) and answered 503 "pay again
                 # shortly": the same confirm again is a new attempt, with a new key (Toss replays the error for the
                 # old one). Toss approves a payment once, so this cannot charge twice.
+                if order["amount"] != due:  # the share's debt changed since (a refund): not what this order was for
+                    raise Conflict(
+                        f"this order was prepared for {order['amount']} KRW, but your share owes {due} KRW now; "
+                        "prepare a new order",
+                        code="ORDER_OUTDATED",
+                    )
                 key_attempt = int(order["confirm_attempt"]) + 1
                 payments_repo.bump_confirm_attempt(tx, body.orderId, int(order["confirm_attempt"]))
                 payments_repo.set_order_status(
@@ -638,6 +659,10 @@ def _apply(payment: Payment, *, actor: str, reason: str) -> tuple[str, str | Non
                 )
                 payments_repo.update(tx, share["id"], toss_status=payment.status, last_toss_response=response)
             elif charge is not None and charge["status"] in (ChargeStatus.HELD, ChargeStatus.RELEASED):
+                if reason == "confirm":
+                    # The confirm's own answer, older than the deposit a webhook applied meanwhile: no deposit error.
+                    # A reversal is learnt only from Toss's record now (the DEPOSIT_CALLBACK's lookup, the schedule).
+                    return "already_completed", None
                 return _deposit_reversed(tx, request, share, charge, payment), None
             elif (
                 charge is not None
@@ -694,6 +719,16 @@ def _deposited(
     tx: db.Tx, request: dict[str, Any], share: dict[str, Any], charge: dict[str, Any], payment: Payment, *, actor: str
 ) -> tuple[str, str | None]:
     """A virtual account's deposit (DEPOSIT_CALLBACK DONE, or a lookup): the charge is held from now on."""
+    if share["status"] == PaymentStatus.RELEASED and ledger.reversals_of(tx, charge["payment_key"]) > 0:
+        # The released share's deposit that Toss took back, deposited again: it is the store's money again (the
+        # held payout waits for exactly this: `escrow.ops retry-payout`), never a deposit after close to refund.
+        charges_repo.set_status(tx, charge["payment_key"], charge["status"], ChargeStatus.RELEASED, toss_status="DONE")
+        _record_charge(tx, request["id"], share["id"], payment, actor=actor, reason="deposit_again_after_release")
+        logger.warning(
+            "a reversed released deposit was deposited again; its held payout may be retried",
+            extra={"payment_request_id": request["id"], "payment_id": share["id"]},
+        )
+        return "deposited_again_after_release", None
     if request["status"] != RequestStatus.PENDING or share["status"] in (PaymentStatus.REMOVED, PaymentStatus.RELEASED):
         # Deposited after the request closed or the payer was removed (the account could not be closed in time): the
         # money is the payer's. It is held as the share's, and a refund of it is queued for the schedule in this
@@ -779,9 +814,40 @@ def _deposit_reversed(
         _hold_payout(tx, request["id"])
         return "deposit_reversed_after_release"
     payments_repo.refresh_amounts(tx, share["id"])
-    target = PaymentStatus.IN_PROGRESS if share["status"] != PaymentStatus.REMOVED else PaymentStatus.REMOVED
-    if share["status"] != target:
-        payments_repo.set_status(tx, share["id"], share["status"], target, toss_status=payment.status)
+    # The share waits for the account again (in_progress), unless it was removed, or another confirm of it is in
+    # flight (in_progress, unknown): that confirm's outcome decides the share's status, from what it holds now
+    # (unknown -> in_progress is no transition: the reversal was refused on every delivery, the share kept counting
+    # the money Toss took back, and the request could be funded and released with it).
+    if share["status"] not in CONFIRMING and share["status"] != PaymentStatus.REMOVED:
+        payments_repo.set_status(
+            tx, share["id"], share["status"], PaymentStatus.IN_PROGRESS, toss_status=payment.status
+        )
+    if share["status"] == PaymentStatus.REMOVED or request["status"] not in OPEN:
+        # The account is open for deposits again, for a participant removed or a request closed: close it, as the
+        # removal or the close does for an account waiting for its deposit (its refund row is what the schedule
+        # sends: Toss cancels a waiting account). Left open, a removed participant added back and depositing again
+        # met pending -> completed (no transition) on every delivery: money at Toss in no book of ours.
+        from escrow.services import refunds  # refunds imports this module
+
+        # A refund of the deposit that waited for the payer's refund account has no deposit to return any more:
+        # it closes the account instead, which Toss does without an account (a new attempt, a new key).
+        for waiting in cancels_repo.waiting_for_account(tx, charge["payment_key"]):
+            cancels_repo.set_status(
+                tx,
+                waiting["id"],
+                waiting["status"],
+                CancelStatus.REQUESTED,
+                attempt=int(waiting["attempt"]) + 1,
+                next_attempt_at=None,
+            )
+        refunds.queue_refunds(
+            tx,
+            request["id"],
+            actor="system",
+            reason="입금 취소로 다시 열린 가상계좌 닫기",
+            tag="reversed",
+            payment_id=share["id"],
+        )
     refresh_funding(tx, request, why="deposit_reversed")
     return "deposit_reversed"
 

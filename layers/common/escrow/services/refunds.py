@@ -201,7 +201,8 @@ def cancel_share(
             else:
                 _check_refundable(share, charge, amount)
                 _check_account(tx, principal, share, charge, account)
-                if cancels_repo.in_flight_for_payment(tx, share["id"]):
+                mine = existing["id"] if existing is not None else None  # the same cancel asked again
+                if [c for c in cancels_repo.in_flight_for_payment(tx, share["id"]) if c["id"] != mine]:
                     raise Conflict(
                         "another refund of this payment is in progress; try again shortly", code="REFUND_IN_PROGRESS"
                     )
@@ -233,6 +234,13 @@ def cancel_share(
     shown = {"refund_account": refund_accounts.masked(account)} if account is not None and used else {}
     if outcome.status == "done":
         return {**_charge_answer(outcome.charge), **shown}
+    if outcome.status == "failed":
+        with db.reader() as tx:
+            row = cancels_repo.get(tx, cancel_id)
+        if row is not None and row["next_attempt_at"] is not None:
+            # Refused for now, and the schedule asks again by itself (a refund we promised): the promise stands;
+            # "nothing was refunded, try again" would invite a second cancel on top of one that will happen.
+            outcome = RefundOutcome("unknown", outcome.charge, outcome.code, outcome.message)
     if outcome.status == "unknown":
         return {
             **_charge_answer(outcome.charge, "refund_pending"),

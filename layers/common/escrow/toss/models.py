@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 KST = timezone(timedelta(hours=9))  # Toss's times without an offset are Korea's
+DUE_DATE_MARGIN = timedelta(hours=1)
 FINAL_APPROVED = "DONE"
 CANCELLED_STATUSES = ("CANCELED", "PARTIAL_CANCELED")
 FAILED_STATUSES = ("ABORTED", "EXPIRED")
@@ -64,12 +65,13 @@ class Payment(_Lenient):
         va = self.virtual_account
         if self.status != "WAITING_FOR_DEPOSIT" or va is None:
             return False
-        if va.expired:
-            return True
+        if va.expired is not None:
+            return va.expired  # Toss's own word, by Toss's clock: a deposit it still takes is never taken for lost
         if not va.due_date:
             return False
         due = datetime.fromisoformat(va.due_date)
-        return (due if due.tzinfo else due.replace(tzinfo=KST)) < now
+        # Without Toss's word, our clock may run ahead of Toss's: an hour's margin past the dueDate.
+        return (due if due.tzinfo else due.replace(tzinfo=KST)) + DUE_DATE_MARGIN < now
 
     @property
     def is_done(self) -> bool:
