@@ -164,13 +164,20 @@ def _among(column: str, only: Sequence[int] | None) -> str:
     return f"AND {column} IN ({marks(only)}) " if only else ""
 
 
+def _by_id(only: Sequence[int] | None) -> str:
+    """Among given ids, a locking read goes by the primary key: through the queue index InnoDB would lock every
+    row it scans (in REPEATABLE READ, those the id filter then drops too), and another worker's SKIP LOCKED read
+    would skip its whole chunk."""
+    return " FORCE INDEX (PRIMARY)" if only else ""
+
+
 def lock_unanswered(tx: Tx, now: datetime | None, limit: int, only: Sequence[int] | None = None) -> list[int]:
     """Payouts sent with no answer whose lease ran out, by batch marker (so a batch is rebuilt as it was sent);
     SKIP LOCKED: two runs at once take different ones. `only`: among these ids (a planner's chunk)."""
     if only is not None and not only:
         return []
     rows_ = tx.all(
-        "SELECT id FROM payment_settlements WHERE payout_status = %s "
+        f"SELECT id FROM payment_settlements{_by_id(only)} WHERE payout_status = %s "
         f"AND (payout_lease_until IS NULL OR payout_lease_until < %s) {_among('id', only)}"
         "ORDER BY payout_requested_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
         (PayoutStatus.REQUESTING, now, *(only or ()), limit),
@@ -184,7 +191,7 @@ def lock_scheduled(tx: Tx, now: datetime | None, limit: int, only: Sequence[int]
     if only is not None and not only:
         return []
     rows_ = tx.all(
-        "SELECT s.id FROM payment_settlements s WHERE s.payout_status = %s "
+        f"SELECT s.id FROM payment_settlements s{_by_id(only)} WHERE s.payout_status = %s "
         "AND (s.payout_lease_until IS NULL OR s.payout_lease_until < %s) "
         "AND (s.payout_next_attempt_at IS NULL OR s.payout_next_attempt_at <= %s) "
         "AND EXISTS (SELECT 1 FROM stores st WHERE st.store_id = s.store_id AND st.toss_seller_id IS NOT NULL) "
