@@ -366,6 +366,8 @@ class Flows:
                 return self._paid(room, payer)
             if prep.status == 404 or (prep.status == 403 and prep.code == "NOT_A_PARTICIPANT"):
                 return False  # the request was closed (cancelled or expired), or the payer removed from it
+            if prep.status == 409 and prep.code == "REQUEST_DEADLINE_PASSED":
+                return False  # too late: nobody pays after the deadline; the next scheduled run expires it
             if prep.status != 200:
                 self.unexpected(room, "prepare", prep)
                 time.sleep(0.5)
@@ -405,6 +407,8 @@ class Flows:
                 return self._paid(room, payer)
             if answer.status == 404 or (answer.status in (403, 409) and answer.code in CLOSED_WHILE_PAYING):
                 return False  # the request closed (or the payer was removed) while they paid: refunded if charged
+            if answer.status == 409 and answer.code == "REQUEST_DEADLINE_PASSED":
+                return False  # the deadline passed between prepare and confirm: Toss was not asked, nothing charged
             if answer.status in (0, 502, 503):
                 continue  # still unknown after our retries: the schedule settles it; prepare waits for that
             self.unexpected(room, "confirm", answer)

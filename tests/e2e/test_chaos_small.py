@@ -56,6 +56,7 @@ def test_a_small_chaos_run_settles_with_no_audit_finding_and_no_500(tmp_path: Pa
     result = json.loads(report_file.read_text())
 
     assert result["server_errors"] == [], run.stdout
+    assert result["unexpected"] == {}, run.stdout  # every answer is one the flow's rules allow
     assert result["audit_findings"] == 0, result["audit_table"]
     assert result["cross_check"]["mismatches"] == [], run.stdout
     assert not any(result["unsettled"].values()), run.stdout
