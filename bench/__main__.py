@@ -3,7 +3,8 @@
 Benchmarks print figures; none asserts a target. `all` runs the four with defaults that finish in a few minutes
 (cold start first; the jobs benchmark at 2,000 + 2,000 requests instead of its own default 10,000 + 10,000) and ends
 with one summary table and the machine it ran on. Each sub-command takes its own options, e.g.
-`python -m bench jobs --due 10000 --expiring 10000`, `python -m bench latency --samples 500`.
+`python -m bench jobs --due 10000 --expiring 10000`, `python -m bench jobs --requests 2000 --workers 1,4,8 --kill 3`
+(the scheduled work fanned out to worker processes, bench/jobs_fanout.py), `python -m bench latency --samples 500`.
 """
 
 from __future__ import annotations

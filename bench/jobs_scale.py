@@ -3,6 +3,7 @@ be refunded through Toss), worked off by `escrow.services.jobs.run_scheduled`, a
 with a fixed latency per Toss call.
 
     python -m bench jobs [--due 10000] [--expiring 10000] [--paid-fraction 0.5] [--latency-ms 20] [--no-resume]
+    python -m bench jobs --requests 2000 --workers 1,4,8 [--kill 3]   # fanned out: bench/jobs_fanout.py
 
 The rows are seeded with bulk SQL (the rows the services would have written: requests, shares, orders, charge
 entries, EscrowFunded events already published, stores with an APPROVED seller) and the sandbox gets a DONE payment
@@ -899,6 +900,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=20, help="sandbox latency per Toss call")
     parser.add_argument("--no-resume", action="store_true", help="skip the kill-and-resume run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--requests", type=int, help="requests due for release and as many overdue (sets --due and --expiring)"
+    )
+    parser.add_argument(
+        "--workers",
+        help="fan out (bench.jobs_fanout): the planner and this many worker processes, e.g. 1,4,8 (one run each)",
+    )
+    parser.add_argument("--kill", type=int, default=0, help="with --workers: also a run killing workers this often")
+    parser.add_argument("--toss-rate", type=float, default=0, help="with --workers: Toss calls per second per worker")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--toss-url", help=argparse.SUPPRESS)
@@ -907,8 +917,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--max-runs", type=int, default=500, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.requests is not None:
+        args.due = args.expiring = args.requests
     if args.worker:
         return worker(args)
+    if args.workers:
+        from bench import jobs_fanout
+
+        code, figures = jobs_fanout.bench(args)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2, default=str))
+        global LAST_FIGURES
+        LAST_FIGURES = figures
+        return code
     return bench(args)
 
 

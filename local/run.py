@@ -128,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         "(Toss's is days; `POST /sandbox/clock` moves the sandbox's clock on instead)",
     )
     parser.add_argument("--workers", type=int, default=8, help="worker threads (warm containers)")
+    parser.add_argument(
+        "--jobs-workers",
+        type=int,
+        default=0,
+        help="fan the scheduled work out: the scheduled run plans onto an in-process jobs queue worked off by this "
+        "many JobsWorkerFunction processes (local.fanout); 0 = the scheduled run does every job itself",
+    )
     parser.add_argument("--skip-migrations", action="store_true")
     parser.add_argument("--skip-seed", action="store_true")
     parser.add_argument("--env-vars", default=str(DEFAULT_ENV_FILE))
@@ -176,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     api: Any = None
     scheduler: Any = None
     bus: Any = None
+    jobs_pool: Any = None
     try:
         if not args.no_chat:
             chat_url = args.chat_webhook_url or f"{api_url}/demo/chat"
@@ -204,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
 
         api = start_local_api(args.host, api_port, args.workers, env=overrides, env_file=args.env_vars)
         print(f"==> local API on {api.url}", flush=True)
+        if args.jobs_workers > 0:
+            from escrow.services import fanout
+            from local.fanout import WorkerPool
+
+            jobs_pool = WorkerPool(args.jobs_workers, env=child_environment(merged_env, overrides)).__enter__()
+            fanout.use_queue(jobs_pool.queue)  # the in-process ReleaseFunction's scheduled run plans onto it
+            print(f"==> jobs queue in process, {args.jobs_workers} JobsWorkerFunction processes", flush=True)
         if args.schedule_interval > 0:
             scheduler = start_scheduler(api.api.runtime, args.schedule_interval)
         print(
@@ -216,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     finally:
-        for name, part in (("scheduler", scheduler), ("local API", api), ("Toss sandbox", sandbox), ("event bus", bus)):
+        parts = (("scheduler", scheduler), ("jobs workers", jobs_pool), ("local API", api), ("Toss sandbox", sandbox))
+        for name, part in (*parts, ("event bus", bus)):
             if part is None:
                 continue
             try:

@@ -21,6 +21,10 @@ log = logging.getLogger("toss_sandbox.server")
 MAX_BODY = 10 * 1024 * 1024
 
 
+class ClientGone(Exception):
+    """The connection closed before the request's body arrived in full."""
+
+
 class SandboxHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() must not wait for requests sleeping in a fault
@@ -77,12 +81,22 @@ class SandboxRequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
             raise ValueError("body too large")
-        return self.rfile.read(length) if length > 0 else b""
+        body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:
+            raise ClientGone
+        return body
 
     def _serve(self) -> None:
         parts = urlsplit(self.path)
         try:
             body = self._read_body()
+        except ClientGone:
+            # The caller's connection closed before its body arrived (its process died between the headers and the
+            # body): like any HTTP server in front of Toss, nothing is processed, and nothing is bound to its
+            # Idempotency-Key. (Processing the cut-off body would answer it INVALID_REQUEST and bind that answer to
+            # the key, which the caller's retry with the same key would then get for good.)
+            self.close_connection = True
+            return
         except ValueError:
             self._write(Response.json(413, {"code": "INVALID_REQUEST", "message": "body too large"}))
             return

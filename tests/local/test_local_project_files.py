@@ -34,6 +34,7 @@ ARCHITECTURE_ROUTES = {
     "WebhookFunction": {"POST /api/v1/payment/webhook"},
     "MembershipFunction": set(),  # RoomMembershipChanged events from the chat service (EventBridge), no route
     "MigrateFunction": set(),  # the CloudFormation custom resource and manual runs; no route
+    "JobsWorkerFunction": set(),  # chunks of scheduled work from the jobs queue (SQS), no route
 }
 SECRET_VARS = {
     "MigrateFunction": {"DB_SECRET_ARN"},
@@ -43,6 +44,7 @@ SECRET_VARS = {
     "CancelFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN", "TOSS_SECRET_ARN"},
     "ReleaseFunction": {"DB_SECRET_ARN", "JWT_SECRET_ARN", "TOSS_SECRET_ARN"},
     "WebhookFunction": {"DB_SECRET_ARN", "TOSS_SECRET_ARN"},
+    "JobsWorkerFunction": {"DB_SECRET_ARN", "TOSS_SECRET_ARN"},  # refunds and payouts, no JWT (no HTTP)
 }
 
 
@@ -95,6 +97,7 @@ def test_local_defaults_are_the_architecture_ones() -> None:
     assert (env["TOSS_CONNECT_TIMEOUT"], env["TOSS_READ_TIMEOUT"], env["TOSS_PAYOUT_READ_TIMEOUT"]) == ("3", "20", "60")
     assert env["PLATFORM_FEE_BPS"] == "300"
     assert env["DB_SECRET_ARN"] == env["TOSS_SECRET_ARN"] == env["JWT_SECRET_ARN"] == ""
+    assert env["JOBS_QUEUE_URL"] == ""  # locally the scheduled run does every job itself (FanOut's fallback)
 
 
 @pytest.mark.parametrize("path", EVENTS, ids=[p.name for p in EVENTS])
@@ -143,7 +146,8 @@ def test_every_route_has_a_sample_event(template) -> None:
 
 def test_only_the_functions_that_run_refunds_may_open_refund_accounts_and_only_cancel_seals_them() -> None:
     """A payer's refund account (context table refund_accounts) is opened by the refund paths only: the cancel
-    route, participant removal (RequestFunction) and the schedule (ReleaseFunction: expiry, refunds retried); only
+    route, participant removal (RequestFunction) and the schedule (ReleaseFunction, and JobsWorkerFunction when the
+    work is fanned out: expiry, refunds retried); only
     the cancel route, where the payer gives it, may seal one. Each function that opens one is told the key."""
     import yaml
 
@@ -166,7 +170,7 @@ def test_only_the_functions_that_run_refunds_may_open_refund_accounts_and_only_c
                     may_open.add(role)
                 if "kms:GenerateDataKey" in actions:
                     may_seal.add(role)
-    assert may_open == {"Cancel", "Request", "Release"}
+    assert may_open == {"Cancel", "Request", "Release", "JobsWorker"}  # JobsWorker: the fanned-out expiry refunds
     assert may_seal == {"Cancel"}
     for role in may_open:
         variables = resources[f"{role}Function"]["Properties"]["Environment"]["Variables"]

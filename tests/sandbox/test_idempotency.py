@@ -206,3 +206,29 @@ def test_payout_after_a_5xx_under_both_settings(make_sandbox: Callable[..., Sand
 def test_the_setting_can_be_switched_at_run_time(toss: TossClient) -> None:
     config = toss.control("POST", "/sandbox/config", {"idempotency_bind_5xx": False})
     assert config["idempotency_bind_5xx"] is False
+
+
+def test_a_request_whose_body_never_arrived_is_not_processed_nor_bound_to_its_key(
+    sandbox: Sandbox, toss: TossClient
+) -> None:
+    """A caller killed between its headers and its body (urllib3 sends them apart): an HTTP server in front of Toss
+    drops the cut-off request; its retry with the same key is processed as the first."""
+    import socket
+    from urllib.parse import urlsplit
+
+    widget = toss.widget()
+    toss.confirm(widget["paymentKey"], widget["orderId"], widget["amount"], idempotency_key="confirm-cut")
+    body = b'{"cancelReason": "dropped"}'
+    parts = urlsplit(sandbox.url)
+    head = (
+        f"POST /v1/payments/{widget['paymentKey']}/cancel HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Authorization: {toss.session.headers['Authorization']}\r\nContent-Type: application/json\r\n"
+        f"Idempotency-Key: cancel-cut\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((parts.hostname, parts.port)) as sock:
+        sock.sendall(head + body[:5])  # the caller dies here
+    cancelled = toss.cancel(widget["paymentKey"], {"cancelReason": "dropped"}, idempotency_key="cancel-cut")
+
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "CANCELED"
+    assert toss.stats()["cancels"] == 1

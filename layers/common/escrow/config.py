@@ -84,6 +84,12 @@ class Settings:
     event_bus_name: str = "escrow-local"
     outbox_publisher: str = "eventbridge"  # or "log": the local runner prints events instead of calling AWS
     reconcile_after_seconds: int = 60
+    # Scheduled work that scales out (escrow.services.fanout): with a queue URL the scheduled run plans (enqueues
+    # chunks of due items) and JobsWorkerFunction works them off; empty = the run does every job itself.
+    jobs_queue_url: str = ""
+    jobs_chunk_size: int = 50  # items per message
+    # Pacing of one worker's Toss calls (a token bucket per worker process); 0 = not paced.
+    toss_calls_per_second: float = 0.0
     secrets_max_age_seconds: int = 300
     secrets_timeout_seconds: float = 3.0
     secrets_source: str = ""  # extension | sdk; empty = the extension on Lambda, the SDK elsewhere (the console)
@@ -116,6 +122,10 @@ class Settings:
             raise ValueError("TOSS_ID_PREFIX must be at most 8 letters or digits")
         if self.reconcile_after_seconds < 0:
             raise ValueError("RECONCILE_AFTER_SECONDS must not be negative")
+        if not 1 <= self.jobs_chunk_size <= 1000:
+            raise ValueError("JOBS_CHUNK_SIZE must be between 1 and 1000")
+        if self.toss_calls_per_second < 0:
+            raise ValueError("TOSS_CALLS_PER_SECOND must not be negative")
         if self.jwt_max_lifetime_seconds <= 0:
             raise ValueError("JWT_MAX_LIFETIME_SECONDS must be positive")
 

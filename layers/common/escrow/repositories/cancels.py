@@ -138,15 +138,18 @@ def for_request(tx: Tx, request_id: int) -> list[Row]:
     return tx.all(f"SELECT {_COLUMNS} FROM payment_cancels WHERE payment_request_id = %s ORDER BY id", (request_id,))
 
 
-def stale(tx: Tx, older_than_seconds: int, limit: int) -> list[Row]:
+def stale(tx: Tx, older_than_seconds: int, limit: int, only: Sequence[int] | None = None) -> list[Row]:
     """Refunds with no recorded outcome untouched for this long, and refunds Toss refused for a reason that passes
-    whose back-off has run out (asked again with a new key)."""
+    whose back-off has run out (asked again with a new key); `only`: among these ids (a planner's chunk)."""
+    if only is not None and not only:
+        return []
     open_ = in_order(CANCEL_IN_FLIGHT)
+    among = f"AND id IN ({marks(only)}) " if only else ""
     return tx.all(
-        f"SELECT {_COLUMNS} FROM payment_cancels WHERE (status IN ({marks(open_)}) "
-        "AND updated_at < NOW(3) - INTERVAL %s SECOND) OR (status = %s AND next_attempt_at <= NOW(3)) "
-        "ORDER BY id LIMIT %s",
-        (*open_, older_than_seconds, CancelStatus.FAILED, limit),
+        f"SELECT {_COLUMNS} FROM payment_cancels WHERE ((status IN ({marks(open_)}) "
+        "AND updated_at < NOW(3) - INTERVAL %s SECOND) OR (status = %s AND next_attempt_at <= NOW(3))) "
+        f"{among}ORDER BY id LIMIT %s",
+        (*open_, older_than_seconds, CancelStatus.FAILED, *(only or ()), limit),
     )
 
 

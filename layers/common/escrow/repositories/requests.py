@@ -81,20 +81,27 @@ def set_status(tx: Tx, request_id: int, current: str, new: RequestStatus, **fiel
     tx.execute(sql, (new, *fields.values(), request_id))
 
 
-def due_for_release(tx: Tx, now: datetime | None, limit: int) -> list[int]:
-    """Funded requests whose release time has passed, earliest first (no lock: each is locked and re-checked)."""
+def due_for_release(tx: Tx, now: datetime | None, limit: int, only: Sequence[int] | None = None) -> list[int]:
+    """Funded requests whose release time has passed, earliest first (no lock: each is locked and re-checked);
+    `only`: among these ids (a chunk the scheduled planner handed a worker, re-checked when the worker takes it)."""
+    if only is not None and not only:
+        return []
+    among = f"AND id IN ({marks(only)}) " if only else ""
     rows = tx.all(
-        "SELECT id FROM payment_requests WHERE status = %s AND release_at <= %s ORDER BY release_at LIMIT %s",
-        (RequestStatus.COMPLETED, now, limit),
+        f"SELECT id FROM payment_requests WHERE status = %s AND release_at <= %s {among}ORDER BY release_at LIMIT %s",
+        (RequestStatus.COMPLETED, now, *(only or ()), limit),
     )
     return [row["id"] for row in rows]
 
 
-def due_for_expiry(tx: Tx, now: datetime | None, limit: int) -> list[int]:
-    """Requests still waiting for payers whose deadline has passed, earliest first (no lock)."""
+def due_for_expiry(tx: Tx, now: datetime | None, limit: int, only: Sequence[int] | None = None) -> list[int]:
+    """Requests still waiting for payers whose deadline has passed, earliest first (no lock); `only`: among these."""
+    if only is not None and not only:
+        return []
+    among = f"AND id IN ({marks(only)}) " if only else ""
     rows = tx.all(
-        "SELECT id FROM payment_requests WHERE status = %s AND expires_at <= %s ORDER BY expires_at LIMIT %s",
-        (RequestStatus.PENDING, now, limit),
+        f"SELECT id FROM payment_requests WHERE status = %s AND expires_at <= %s {among}ORDER BY expires_at LIMIT %s",
+        (RequestStatus.PENDING, now, *(only or ()), limit),
     )
     return [row["id"] for row in rows]
 

@@ -160,30 +160,59 @@ def set_payout_status(tx: Tx, settlement_id: int, current: str, new: PayoutStatu
 # --- claiming payouts to send -------------------------------------------------------------------------------
 
 
-def lock_unanswered(tx: Tx, now: datetime | None, limit: int) -> list[int]:
+def _among(column: str, only: Sequence[int] | None) -> str:
+    return f"AND {column} IN ({marks(only)}) " if only else ""
+
+
+def _by_id(only: Sequence[int] | None) -> str:
+    """Among given ids, a locking read goes by the primary key: through the queue index InnoDB would lock every
+    row it scans (in REPEATABLE READ, those the id filter then drops too), and another worker's SKIP LOCKED read
+    would skip its whole chunk."""
+    return " FORCE INDEX (PRIMARY)" if only else ""
+
+
+def lock_unanswered(tx: Tx, now: datetime | None, limit: int, only: Sequence[int] | None = None) -> list[int]:
     """Payouts sent with no answer whose lease ran out, by batch marker (so a batch is rebuilt as it was sent);
-    SKIP LOCKED: two runs at once take different ones."""
+    SKIP LOCKED: two runs at once take different ones. `only`: among these ids (a planner's chunk)."""
+    if only is not None and not only:
+        return []
     rows_ = tx.all(
-        "SELECT id FROM payment_settlements WHERE payout_status = %s "
-        "AND (payout_lease_until IS NULL OR payout_lease_until < %s) "
+        f"SELECT id FROM payment_settlements{_by_id(only)} WHERE payout_status = %s "
+        f"AND (payout_lease_until IS NULL OR payout_lease_until < %s) {_among('id', only)}"
         "ORDER BY payout_requested_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
-        (PayoutStatus.REQUESTING, now, limit),
+        (PayoutStatus.REQUESTING, now, *(only or ()), limit),
     )
     return [r["id"] for r in rows_]
 
 
-def lock_scheduled(tx: Tx, now: datetime | None, limit: int) -> list[int]:
+def lock_scheduled(tx: Tx, now: datetime | None, limit: int, only: Sequence[int] | None = None) -> list[int]:
     """Scheduled payouts of stores with a seller at Toss whose back-off (if any) is over, oldest first (the payout
-    balance pays them in the order they were released); SKIP LOCKED."""
+    balance pays them in the order they were released); SKIP LOCKED. `only`: among these ids."""
+    if only is not None and not only:
+        return []
     rows_ = tx.all(
-        "SELECT s.id FROM payment_settlements s WHERE s.payout_status = %s "
+        f"SELECT s.id FROM payment_settlements s{_by_id(only)} WHERE s.payout_status = %s "
         "AND (s.payout_lease_until IS NULL OR s.payout_lease_until < %s) "
         "AND (s.payout_next_attempt_at IS NULL OR s.payout_next_attempt_at <= %s) "
         "AND EXISTS (SELECT 1 FROM stores st WHERE st.store_id = s.store_id AND st.toss_seller_id IS NOT NULL) "
-        "ORDER BY s.id LIMIT %s FOR UPDATE SKIP LOCKED",
-        (PayoutStatus.SCHEDULED, now, now, limit),
+        f"{_among('s.id', only)}ORDER BY s.id LIMIT %s FOR UPDATE SKIP LOCKED",
+        (PayoutStatus.SCHEDULED, now, now, *(only or ()), limit),
     )
     return [r["id"] for r in rows_]
+
+
+def to_plan(tx: Tx, now: datetime | None, limit: int) -> list[Row]:
+    """What the scheduled planner hands to workers (no lock; each worker locks and re-checks): payouts sent with no
+    answer whose lease ran out (with their batch marker) and scheduled payouts due, as lock_unanswered and
+    lock_scheduled see them, oldest first, with the amount and the seller's status."""
+    return tx.all(
+        "SELECT s.id, s.payout_status, s.payout_requested_at, s.net_amount, st.seller_status "
+        "FROM payment_settlements s JOIN stores st ON st.store_id = s.store_id "
+        "WHERE (s.payout_lease_until IS NULL OR s.payout_lease_until < %s) AND (s.payout_status = %s "
+        "OR (s.payout_status = %s AND (s.payout_next_attempt_at IS NULL OR s.payout_next_attempt_at <= %s) "
+        "AND st.toss_seller_id IS NOT NULL)) ORDER BY s.id LIMIT %s",
+        (now, PayoutStatus.REQUESTING, PayoutStatus.SCHEDULED, now, limit),
+    )
 
 
 def scheduled_due(tx: Tx, now: datetime | None) -> bool:
@@ -380,17 +409,19 @@ def seller_became_payable(tx: Tx, seller_id: str | None) -> int:
 # --- polling -------------------------------------------------------------------------------------------------
 
 
-def to_poll(tx: Tx, now: datetime | None, limit: int) -> list[Row]:
+def to_poll(tx: Tx, now: datetime | None, limit: int, only: Sequence[int] | None = None) -> list[Row]:
     """Payouts Toss took and has not reported final, whose poll time has come, heard of least recently first (with
-    no payout_id: one Toss holds under our refPayoutId that we have not found yet)."""
+    no payout_id: one Toss holds under our refPayoutId that we have not found yet). `only`: among these ids."""
+    if only is not None and not only:
+        return []
     at_toss = in_order(PAYOUT_AT_TOSS)
     return tx.all(
         "SELECT s.id, s.payment_request_id, s.store_id, s.payout_id, s.ref_payout_id, s.net_amount, st.toss_seller_id "
         "FROM payment_settlements s "
         f"JOIN stores st ON st.store_id = s.store_id WHERE s.payout_status IN ({marks(at_toss)}) "
-        "AND (s.payout_lease_until IS NULL OR s.payout_lease_until < %s) "
+        f"AND (s.payout_lease_until IS NULL OR s.payout_lease_until < %s) {_among('s.id', only)}"
         "ORDER BY s.updated_at, s.id LIMIT %s",
-        (*at_toss, now, limit),
+        (*at_toss, now, *(only or ()), limit),
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,7 @@ from escrow.repositories import clock as clock_repo
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import payments as payments_repo
 from escrow.repositories import requests as requests_repo
-from escrow.services import isolation
+from escrow.services import fanout, isolation
 from escrow.services import payments as payment_service
 from escrow.services import payouts as payout_service
 from escrow.services import refunds as refund_service
@@ -49,9 +49,12 @@ def expire_overdue(
     now: Callable[[], datetime] = utcnow,
     toss: TossPort | None = None,
     deadline: Callable[[], bool] = lambda: False,
+    only: Sequence[int] | None = None,
 ) -> dict[str, int]:
+    """Expire pending requests past their deadline and refund what their shares hold. `only`: among these requests
+    (a planner's chunk): each is overdue and pending again now or skipped, and re-checked under its lock."""
     with db.reader() as tx:
-        due = requests_repo.due_for_expiry(tx, db_time(now()), limit)
+        due = requests_repo.due_for_expiry(tx, db_time(now()), limit, only)
     waiting = isolation.waiting("expire", "request", due, now())
     retried = isolation.set_aside_before("expire", "request", [i for i in due if str(i) not in waiting])
     expired = refunds = failed = 0
@@ -149,6 +152,7 @@ def reconcile_cancels(
     toss: TossPort | None = None,
     older_than: int | None = None,
     deadline: Callable[[], bool] = lambda: False,
+    only: Sequence[int] | None = None,
 ) -> dict[str, int]:
     """Refunds whose answer was lost, or that were queued and not sent: ask Toss again with the same key. Refunds
     the schedule owes (a cancelled or expired request, a removed participant) that Toss refused for a reason that
@@ -156,18 +160,10 @@ def reconcile_cancels(
 
     A `requested` refund younger than the time its own worker may still spend on it (two Toss calls: the cancel and
     the lookup after no answer) is left to that worker, whatever `older_than` says: two workers on one refund at once
-    can leave a refund that happened marked failed (see _claim_cancel)."""
-    settings = get_settings()
-    older_than = settings.reconcile_after_seconds if older_than is None else older_than
-    in_flight = 2 * (settings.toss_connect_timeout + settings.toss_read_timeout) + 5
-    with db.reader() as tx:
-        stale = cancels_repo.stale(tx, older_than, limit)
-        clock = clock_repo.database_now(tx)
-    rows = [
-        c
-        for c in stale
-        if not (c["status"] == CancelStatus.REQUESTED and (clock - c["updated_at"]).total_seconds() < in_flight)
-    ]
+    can leave a refund that happened marked failed (see _claim_cancel).
+
+    `only`: among these refunds (a planner's chunk); each is re-read and claimed as above."""
+    rows = refunds_due(limit, older_than=older_than, only=only)
     done = failed = skipped = 0
     for c in rows:
         if deadline():
@@ -194,6 +190,23 @@ def reconcile_cancels(
         else:
             failed += 1
     return {"refunds_retried": done, "refunds_unresolved": failed, "refunds_taken_by_another_run": skipped}
+
+
+def refunds_due(
+    limit: int, *, older_than: int | None = None, only: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """The refunds reconcile_cancels would ask Toss about now (see there), oldest first."""
+    settings = get_settings()
+    older_than = settings.reconcile_after_seconds if older_than is None else older_than
+    in_flight = 2 * (settings.toss_connect_timeout + settings.toss_read_timeout) + 5
+    with db.reader() as tx:
+        stale = cancels_repo.stale(tx, older_than, limit, only)
+        clock = clock_repo.database_now(tx)
+    return [
+        c
+        for c in stale
+        if not (c["status"] == CancelStatus.REQUESTED and (clock - c["updated_at"]).total_seconds() < in_flight)
+    ]
 
 
 def _claim_cancel(cancel: dict[str, Any]) -> bool:
@@ -351,8 +364,13 @@ def run_scheduled(
     publisher: EventBridgePublisher | LogPublisher | None = None,
     jobs: str | list[str] = "all",
     now: Callable[[], datetime] = utcnow,
+    queue: fanout.Queue | None = None,
 ) -> dict[str, Any]:
     """One scheduled run: every job, in an order that lets later ones publish what earlier ones did.
+
+    With a jobs queue (`queue`, or JOBS_QUEUE_URL) the run plans instead of doing the jobs whose work grows with the
+    number of due items (fanout.PLANNED_JOBS: it enqueues their items in chunks for JobsWorkerFunction) and does the
+    others itself; without one it does everything, as a fallback and for local runs.
 
     `now` is the clock of the jobs that compare times in Python (expiry, release, payout leases); the reconciliation
     jobs compare with the database's clock."""
@@ -363,6 +381,14 @@ def run_scheduled(
 
     wanted = list(DEFAULT_JOBS) if jobs == "all" else list(jobs)
     report: dict[str, Any] = {}
+    planned = [name for name in wanted if name in fanout.PLANNED_JOBS]
+    queue = queue if queue is not None or not planned else fanout.configured_queue()
+    if queue is not None and planned:
+        for name in wanted:
+            if name not in DEFAULT_JOBS and name not in OPTIONAL_JOBS:
+                raise ValueError(f"unknown job {name!r}")
+        report["plan"] = fanout.plan(wanted, queue=queue, toss=toss, now=now)
+        wanted = [name for name in wanted if name not in fanout.PLANNED_JOBS]
     budget = payout_service.Budget()  # Toss's payout balance, read once per run (when a payout is due)
     steps: dict[str, Callable[[], dict[str, int]]] = {
         "reconcile_payments": lambda: reconcile_payments(toss=toss, deadline=out_of_time),
@@ -400,6 +426,8 @@ def run_scheduled(
         # A gauge-like count per run: how many released payouts wait for Toss's payout balance (alarmed when it
         # stays above 0 for longer than a settlement cycle).
         count("PayoutsWaitingForBalance", totals["payouts"]["payouts_waiting_for_balance"])
+    elif "payouts_waiting_for_balance" in report.get("plan", {}):
+        count("PayoutsWaitingForBalance", report["plan"]["payouts_waiting_for_balance"])
     report["passes"] = passes
     report["seconds"] = round(time.monotonic() - started, 3)
     return report

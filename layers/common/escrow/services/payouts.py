@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from escrow import db
 from escrow.clock import db_time, iso, utcnow
+from escrow.errors import AppError
 from escrow.observability import count, logger
 from escrow.repositories import outbox as outbox_repo
 from escrow.repositories import settlements as settlements_repo
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from escrow.auth import Principal
 
 PAYOUT_BATCH = 100  # items per POST /v2/payouts
+RECORD_ATTEMPTS = 3  # recording Toss's answer to a payout request, after a deadlock
 PAYOUT_LEASE = timedelta(minutes=3)  # longer than one payout call may take (TOSS_PAYOUT_READ_TIMEOUT, 60 s)
 # Polling is the fallback for a lost payout.changed webhook (Toss retries those for days): an accepted payout is
 # first polled after PAYOUT_POLL_AFTER and then at that interval, at most PAYOUT_POLLS_PER_RUN per run.
@@ -198,7 +201,7 @@ class _Run:
 # --- claiming -----------------------------------------------------------------------------------------------
 
 
-def _claim_due(run: _Run, limit: int) -> list[list[dict[str, Any]]]:
+def _claim_due(run: _Run, limit: int, only: Sequence[int] | None = None) -> list[list[dict[str, Any]]]:
     """Take up to `limit` payouts for this run, as the batches to send: first those whose answer was lost (rebuilt as
     they were sent, by their marker; the balance already paid for them), then scheduled ones whose back-off is over,
     oldest first, as far as the balance covers them."""
@@ -206,9 +209,9 @@ def _claim_due(run: _Run, limit: int) -> list[list[dict[str, Any]]]:
     at = db_time(now)
     lease = db_time(now + PAYOUT_LEASE)
     with db.transaction() as tx:
-        ids = settlements_repo.lock_unanswered(tx, at, limit)
+        ids = settlements_repo.lock_unanswered(tx, at, limit, only)
         if len(ids) < limit and run.budget.usable:
-            ids += settlements_repo.lock_scheduled(tx, at, limit - len(ids))
+            ids += settlements_repo.lock_scheduled(tx, at, limit - len(ids), only)
         if not ids:
             return []
         rows = settlements_repo.payout_rows(tx, ids)
@@ -403,21 +406,34 @@ def _record_payouts(batch: list[dict[str, Any]], items: list[dict[str, Any]], no
     poll_at = db_time(now + PAYOUT_POLL_AFTER)
     final: list[dict[str, Any]] = []
     missing: list[int] = []
-    with db.transaction() as tx:
-        for s in batch:
-            item = answered.get(s["ref_payout_id"])
-            if item is None:
-                missing.append(s["id"])
-                continue
-            status = _answered_status(item)
-            if status in PAYOUT_FINAL:
-                final.append(item)
-                status = PayoutStatus.IN_PROGRESS  # apply_payout_status below closes it, with its event
-            # Only while still ours: a webhook may have settled it already, or a run that took over recorded it.
-            settlements_repo.record_accepted(tx, s["id"], payout_id=item.get("id"), new=status, poll_at=poll_at)
-        if missing:
-            # Not in the answer: not created. A new attempt (a new key) asks again; refPayoutId guards a duplicate.
-            settlements_repo.reschedule_unanswered_items(tx, missing, next_attempt_at=db_time(now + RETRY_FIRST))
+    # Toss's answer is in hand: a deadlock with another worker (InnoDB rolls the whole transaction back) must not
+    # leave it unrecorded until the lease runs out, so the transaction is tried again a few times.
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        final, missing = [], []
+        try:
+            with db.transaction() as tx:
+                for s in batch:
+                    item = answered.get(s["ref_payout_id"])
+                    if item is None:
+                        missing.append(s["id"])
+                        continue
+                    status = _answered_status(item)
+                    if status in PAYOUT_FINAL:
+                        final.append(item)
+                        status = PayoutStatus.IN_PROGRESS  # apply_payout_status below closes it, with its event
+                    # Only while still ours: a webhook may have settled it already, or a run that took over did.
+                    settlements_repo.record_accepted(tx, s["id"], payout_id=item.get("id"), new=status, poll_at=poll_at)
+                if missing:
+                    # Not in the answer: not created. A new attempt (a new key) asks again; refPayoutId guards a
+                    # duplicate.
+                    settlements_repo.reschedule_unanswered_items(
+                        tx, missing, next_attempt_at=db_time(now + RETRY_FIRST)
+                    )
+            break
+        except AppError as exc:
+            if exc.code != "DATABASE_BUSY" or attempt == RECORD_ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)
     for item in final:
         apply_payout_status(item, actor="payout_answer")
     count("PayoutsRequested", len(batch) - len(missing))
@@ -560,10 +576,15 @@ def payouts_due(
     now: Callable[[], datetime] = utcnow,
     deadline: Callable[[], bool] = lambda: False,
     budget: Budget | None = None,
+    only: Sequence[int] | None = None,
+    poll: bool = True,
 ) -> dict[str, int]:
     """Send up to `limit` due payouts that the payout balance covers (read once per `budget`: the scheduled run
     passes one budget to each of its passes), PAYOUT_BATCH items per request to Toss, then poll up to
-    PAYOUT_POLLS_PER_RUN payouts Toss has not reported on for longest (webhooks are the main signal)."""
+    PAYOUT_POLLS_PER_RUN payouts Toss has not reported on for longest (webhooks are the main signal).
+
+    `only` (a worker's chunk, `escrow.services.fanout`): send among these settlements, with the `budget` the planner
+    set aside for them (`plan_payouts`), and no polling (`poll=False`: polls are chunks of their own)."""
     run = _Run(toss or get_toss_client(), now, budget or Budget(), deadline)
     with db.transaction() as tx:
         settlements_repo.note_unregistered_sellers(tx)
@@ -572,7 +593,7 @@ def payouts_due(
         run.budget.read(run.toss, now())
     claimed = 0
     while claimed < limit and not deadline():
-        batches = _claim_due(run, min(PAYOUT_BATCH, limit - claimed))
+        batches = _claim_due(run, min(PAYOUT_BATCH, limit - claimed), only)
         if not batches:
             break
         for i, batch in enumerate(batches):
@@ -593,7 +614,7 @@ def payouts_due(
         if run.budget.exhausted_at is not None:
             settlements_repo.note_waiting_for_balance(tx, db_time(now()), run.budget.exhausted_at)
         waiting = settlements_repo.waiting_for_balance(tx)
-    polled = 0 if deadline() else _poll(min(limit, PAYOUT_POLLS_PER_RUN), run)
+    polled = 0 if deadline() or not poll else _poll(min(limit, PAYOUT_POLLS_PER_RUN), run)
     return {
         "payouts_requested": run.tally["accepted"],
         "payouts_polled": polled,
@@ -612,10 +633,82 @@ def _unclaim(rows: list[dict[str, Any]]) -> None:
         settlements_repo.unclaim(tx, [s["id"] for s in rows])
 
 
-def _poll(limit: int, run: _Run) -> int:
+def poll_payouts(
+    settlement_ids: Sequence[int],
+    *,
+    toss: TossPort | None = None,
+    now: Callable[[], datetime] = utcnow,
+    deadline: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
+    """Poll these payouts (a planner's chunk) whose poll time has come: Toss's word settles them."""
+    run = _Run(toss or get_toss_client(), now, Budget(), deadline)
+    return {"payouts_polled": _poll(len(settlement_ids), run, settlement_ids)}
+
+
+def plan_payouts(
+    *,
+    toss: TossPort | None = None,
+    now: Callable[[], datetime] = utcnow,
+    limit: int = 20_000,
+    chunk: int = PAYOUT_BATCH,
+) -> tuple[list[tuple[list[int], int]], dict[str, int]]:
+    """The scheduled planner's part of the payouts job: chunks of settlement ids for workers, each with the part of
+    Toss's payout balance set aside for it, so workers sending at once never send more than the balance covers.
+
+    As `_claim_due` takes them: payouts whose answer was lost, whole by batch marker (the worker rebuilds the batch
+    as it was sent, hence the same key), then scheduled ones oldest first while the balance (read once here) covers
+    them; the first it does not cover and every newer one wait for the balance. A store whose seller Toss does not
+    pay yet goes in a chunk of its own. Polls are planned by `plan_polls`."""
+    toss_ = toss or get_toss_client()
+    at = now()
+    with db.transaction() as tx:
+        settlements_repo.note_unregistered_sellers(tx)
+        rows = settlements_repo.to_plan(tx, db_time(at), limit)
+    lost: dict[Any, list[int]] = defaultdict(list)
+    scheduled = []
+    for row in rows:
+        if row["payout_status"] == PayoutStatus.REQUESTING:
+            lost[row["payout_requested_at"]].append(int(row["id"]))
+        else:
+            scheduled.append(row)
+    chunks: list[tuple[list[int], int]] = [
+        (group[i : i + PAYOUT_BATCH], 0) for group in lost.values() for i in range(0, len(group), PAYOUT_BATCH)
+    ]
+    budget = Budget()
+    if scheduled:
+        budget.read(toss_, at)
+    payable: list[Mapping[str, Any]] = []
+    for row in scheduled if budget.usable else []:
+        if row["seller_status"] is not None and row["seller_status"] not in PAYABLE_SELLER_STATUSES:
+            chunks.append(([int(row["id"])], 0))
+        elif budget.take(int(row["net_amount"])):
+            payable.append(row)
+        else:
+            budget.exhausted_at = int(row["id"])
+            break
+    for i in range(0, len(payable), chunk):
+        part = payable[i : i + chunk]
+        chunks.append(([int(r["id"]) for r in part], sum(int(r["net_amount"]) for r in part)))
+    with db.transaction() as tx:
+        if budget.exhausted_at is not None:
+            settlements_repo.note_waiting_for_balance(tx, db_time(at), budget.exhausted_at)
+        waiting = settlements_repo.waiting_for_balance(tx)
+    return chunks, {
+        "payouts_planned": sum(len(ids) for ids, _ in chunks),
+        "payouts_waiting_for_balance": waiting,
+    }
+
+
+def plan_polls(*, now: Callable[[], datetime] = utcnow, limit: int = PAYOUT_POLLS_PER_RUN * 10) -> list[int]:
+    """The payouts whose poll time has come, for workers (each re-reads and polls them)."""
+    with db.reader() as tx:
+        return [int(r["id"]) for r in settlements_repo.to_poll(tx, db_time(now()), limit)]
+
+
+def _poll(limit: int, run: _Run, only: Sequence[int] | None = None) -> int:
     at = run.now()
     with db.reader() as tx:
-        rows = settlements_repo.to_poll(tx, db_time(at), limit)
+        rows = settlements_repo.to_poll(tx, db_time(at), limit, only)
     unknown_ids = [row for row in rows if not row["payout_id"]]
     found = _find_at_toss([row["ref_payout_id"] for row in unknown_ids], run.toss) if unknown_ids else {}
     polled = 0

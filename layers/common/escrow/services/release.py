@@ -278,16 +278,20 @@ def release_due(
     now: Callable[[], datetime] = utcnow,
     toss: TossPort | None = None,
     deadline: Callable[[], bool] = lambda: False,
+    only: Sequence[int] | None = None,
 ) -> dict[str, int]:
     """Auto-release completed requests whose release_at has passed, RELEASE_CHUNK per transaction. Safe to run twice
     at once: requests another run (or a person) holds are skipped, and every request is re-checked under its lock.
 
     One request that cannot be released (its numbers break a column, a row breaks a rule) does not stop the others:
     a chunk that fails is released again one request at a time, and the request that fails alone is set aside
-    (`job_failures`, with its error and a growing back-off), counted (JobItemsFailed) and skipped until then."""
+    (`job_failures`, with its error and a growing back-off), counted (JobItemsFailed) and skipped until then.
+
+    `only`: release among these requests (a chunk the scheduled planner handed a worker, `escrow.services.fanout`):
+    each is due again now or skipped, so a chunk delivered twice releases nothing twice."""
     at = now()
     with db.reader() as tx:
-        due = requests_repo.due_for_release(tx, db_time(at), limit)
+        due = requests_repo.due_for_release(tx, db_time(at), limit, only)
     waiting = isolation.waiting("release", "request", due, at)
     ids = [i for i in due if str(i) not in waiting]
     retried = isolation.set_aside_before("release", "request", ids)
