@@ -315,3 +315,41 @@ def test_a_lost_answer_is_retried_with_the_same_key_and_pays_nobody_twice(own_da
     rows = settlements(sql)
     assert {r["payout_status"] for r in rows} == {"in_progress"} and {r["payout_attempts"] for r in rows} == {1}
     assert len({r["payout_id"] for r in rows}) == 120
+
+
+def test_a_seller_approved_while_its_payout_was_in_flight_is_paid_without_waiting_out_a_back_off(
+    own_database, sandbox, toss
+):
+    # Found by the small chaos run in CI (one payout left open after 300 s): seller.changed (APPROVED) arrived while
+    # the payout request was in flight; `seller_became_payable` leaves a payout being sent alone, and the refusal
+    # recorded afterwards waited out a 5-minute back-off for a seller Toss already pays.
+    sql = own_database
+    store_id = f"store_{uuid.uuid4().hex[:8]}"
+    register_store(toss, sandbox, store_id, approve=False)
+    seller = seller_of(sql, store_id)
+    funded_rooms(sql, sandbox, toss, [store_id], 1)
+    release_all(1)
+
+    class ApprovedMeanwhile:
+        """Toss refuses the payout (the seller is not approved yet), and its approval reaches us before the answer."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(toss, name)
+
+        def request_payouts(self, items: Any, *, idempotency_key: str) -> Any:
+            try:
+                return toss.request_payouts(items, idempotency_key=idempotency_key)
+            finally:
+                requests.post(
+                    f"{sandbox.url}/sandbox/sellers/{seller}/status", json={"status": "APPROVED"}, timeout=5
+                ).raise_for_status()
+                store_service.apply_seller_status({"id": seller, "status": "APPROVED"})  # seller.changed
+
+    sent = len(payout_calls(sandbox))
+    run = payout_service.payouts_due(1000, toss=ApprovedMeanwhile())  # type: ignore[arg-type]
+    # Refused once, and sent again at once (a new attempt, a new key): no back-off waited out for nothing.
+    assert (run["payouts_refused"], run["payouts_requested"]) == (1, 1)
+    assert {r["payout_status"] for r in settlements(sql)} == {"in_progress"}
+    calls = payout_calls(sandbox)[sent:]
+    assert [c["responseCode"] for c in calls] == ["FORBIDDEN_SELLER_PAYOUT", None]
+    assert calls[0]["idempotencyKey"] != calls[1]["idempotencyKey"]

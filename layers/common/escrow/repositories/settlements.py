@@ -9,7 +9,14 @@ from typing import Any
 
 from escrow.db import Row, Tx
 from escrow.repositories._sql import assignments, in_order, marks, rows
-from escrow.states import OPERATOR_PAYOUT, PAYOUT, PAYOUT_AT_TOSS, PayoutStatus, PayoutWaitingFor
+from escrow.states import (
+    OPERATOR_PAYOUT,
+    PAYABLE_SELLER_STATUSES,
+    PAYOUT,
+    PAYOUT_AT_TOSS,
+    PayoutStatus,
+    PayoutWaitingFor,
+)
 from escrow.toss.ids import toss_name
 
 _COLUMNS = (
@@ -393,6 +400,21 @@ def record_balance(tx: Tx, *, available: int, pending: int, checked_at: datetime
         "pending_amount = VALUES(pending_amount), checked_at = VALUES(checked_at)",
         (available, pending, checked_at),
     )
+
+
+def seller_payable_since_sent(tx: Tx, settlement_ids: Sequence[int]) -> list[int]:
+    """Of these settlements being sent, those whose store's seller Toss pays now by our record, changed since the
+    payout was sent (seller.changed arrived while the request was in flight, which `seller_became_payable` leaves
+    alone): a refusal for the seller is already out of date for them."""
+    if not settlement_ids:
+        return []
+    found = tx.all(
+        "SELECT s.id FROM payment_settlements s JOIN stores st ON st.store_id = s.store_id "
+        f"WHERE s.id IN ({marks(settlement_ids)}) AND st.seller_status IN ({marks(PAYABLE_SELLER_STATUSES)}) "
+        "AND st.updated_at >= s.payout_requested_at",
+        [*settlement_ids, *sorted(PAYABLE_SELLER_STATUSES)],
+    )
+    return [int(r["id"]) for r in found]
 
 
 def seller_became_payable(tx: Tx, seller_id: str | None) -> int:

@@ -495,7 +495,18 @@ def _refused(batch: list[dict[str, Any]], exc: TossApiError, run: _Run) -> None:
     else:
         next_at = {s["id"]: db_time(now + retry_after(s["payout_refusals"] + 1)) for s in batch}
     with db.transaction() as tx:
+        current = (
+            settlements_repo.seller_payable_since_sent(tx, [s["id"] for s in batch])
+            if refusal.waiting_for == PayoutWaitingFor.SELLER
+            else []
+        )
+        for settlement_id in current:
+            # Toss approved the seller while this request was in flight (its seller.changed came before this
+            # answer): the next run sends it again, without the back-off that would wait for nothing.
+            next_at[settlement_id] = None
         settlements_repo.mark_refused(tx, batch, refusal, next_at)
+        for settlement_id in current:
+            settlements_repo.update(tx, settlement_id, payout_waiting_for=PayoutWaitingFor.SCHEDULE)
     members = [s["id"] for s in batch]
     (logger.error if refusal.new == PayoutStatus.FAILED else logger.warning)(
         "payout refused",
