@@ -1,8 +1,8 @@
 """An outside review, attacking the money rules as a hostile room member, a hostile outsider and a misbehaving Toss.
 
-Each test states an attack and the outcome that is correct. A test that passes documents an attack that is
-defended (kept as a regression test); a test marked `xfail(strict=True, reason="finding: ...")` is a finding: it
-fails today and passes once the finding is fixed (then the mark comes off)."""
+Each test states an attack and the outcome that is correct. Every attack that worked (a finding, "Was (finding,
+fixed)" in its comment) failed before its fix; the others document attacks that were defended. All are regression
+tests now: a new finding is added as `xfail(strict=True, reason="finding: ...")` until it is fixed."""
 
 from __future__ import annotations
 
