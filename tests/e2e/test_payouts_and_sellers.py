@@ -316,29 +316,30 @@ def test_a_payout_after_a_5xx_answer_goes_again_with_a_new_key_and_pays_once(
     assert [c["status"] for c in sent] == [500, 200] and sent[0]["idempotency_key"] != sent[1]["idempotency_key"]
 
 
-def test_a_payout_toss_made_before_its_5xx_answer_is_recorded_not_sent_again(
-    bind_5xx, as_user, toss, make_room, sql, schedule
-):
+def payout_made_behind_our_back(as_user: Any, toss: Any, room: Any, row: Any, key: str) -> dict[str, Any]:
+    """The settlement's payout, made at Toss by a request whose answer never reached us (another client, same ref)."""
     from escrow.toss.client import TossClient
     from toss_sandbox import DEFAULT_SECRET_KEYS, DEFAULT_SECURITY_KEY
 
+    store = admin_get(as_user, f"/api/v1/admin/stores/{room.store_id}").json()
+    behind = TossClient(toss.url, DEFAULT_SECRET_KEYS[0], security_key=DEFAULT_SECURITY_KEY)
+    item = {
+        "refPayoutId": row["ref_payout_id"],
+        "destination": store["seller_id"],
+        "scheduleType": "EXPRESS",
+        "amount": {"currency": "KRW", "value": NET},
+    }
+    return dict(behind.request_payouts([item], idempotency_key=key)[0])
+
+
+def test_a_payout_toss_made_before_its_5xx_answer_is_recorded_not_sent_again(
+    bind_5xx, as_user, toss, make_room, sql, schedule
+):
     drained(schedule, toss)
     room, request_id = released(as_user, toss, make_room)
     row = settlement_row(sql, request_id)
-    store = admin_get(as_user, f"/api/v1/admin/stores/{room.store_id}").json()
     # Toss made the payout, then answered our request with a 5xx (played: the payout made behind our back first).
-    behind = TossClient(toss.url, DEFAULT_SECRET_KEYS[0], security_key=DEFAULT_SECURITY_KEY)
-    made = behind.request_payouts(
-        [
-            {
-                "refPayoutId": row["ref_payout_id"],
-                "destination": store["seller_id"],
-                "scheduleType": "EXPRESS",
-                "amount": {"currency": "KRW", "value": NET},
-            }
-        ],
-        idempotency_key=f"made-by-the-lost-attempt-{row['id']}",
-    )[0]
+    made = payout_made_behind_our_back(as_user, toss, room, row, f"made-by-the-lost-attempt-{row['id']}")
     toss.faults(failure_code="FAILED_INTERNAL_SYSTEM_PROCESSING", count=1, paths=["/v2/payouts"])
     with toss_balance(toss, 1_000_000_000):  # the earlier payout took its money: this test is not about that
         schedule(jobs=["payouts"])
@@ -348,26 +349,11 @@ def test_a_payout_toss_made_before_its_5xx_answer_is_recorded_not_sent_again(
 
 
 def test_a_payout_refused_as_duplicated_is_found_by_its_ref_and_settled(as_user, toss, make_room, sql, schedule):
-    from escrow.toss.client import TossClient
-    from toss_sandbox import DEFAULT_SECRET_KEYS, DEFAULT_SECURITY_KEY
-
     drained(schedule, toss)
     room, request_id = released(as_user, toss, make_room)
     row = settlement_row(sql, request_id)
-    store = admin_get(as_user, f"/api/v1/admin/stores/{room.store_id}").json()
     # An earlier request made the payout and its answer never reached us (played: made behind our back).
-    behind = TossClient(toss.url, DEFAULT_SECRET_KEYS[0], security_key=DEFAULT_SECURITY_KEY)
-    made = behind.request_payouts(
-        [
-            {
-                "refPayoutId": row["ref_payout_id"],
-                "destination": store["seller_id"],
-                "scheduleType": "EXPRESS",
-                "amount": {"currency": "KRW", "value": NET},
-            }
-        ],
-        idempotency_key=f"an-earlier-attempt-{row['id']}",
-    )[0]
+    made = payout_made_behind_our_back(as_user, toss, room, row, f"an-earlier-attempt-{row['id']}")
     with toss_balance(toss, 1_000_000_000):  # the earlier payout took its money: this test is not about that
         schedule(jobs=["payouts"])
     refused = payout_posts(toss, row["ref_payout_id"])[-1]
