@@ -338,6 +338,11 @@ def test_a_deposit_after_the_deadline_does_not_fund_the_request(as_user, toss, m
 
     toss.control(f"payments/{account}/deposit", {})
     eventually(lambda: charge_of(sql, account)["status"] != "waiting_for_deposit")
+    assert request_status(sql, request_id) == "pending"  # fully held, but not in time
+    from escrow.audit import audit
+
+    report = audit(chat_room_id=room.chat_room_id, reconciliation_period_seconds=0)
+    assert not report.findings, [f.to_dict() for f in report.findings]  # waiting to be expired is no finding
     schedule(jobs=["expire"])
     assert request_status(sql, request_id) == "expired"
     assert "EscrowFunded" not in [

@@ -565,7 +565,8 @@ def _request_state(request: Row, shares: list[Row], snap: _Snapshot) -> list[Fin
                     s,
                 )
             )
-        if status == RequestStatus.PENDING and funded:
+        # Past its deadline a request is never funded (it waits for the run that expires it and refunds it).
+        if status == RequestStatus.PENDING and funded and not request.get("overdue"):
             out.append(finding("completed", "pending", "every current participant holds their share in full"))
         for s in shares:
             if s["status"] == PaymentStatus.RELEASED:

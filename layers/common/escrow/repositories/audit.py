@@ -45,7 +45,8 @@ def request_ids(
 
 def requests(tx: Tx, ids: Sequence[int]) -> list[Row]:
     return tx.all(
-        "SELECT id, chat_room_id, store_id, amount, status, participant_count, funding_round, created_at "
+        "SELECT id, chat_room_id, store_id, amount, status, participant_count, funding_round, created_at, "
+        "COALESCE(expires_at <= UTC_TIMESTAMP(3), 0) AS overdue "
         f"FROM payment_requests WHERE id IN ({marks(ids)}) ORDER BY id",
         list(ids),
     )
