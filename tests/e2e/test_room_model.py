@@ -626,7 +626,10 @@ class RoomMachine(RuleBasedStateMachine):
                 share.uncertain = True
         else:
             share.asked_refund -= asked
-            assert r.status == 409 and r.code in ("REFUND_IN_PROGRESS", "REFUND_REFUSED"), r
+            assert r.status == 409 and r.code in ("REFUND_IN_PROGRESS", "REFUND_REFUSED", "PAYMENT_IN_PROGRESS"), r
+            if r.code == "PAYMENT_IN_PROGRESS":  # true only while another payment of the share is being confirmed
+                db = self._db_share(req.id, payer)
+                assert share.uncertain or (db is not None and db["status"] in ("in_progress", "unknown")), r
             assert after["balanceAmount"] == before["balanceAmount"], r
 
     # Paying and refunding are what rooms mostly do: two more rules call them, so random sequences hold more of them.
